@@ -1,0 +1,3 @@
+//! lb's control plane library.
+pub mod datapath;
+pub mod table;

@@ -1,0 +1,277 @@
+//! Map keys and values shared by the XDP/tc programs and userspace.
+//!
+//! Every type here is `#[repr(C)]`, has explicit padding and is plain data, so
+//! the kernel side and `lb-core` read the same bytes. Addresses and ports are
+//! kept in **network byte order** exactly as they sit in the packet, so the
+//! datapath never swaps bytes on the hot path; userspace converts.
+
+/// Map names, as the loader looks them up in the object.
+pub mod map {
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
+    pub const TABLE_STATE: &str = "TABLE_STATE";
+    pub const RING: &str = "RING";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// Program names in the object.
+pub mod prog {
+    /// The load balancer, attached at XDP on the VIP-facing interface.
+    pub const XDP_LB: &str = "lb_xdp";
+    /// Un-NAT of replies sent by a backend that runs on the LB node itself
+    /// (tc egress). See the program's doc comment for why XDP cannot do it.
+    pub const TC_EGRESS: &str = "lb_tc_egress";
+    /// A trivial XDP_PASS: the benchmark baseline, and the program native-mode
+    /// veth peers need so XDP_TX frames are not dropped.
+    pub const XDP_PASS: &str = "lb_xdp_pass";
+}
+
+/// Names of the read-only globals (`.rodata`) the loader sets before load.
+pub mod global {
+    /// Slots reserved per table half in `RING` (the largest ring size allowed).
+    pub const RING_STRIDE: &str = "RING_STRIDE";
+    /// Number of VIP slots; also the index of the "matched no VIP" counters.
+    pub const MAX_VIPS: &str = "MAX_VIPS";
+}
+
+/// Default capacities. Each can be changed at load time (`set_max_entries`).
+pub const DEFAULT_MAX_VIPS: u32 = 64;
+pub const DEFAULT_MAX_BACKENDS: u32 = 4096;
+/// Default Maglev table size: the prime recommended by the Maglev paper.
+pub const DEFAULT_RING_SIZE: u32 = 65_537;
+pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
+
+/// Forwarding modes (`VipMeta::mode`).
+pub const MODE_DR: u8 = 0;
+pub const MODE_NAT: u8 = 1;
+
+/// `Backend::flags`: the backend address is one of the LB node's own, so the
+/// packet is handed to the local stack instead of transmitted (nat mode).
+pub const BACKEND_LOCAL: u8 = 1;
+
+/// `Flow::kind`.
+pub const FLOW_FORWARD: u8 = 0;
+pub const FLOW_REPLY: u8 = 1;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Why a packet addressed to a VIP was dropped (index into `Counters::drops`).
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Truncated or inconsistent IPv4/L4 header (bad IHL, total length, ...).
+    Malformed = 0,
+    /// An IPv4 fragment. Fragments cannot be steered consistently without
+    /// reassembly (non-first fragments carry no ports), so all are dropped.
+    Fragment = 1,
+    /// IPv4 options present (IHL > 5): dropped, as Katran does; no real client
+    /// sends TCP/UDP with IP options.
+    IpOptions = 2,
+    /// The VIP's table is empty: no live backend.
+    NoBackend = 3,
+    /// nat mode could not find a free SNAT port for the backend.
+    NatPortsExhausted = 4,
+    /// The chosen backend id has no entry (should not happen; a control bug).
+    BadBackend = 5,
+}
+
+pub const DROP_REASONS: usize = 6;
+
+impl DropReason {
+    pub const ALL: [DropReason; DROP_REASONS] = [
+        DropReason::Malformed,
+        DropReason::Fragment,
+        DropReason::IpOptions,
+        DropReason::NoBackend,
+        DropReason::NatPortsExhausted,
+        DropReason::BadBackend,
+    ];
+
+    /// Label used in metrics and `lb status`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::Fragment => "fragment",
+            DropReason::IpOptions => "ip_options",
+            DropReason::NoBackend => "no_backend",
+            DropReason::NatPortsExhausted => "nat_ports_exhausted",
+            DropReason::BadBackend => "bad_backend",
+        }
+    }
+}
+
+/// Key of `VIPS`: a service is (address, port, protocol).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey {
+    /// IPv4 address, network order.
+    pub addr: u32,
+    /// Port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `VIPS`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta {
+    /// Index into `TABLE_STATE`, `VIP_STATS` and the VIP's part of `RING`.
+    pub id: u32,
+    /// `MODE_DR` or `MODE_NAT`.
+    pub mode: u8,
+    pub _pad: [u8; 3],
+    /// nat: source address of packets sent to a remote backend (network order).
+    pub snat_addr: u32,
+    /// nat: SNAT port range, inclusive, host order. Keep it outside the node's
+    /// `ip_local_port_range` so replies to local sockets are never taken.
+    pub snat_port_min: u16,
+    pub snat_port_max: u16,
+    /// Idle time after which a TCP flow is forgotten and rescheduled.
+    pub tcp_timeout_s: u32,
+    /// Idle time after which a UDP flow is forgotten and rescheduled.
+    pub udp_timeout_s: u32,
+}
+
+/// Value of `TABLE_STATE[vip.id]`: which half of the VIP's double-buffered
+/// Maglev table is live, and the size of each half.
+///
+/// Userspace fills the inactive half of `RING`, writes its size, and only then
+/// flips `active`; the program reads `active` once per packet, so a packet uses
+/// the old table or the new one, never a mix.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct TableState {
+    /// 0 or 1.
+    pub active: u32,
+    /// Number of valid slots in each half (0 = empty table, drop new flows).
+    pub size: [u32; 2],
+    /// Bumped on every swap; for observability only.
+    pub generation: u32,
+}
+
+/// Slot value in `RING` meaning "no backend".
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Value of `BACKENDS[id]`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// IPv4 address, network order.
+    pub addr: u32,
+    /// nat: destination port after translation, network order. dr ignores it.
+    pub port: u16,
+    /// `BACKEND_LOCAL` or 0.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Next-hop MAC towards the backend.
+    pub mac: [u8; 6],
+    /// Our MAC on `ifindex`, used as the frame's source.
+    pub src_mac: [u8; 6],
+    /// Interface to transmit on. The ingress interface means XDP_TX, another
+    /// means bpf_redirect.
+    pub ifindex: u32,
+}
+
+/// Key of `FLOWS`: the 5-tuple as seen on the wire, network order.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src_addr: u32,
+    pub dst_addr: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FLOWS`.
+///
+/// A `FLOW_FORWARD` entry pins a client flow to its backend. In nat mode a
+/// second, `FLOW_REPLY` entry is keyed by the backend's reply 5-tuple and says
+/// how to rewrite the reply back to VIP → client.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Flow {
+    /// `bpf_ktime_get_ns()` of the last packet; idle flows past the VIP's
+    /// timeout are rescheduled.
+    pub last_seen_ns: u64,
+    pub backend: u32,
+    pub vip: u32,
+    /// nat rewrite: forward entries rewrite to (rw_src → SNAT, rw_dst →
+    /// backend); reply entries rewrite to (rw_src → VIP, rw_dst → client).
+    pub rw_src_addr: u32,
+    pub rw_dst_addr: u32,
+    pub rw_src_port: u16,
+    pub rw_dst_port: u16,
+    /// Reply entries: the client's next hop (the client packet's L2 source).
+    pub peer_mac: [u8; 6],
+    /// Reply entries: our MAC on the client side (the client packet's L2 dest).
+    pub local_mac: [u8; 6],
+    /// Reply entries: the interface the client packet arrived on.
+    pub ifindex: u32,
+    /// `FLOW_FORWARD` or `FLOW_REPLY`.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `VIP_STATS[vip.id]` and `BACKEND_STATS[backend]` (per-CPU).
+/// `VIP_STATS[max_vips]` collects drops that match no VIP (malformed IPv4).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Counters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops: [u64; DROP_REASONS],
+}
+
+impl Counters {
+    /// Sum of per-CPU values, as userspace reads them.
+    pub fn add(&mut self, other: &Counters) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += *b;
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, with explicit padding and no
+    // pointers, so any byte pattern is a valid value.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for TableState {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for Flow {}
+    unsafe impl aya::Pod for Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    /// The kernel and userspace must agree on sizes; padding is explicit so
+    /// no byte is uninitialised.
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<VipKey>(), 8);
+        assert_eq!(size_of::<VipMeta>(), 24);
+        assert_eq!(size_of::<TableState>(), 16);
+        assert_eq!(size_of::<Backend>(), 24);
+        assert_eq!(size_of::<FlowKey>(), 16);
+        assert_eq!(size_of::<Flow>(), 48);
+        assert_eq!(size_of::<Counters>(), 8 * (3 + DROP_REASONS));
+    }
+}

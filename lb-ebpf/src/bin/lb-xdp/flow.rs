@@ -1,0 +1,209 @@
+//! The connection table and scheduling of new flows.
+
+use aya_ebpf::bindings::BPF_NOEXIST;
+use lb_ebpf::{abi::*, hash::flow_hash};
+
+use crate::{maps::*, rewrite::Packet};
+
+/// SNAT ports tried for a new nat flow before giving up.
+const NAT_PORT_TRIES: u32 = 8;
+
+#[inline(always)]
+fn timeout_ns(vip: &VipMeta, proto: u8) -> u64 {
+    let s = if proto == IPPROTO_TCP {
+        vip.tcp_timeout_s
+    } else {
+        vip.udp_timeout_s
+    };
+    s as u64 * 1_000_000_000
+}
+
+/// The flow's entry if it is live, else a new one from the VIP's table.
+/// Returns the forward entry and whether it is new.
+#[inline(always)]
+pub fn lookup_or_schedule(
+    key: &FlowKey,
+    vip: &VipMeta,
+    pkt: &Packet,
+    ifindex: u32,
+    now: u64,
+) -> Result<(Flow, bool), DropReason> {
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a map value pointer stays valid for the program's run.
+        let f = unsafe { &mut *f };
+        if f.kind == FLOW_FORWARD
+            && f.vip == vip.id
+            && now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto)
+        {
+            f.last_seen_ns = now;
+            return Ok((*f, false));
+        }
+    }
+    schedule(key, vip, pkt, ifindex, now).map(|f| (f, true))
+}
+
+/// Maglev pick from the live half of the VIP's double-buffered table.
+#[inline(always)]
+fn pick(key: &FlowKey, vip_id: u32) -> Result<u32, DropReason> {
+    let st = TABLE_STATE.get(vip_id).ok_or(DropReason::NoBackend)?;
+    // One read of `active` decides the half for this packet: see TableState.
+    let half = unsafe { core::ptr::read_volatile(&st.active) } & 1;
+    let size = if half == 0 { st.size[0] } else { st.size[1] };
+    if size == 0 {
+        return Err(DropReason::NoBackend);
+    }
+    let slot = flow_hash(
+        key.src_addr,
+        key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    ) % size;
+    let stride = unsafe { core::ptr::read_volatile(&RING_STRIDE) };
+    let id = *RING
+        .get((vip_id * 2 + half) * stride + slot)
+        .ok_or(DropReason::NoBackend)?;
+    if id == NO_BACKEND {
+        return Err(DropReason::NoBackend);
+    }
+    Ok(id)
+}
+
+#[inline(always)]
+fn schedule(
+    key: &FlowKey,
+    vip: &VipMeta,
+    pkt: &Packet,
+    ifindex: u32,
+    now: u64,
+) -> Result<Flow, DropReason> {
+    let id = pick(key, vip.id)?;
+    let mut flow = Flow {
+        last_seen_ns: now,
+        backend: id,
+        vip: vip.id,
+        kind: FLOW_FORWARD,
+        ..Default::default()
+    };
+    if vip.mode == MODE_NAT {
+        let be = BACKENDS.get(id).ok_or(DropReason::BadBackend)?;
+        flow.rw_dst_addr = be.addr;
+        flow.rw_dst_port = be.port;
+        // SAFETY: `pkt.eth` was bounds-checked by the caller.
+        let eth = unsafe { *pkt.eth };
+        let reply = Flow {
+            last_seen_ns: now,
+            backend: id,
+            vip: vip.id,
+            rw_src_addr: key.dst_addr,
+            rw_dst_addr: key.src_addr,
+            rw_src_port: key.dst_port,
+            rw_dst_port: key.src_port,
+            peer_mac: eth.src,
+            local_mac: eth.dst,
+            ifindex,
+            kind: FLOW_REPLY,
+            _pad: [0; 3],
+        };
+        if be.flags & BACKEND_LOCAL != 0 {
+            // The local stack answers the client directly; only the
+            // destination changes, so the reply is keyed by the client.
+            flow.rw_src_addr = key.src_addr;
+            flow.rw_src_port = key.src_port;
+            let rkey = FlowKey {
+                src_addr: be.addr,
+                dst_addr: key.src_addr,
+                src_port: be.port,
+                dst_port: key.src_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            FLOWS
+                .insert(&rkey, &reply, 0)
+                .map_err(|_| DropReason::NatPortsExhausted)?;
+        } else {
+            flow.rw_src_addr = vip.snat_addr;
+            flow.rw_src_port = alloc_port(key, vip, be, &reply, now)?;
+        }
+    }
+    // A full LRU evicts its oldest entry, so this only fails on a kernel
+    // error; the packet is still forwarded, the flow just is not pinned.
+    let _ = FLOWS.insert(key, &flow, 0);
+    Ok(flow)
+}
+
+/// Finds a SNAT port (network order) whose reply 5-tuple is free or belongs to
+/// a dead flow, and claims it with the reply entry. The start port comes from
+/// the flow hash, so concurrent CPUs rarely contend; `BPF_NOEXIST` settles it
+/// when they do.
+#[inline(always)]
+fn alloc_port(
+    key: &FlowKey,
+    vip: &VipMeta,
+    be: &Backend,
+    reply: &Flow,
+    now: u64,
+) -> Result<u16, DropReason> {
+    let min = vip.snat_port_min as u32;
+    let max = vip.snat_port_max as u32;
+    if max < min {
+        return Err(DropReason::NatPortsExhausted);
+    }
+    let range = max - min + 1;
+    let h = flow_hash(
+        key.src_addr,
+        key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    )
+    .rotate_right(16);
+    let timeout = timeout_ns(vip, key.proto);
+    let mut i = 0;
+    while i < NAT_PORT_TRIES {
+        let port = ((min + h.wrapping_add(i.wrapping_mul(7919)) % range) as u16).to_be();
+        let rkey = FlowKey {
+            src_addr: be.addr,
+            dst_addr: vip.snat_addr,
+            src_port: be.port,
+            dst_port: port,
+            proto: key.proto,
+            _pad: [0; 3],
+        };
+        match unsafe { FLOWS.get(&rkey) } {
+            None => {
+                if FLOWS.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok() {
+                    return Ok(port);
+                }
+            }
+            Some(old) => {
+                if is_dead(old, key.proto, now, timeout) && FLOWS.insert(&rkey, reply, 0).is_ok() {
+                    return Ok(port);
+                }
+            }
+        }
+        i += 1;
+    }
+    Err(DropReason::NatPortsExhausted)
+}
+
+/// A reply entry is dead when neither direction has been seen for the
+/// timeout; its port can then be reused.
+#[inline(always)]
+fn is_dead(reply: &Flow, proto: u8, now: u64, timeout: u64) -> bool {
+    if now.wrapping_sub(reply.last_seen_ns) <= timeout {
+        return false;
+    }
+    let fwd = FlowKey {
+        src_addr: reply.rw_dst_addr,
+        dst_addr: reply.rw_src_addr,
+        src_port: reply.rw_dst_port,
+        dst_port: reply.rw_src_port,
+        proto,
+        _pad: [0; 3],
+    };
+    match unsafe { FLOWS.get(&fwd) } {
+        Some(f) => now.wrapping_sub(f.last_seen_ns) > timeout,
+        None => true,
+    }
+}

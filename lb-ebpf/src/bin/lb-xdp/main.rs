@@ -1,0 +1,215 @@
+//! lb's datapath: an XDP load balancer with a tc egress helper.
+//!
+//! Per packet (IPv4 TCP/UDP): find the VIP, keep an established flow on its
+//! backend (connection table), else pick one from the VIP's live Maglev table
+//! and remember it; then forward in `dr` (MAC rewrite) or `nat` (address and
+//! port translation, replies translated back) mode. Everything that is not
+//! addressed to a VIP, or a reply of a nat flow, goes to the kernel untouched.
+//!
+//! Module per concern: `headers` (wire formats, bounds), `maps` (state),
+//! `flow` (connection table and scheduling), `rewrite` (NAT and checksums).
+#![no_std]
+#![no_main]
+
+mod flow;
+mod headers;
+mod maps;
+mod rewrite;
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, xdp_action},
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
+use headers::*;
+use lb_ebpf::abi::{
+    BACKEND_LOCAL, DropReason, FLOW_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_NAT, VipKey,
+};
+use maps::*;
+
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: every pointer below comes from `ptr_at`, which checked it
+    // against `data_end`.
+    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HLEN) else {
+        return drop_unmatched(DropReason::Malformed);
+    };
+    let iph = unsafe { *ip };
+    let dst = addr(iph.dst);
+    if iph.version_ihl != 0x45 {
+        let reason = if iph.version_ihl >> 4 == 4 && iph.version_ihl & 0xf > 5 {
+            DropReason::IpOptions
+        } else {
+            DropReason::Malformed
+        };
+        return policy_drop(dst, reason);
+    }
+    if iph.frag_off & IP_FRAG_MASK_BE != 0 {
+        return policy_drop(dst, DropReason::Fragment);
+    }
+    let l4_min = match iph.proto {
+        IPPROTO_TCP => TCP_HLEN,
+        IPPROTO_UDP => UDP_HLEN,
+        _ => return xdp_action::XDP_PASS,
+    };
+    let tot_len = u16::from_be(iph.tot_len) as usize;
+    if tot_len < IPV4_HLEN + l4_min || ETH_HLEN + tot_len > end - start {
+        return policy_drop(dst, DropReason::Malformed);
+    }
+    let Some(ports) = ptr_at::<Ports>(start, end, L4_OFF) else {
+        return policy_drop(dst, DropReason::Malformed);
+    };
+    let csum = match iph.proto {
+        IPPROTO_TCP => ptr_at::<u16>(start, end, L4_OFF + TCP_CSUM_OFF),
+        _ => ptr_at::<u16>(start, end, L4_OFF + UDP_CSUM_OFF),
+    };
+    let Some(csum) = csum else {
+        return policy_drop(dst, DropReason::Malformed);
+    };
+    let p = unsafe { *ports };
+    let key = FlowKey {
+        src_addr: addr(iph.src),
+        dst_addr: dst,
+        src_port: p.src,
+        dst_port: p.dst,
+        proto: iph.proto,
+        _pad: [0; 3],
+    };
+    let pkt = rewrite::Packet {
+        eth,
+        ip,
+        ports,
+        csum,
+        udp: iph.proto == IPPROTO_UDP,
+    };
+    let vip_key = VipKey {
+        addr: dst,
+        port: p.dst,
+        proto: iph.proto,
+        _pad: 0,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let bytes = (end - start) as u64;
+    match unsafe { VIPS.get(&vip_key) } {
+        Some(vip) => to_vip(&ctx, &pkt, &key, vip, now, bytes),
+        None => from_backend(&ctx, &pkt, &key, now),
+    }
+}
+
+/// A packet for a VIP: schedule (or find) its flow and forward it.
+#[inline(always)]
+fn to_vip(
+    ctx: &XdpContext,
+    pkt: &rewrite::Packet,
+    key: &FlowKey,
+    vip: &lb_ebpf::abi::VipMeta,
+    now: u64,
+    bytes: u64,
+) -> u32 {
+    let (flow, new) =
+        match flow::lookup_or_schedule(key, vip, pkt, ctx.ingress_ifindex() as u32, now) {
+            Ok(f) => f,
+            Err(reason) => {
+                count_drop(vip.id, reason);
+                return xdp_action::XDP_DROP;
+            }
+        };
+    let Some(backend) = BACKENDS.get(flow.backend) else {
+        count_drop(vip.id, DropReason::BadBackend);
+        return xdp_action::XDP_DROP;
+    };
+    count(&VIP_STATS, vip.id, bytes, new);
+    count(&BACKEND_STATS, flow.backend, bytes, new);
+    if vip.mode == MODE_NAT {
+        rewrite::translate(pkt, &flow);
+        if backend.flags & BACKEND_LOCAL != 0 {
+            // The backend is this node: deliver to the local stack; the reply
+            // is translated back by `lb_tc_egress`.
+            return xdp_action::XDP_PASS;
+        }
+    }
+    rewrite::set_macs(pkt, &backend.mac, &backend.src_mac);
+    transmit(ctx, backend.ifindex)
+}
+
+/// Not for a VIP: a reply from a nat backend to one of our SNAT addresses is
+/// translated back to VIP → client; anything else goes to the kernel.
+#[inline(always)]
+fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey, now: u64) -> u32 {
+    if unsafe { SNAT_ADDRS.get(&key.dst_addr) }.is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(f) = FLOWS.get_ptr_mut(key) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: a map value pointer stays valid for the program's run.
+    let f = unsafe { &mut *f };
+    if f.kind != FLOW_REPLY {
+        return xdp_action::XDP_PASS;
+    }
+    f.last_seen_ns = now;
+    rewrite::translate(pkt, f);
+    rewrite::set_macs(pkt, &f.peer_mac, &f.local_mac);
+    transmit(ctx, f.ifindex)
+}
+
+#[inline(always)]
+fn transmit(ctx: &XdpContext, ifindex: u32) -> u32 {
+    if ifindex == 0 || ifindex == ctx.ingress_ifindex() as u32 {
+        xdp_action::XDP_TX
+    } else {
+        unsafe { bpf_redirect(ifindex, 0) as u32 }
+    }
+}
+
+/// Fragments, IP options and broken headers are dropped when addressed to a
+/// VIP's address (they must not be forwarded half-understood) and passed to
+/// the kernel otherwise (it is not our traffic).
+#[inline(always)]
+fn policy_drop(dst: u32, reason: DropReason) -> u32 {
+    if unsafe { VIP_ADDRS.get(&dst) }.is_some() {
+        drop_unmatched(reason)
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
+#[inline(always)]
+fn drop_unmatched(reason: DropReason) -> u32 {
+    count_drop(unsafe { core::ptr::read_volatile(&MAX_VIPS) }, reason);
+    xdp_action::XDP_DROP
+}
+
+/// Translates replies of flows whose backend is this node (nat mode).
+///
+/// XDP runs on ingress only, and a reply generated by a local socket never
+/// passes an ingress hook on its way out, so XDP cannot rewrite it: this tc
+/// egress program does, on the same interface. It uses the skb helpers for
+/// checksums because locally built packets usually carry CHECKSUM_PARTIAL
+/// (only the pseudo-header sum is in the packet), which the helpers handle.
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    let _ = rewrite::tc_unnat(&ctx);
+    TC_ACT_OK as i32
+}
+
+/// The baseline for benchmarks, and the peer program native-mode veth needs.
+#[xdp]
+pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

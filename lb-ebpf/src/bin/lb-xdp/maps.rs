@@ -1,0 +1,77 @@
+//! The datapath's state. Layouts are in `lb_ebpf::abi`; sizes here are the
+//! defaults, which the loader overrides at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_ebpf::abi::*;
+
+/// Slots per table half in `RING`; set by the loader (`abi::global`).
+#[unsafe(no_mangle)]
+pub static RING_STRIDE: u32 = DEFAULT_RING_SIZE;
+
+/// Number of VIP slots; `VIP_STATS[MAX_VIPS]` counts drops matching no VIP.
+#[unsafe(no_mangle)]
+pub static MAX_VIPS: u32 = DEFAULT_MAX_VIPS;
+
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Addresses that carry at least one VIP (value: number of VIPs). Only read
+/// for packets the policy refuses (fragments, options, malformed), to tell
+/// "ours, drop" from "not ours, pass".
+#[map(name = "VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "TABLE_STATE")]
+pub static TABLE_STATE: Array<TableState> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Maglev tables: VIP `id`, half `h` occupies
+/// `[(2·id + h)·RING_STRIDE, (2·id + h)·RING_STRIDE + size[h])`.
+#[map(name = "RING")]
+pub static RING: Array<u32> = Array::with_max_entries(2 * DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The connection table, shared by all CPUs because a nat reply may arrive on
+/// another CPU than its request. LRU: when full, the least recently used flow
+/// is evicted (and rescheduled by Maglev if it comes back).
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, Flow> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Our SNAT source addresses: replies to them may be nat flows.
+#[map(name = "SNAT_ADDRS")]
+pub static SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS + 1, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Counters> =
+    PerCpuArray::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn count(map: &PerCpuArray<Counters>, idx: u32, bytes: u64, new_flow: bool) {
+    if let Some(c) = map.get_ptr_mut(idx) {
+        // SAFETY: per-CPU value, valid for this run, touched by no other CPU.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        c.bytes += bytes;
+        c.new_flows += new_flow as u64;
+    }
+}
+
+#[inline(always)]
+pub fn count_drop(vip: u32, reason: DropReason) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
+        let c = unsafe { &mut *c };
+        let i = reason as usize;
+        if i < DROP_REASONS {
+            c.drops[i] += 1;
+        }
+    }
+}
