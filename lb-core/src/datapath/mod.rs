@@ -1,1 +1,466 @@
-//! placeholder
+//! The aya loader and every write into the datapath's maps.
+//!
+//! [`Datapath`] owns the loaded object: it attaches the XDP program (native
+//! first, generic as fallback) and the tc egress helper, writes VIPs and
+//! backends, swaps Maglev tables atomically ([`ring`]) and sums the per-CPU
+//! counters. Attachments are bpf_links owned by the process, so the programs
+//! leave the interfaces when it exits, even on SIGKILL.
+//!
+//! [`balancer`] builds on it with services, id allocation and neighbour
+//! resolution ([`neigh`]).
+
+pub mod balancer;
+pub mod neigh;
+mod ring;
+
+use std::{collections::HashMap, fmt};
+
+use aya::{
+    Ebpf, EbpfLoader, TestRun, TestRunOptions,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+};
+use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
+
+pub use ring::Tables;
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("loading the eBPF object: {0} (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("eBPF program {0} missing or of the wrong type")]
+    Program(&'static str),
+    #[error("eBPF map {0} missing or of the wrong type")]
+    Map(&'static str),
+    #[error("interface {0}: no such interface")]
+    NoInterface(String),
+    #[error("attaching XDP to {iface}: {source}")]
+    AttachXdp {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("attaching tc egress to {iface}: {source}")]
+    AttachTc {
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{what}: {source}")]
+    MapWrite {
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("VIP id {id} is out of range (max_vips = {max})")]
+    VipIdRange { id: u32, max: u32 },
+    #[error("backend id {id} is out of range (max_backends = {max})")]
+    BackendIdRange { id: u32, max: u32 },
+    #[error("table of {len} slots does not fit the ring stride {stride}")]
+    TableTooBig { len: usize, stride: u32 },
+    #[error("mapping the {0} map: {1}")]
+    Mmap(&'static str, std::io::Error),
+    #[error("test run of {prog}: {source}")]
+    TestRun {
+        prog: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+type Result<T> = std::result::Result<T, DatapathError>;
+
+fn write_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    let what = what.into();
+    move |source| DatapathError::MapWrite { what, source }
+}
+
+/// Sizes fixed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// VIP slots. Default 64. Each costs 2 × `ring_stride` × 8 bytes of table.
+    pub max_vips: u32,
+    /// Backend slots across all VIPs. Default 4096.
+    pub max_backends: u32,
+    /// Largest Maglev table size a VIP may use. Default 65537.
+    pub ring_stride: u32,
+    /// Connection table entries (LRU). Default 262144; a nat flow takes two.
+    pub flow_capacity: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_vips: abi::DEFAULT_MAX_VIPS,
+            max_backends: abi::DEFAULT_MAX_BACKENDS,
+            ring_stride: abi::DEFAULT_RING_SIZE,
+            flow_capacity: abi::DEFAULT_FLOW_CAPACITY,
+        }
+    }
+}
+
+/// How to attach XDP. `Auto` tries native (driver) mode and falls back to
+/// generic (skb) mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+/// The mode XDP actually runs in on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpRunMode {
+    Native,
+    Generic,
+}
+
+impl fmt::Display for XdpRunMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpRunMode::Native => "native",
+            XdpRunMode::Generic => "generic",
+        })
+    }
+}
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Debug)]
+pub struct TestRunOutput {
+    /// The program's verdict (`XDP_*` or `TC_ACT_*`).
+    pub verdict: u32,
+    /// The frame as the program left it.
+    pub data: Vec<u8>,
+    /// Kernel-measured mean time per run.
+    pub duration: std::time::Duration,
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    limits: Limits,
+    tables: Tables,
+    /// Interfaces with an attached XDP program, and their mode.
+    attached: HashMap<String, XdpRunMode>,
+    vip_addr_refs: HashMap<u32, u32>,
+    snat_refs: HashMap<u32, u32>,
+}
+
+impl Datapath {
+    /// Loads the object into the kernel (maps sized by `limits`, programs
+    /// verified) without attaching anything.
+    pub fn load(limits: Limits) -> Result<Self> {
+        let ring = 2u64 * limits.max_vips as u64 * limits.ring_stride as u64;
+        let ring = u32::try_from(ring).map_err(|_| DatapathError::TableTooBig {
+            len: ring as usize,
+            stride: limits.ring_stride,
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(abi::global::RING_STRIDE, &limits.ring_stride, true)
+            .override_global(abi::global::MAX_VIPS, &limits.max_vips, true)
+            .map_max_entries(abi::map::VIPS, limits.max_vips)
+            .map_max_entries(abi::map::VIP_ADDRS, limits.max_vips)
+            .map_max_entries(abi::map::SNAT_ADDRS, limits.max_vips)
+            .map_max_entries(abi::map::TABLE_STATE, limits.max_vips)
+            .map_max_entries(abi::map::RING, ring)
+            .map_max_entries(abi::map::BACKENDS, limits.max_backends)
+            .map_max_entries(abi::map::BACKEND_STATS, limits.max_backends)
+            .map_max_entries(abi::map::VIP_STATS, limits.max_vips + 1)
+            .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
+            .load(OBJECT)
+            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+        for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS] {
+            let p: &mut Xdp = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(DatapathError::Program(name))?;
+            p.load()
+                .map_err(|e| DatapathError::Load(Box::new(e.into())))?;
+        }
+        let p: &mut SchedClassifier = ebpf
+            .program_mut(abi::prog::TC_EGRESS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program(abi::prog::TC_EGRESS))?;
+        p.load()
+            .map_err(|e| DatapathError::Load(Box::new(e.into())))?;
+        let tables = Tables::map(&ebpf, limits)?;
+        Ok(Datapath {
+            ebpf,
+            limits,
+            tables,
+            attached: HashMap::new(),
+            vip_addr_refs: HashMap::new(),
+            snat_refs: HashMap::new(),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Attaches the load balancer at XDP on `iface` and the nat reply helper
+    /// at its tc egress. Returns the XDP mode obtained.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpRunMode> {
+        let run = self.attach_xdp(abi::prog::XDP_LB, iface, mode)?;
+        if let Err(e) = tc::qdisc_add_clsact(iface) {
+            // EEXIST: the clsact qdisc is already there, which is fine.
+            if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
+            {
+                tracing::debug!(iface, error = %e, "adding clsact qdisc");
+            }
+        }
+        let p: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(abi::prog::TC_EGRESS)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program(abi::prog::TC_EGRESS))?;
+        p.attach(iface, TcAttachType::Egress)
+            .map_err(|source| DatapathError::AttachTc {
+                iface: iface.to_string(),
+                source,
+            })?;
+        self.attached.insert(iface.to_string(), run);
+        tracing::info!(iface, mode = %run, "XDP attached");
+        Ok(run)
+    }
+
+    /// Attaches the trivial XDP_PASS program. Native-mode veth drops XDP_TX
+    /// frames unless the peer has an XDP program too; this is that program.
+    pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<XdpRunMode> {
+        self.attach_xdp(abi::prog::XDP_PASS, iface, mode)
+    }
+
+    fn attach_xdp(
+        &mut self,
+        prog: &'static str,
+        iface: &str,
+        mode: AttachMode,
+    ) -> Result<XdpRunMode> {
+        if neigh::ifindex(iface).is_none() {
+            return Err(DatapathError::NoInterface(iface.to_string()));
+        }
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(prog)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program(prog))?;
+        let err = |source| DatapathError::AttachXdp {
+            iface: iface.to_string(),
+            source,
+        };
+        match mode {
+            AttachMode::Native => p.attach(iface, XdpMode::Driver).map_err(err)?,
+            AttachMode::Generic => p.attach(iface, XdpMode::Skb).map_err(err)?,
+            AttachMode::Auto => match p.attach(iface, XdpMode::Driver) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::warn!(iface, error = %e, "native XDP unavailable, falling back to generic");
+                    p.attach(iface, XdpMode::Skb).map_err(err)?;
+                    return Ok(XdpRunMode::Generic);
+                }
+            },
+        };
+        Ok(match mode {
+            AttachMode::Generic => XdpRunMode::Generic,
+            _ => XdpRunMode::Native,
+        })
+    }
+
+    /// Interfaces with the load balancer attached, and their XDP mode.
+    pub fn attached(&self) -> &HashMap<String, XdpRunMode> {
+        &self.attached
+    }
+
+    /// Adds or updates a VIP. On error nothing about this VIP changed.
+    pub fn set_vip(&mut self, key: VipKey, meta: VipMeta) -> Result<()> {
+        if meta.id >= self.limits.max_vips {
+            return Err(DatapathError::VipIdRange {
+                id: meta.id,
+                max: self.limits.max_vips,
+            });
+        }
+        let what = format!("VIP {}", fmt_vip(&key));
+        let mut vips: BpfHashMap<_, VipKey, VipMeta> = self.typed(abi::map::VIPS)?;
+        let old = vips.get(&key, 0).ok();
+        vips.insert(key, meta, 0).map_err(write_err(&what))?;
+        if old.is_none() {
+            self.bump(abi::map::VIP_ADDRS, key.addr, 1)?;
+        }
+        let was_nat = old.is_some_and(|o| o.mode == abi::MODE_NAT);
+        if was_nat
+            && (meta.mode != abi::MODE_NAT || old.map(|o| o.snat_addr) != Some(meta.snat_addr))
+        {
+            self.bump(abi::map::SNAT_ADDRS, old.map_or(0, |o| o.snat_addr), -1)?;
+        }
+        if meta.mode == abi::MODE_NAT
+            && !(was_nat && old.map(|o| o.snat_addr) == Some(meta.snat_addr))
+        {
+            self.bump(abi::map::SNAT_ADDRS, meta.snat_addr, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a VIP: new packets to it reach the kernel again. Its flows
+    /// stay in the connection table until they idle out or are evicted.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let mut vips: BpfHashMap<_, VipKey, VipMeta> = self.typed(abi::map::VIPS)?;
+        let Ok(old) = vips.get(key, 0) else {
+            return Ok(());
+        };
+        vips.remove(key)
+            .map_err(write_err(format!("removing VIP {}", fmt_vip(key))))?;
+        self.bump(abi::map::VIP_ADDRS, key.addr, -1)?;
+        if old.mode == abi::MODE_NAT {
+            self.bump(abi::map::SNAT_ADDRS, old.snat_addr, -1)?;
+        }
+        self.tables.clear(old.id)
+    }
+
+    /// Reference-counted membership of an address in a set map.
+    fn bump(&mut self, name: &'static str, addr: u32, delta: i32) -> Result<()> {
+        let refs = match name {
+            abi::map::VIP_ADDRS => &mut self.vip_addr_refs,
+            _ => &mut self.snat_refs,
+        };
+        let n = refs.entry(addr).or_insert(0);
+        *n = n.saturating_add_signed(delta);
+        let n = *n;
+        if n == 0 {
+            refs.remove(&addr);
+        }
+        let mut m: BpfHashMap<_, u32, u32> = self.typed(name)?;
+        let what = format!("{name} {}", std::net::Ipv4Addr::from(addr.to_ne_bytes()));
+        if n == 0 {
+            m.remove(&addr).map_err(write_err(what))
+        } else {
+            m.insert(addr, n, 0).map_err(write_err(what))
+        }
+    }
+
+    pub fn set_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        if id >= self.limits.max_backends {
+            return Err(DatapathError::BackendIdRange {
+                id,
+                max: self.limits.max_backends,
+            });
+        }
+        let mut m: Array<_, Backend> = self.typed(abi::map::BACKENDS)?;
+        m.set(id, backend, 0)
+            .map_err(write_err(format!("backend id {id}")))
+    }
+
+    /// Installs `table` as the VIP's live Maglev table: written into the
+    /// inactive half, then made active by one atomic store. Returns the new
+    /// generation. An empty table makes the VIP drop new flows.
+    pub fn swap_table(&mut self, vip_id: u32, table: &[u32]) -> Result<u32> {
+        self.tables.swap(vip_id, table)
+    }
+
+    /// Current generation and size of the VIP's live table.
+    pub fn table_state(&self, vip_id: u32) -> Option<abi::TableState> {
+        self.tables.state(vip_id)
+    }
+
+    fn counters(&self, name: &'static str, idx: u32) -> Result<Counters> {
+        let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
+        let m: PerCpuArray<&MapData, Counters> =
+            PerCpuArray::try_from(m).map_err(|_| DatapathError::Map(name))?;
+        let per_cpu = m
+            .get(&idx, 0)
+            .map_err(write_err(format!("reading {name}[{idx}]")))?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    /// Counters of one VIP, summed over CPUs.
+    pub fn vip_counters(&self, vip_id: u32) -> Result<Counters> {
+        self.counters(abi::map::VIP_STATS, vip_id)
+    }
+
+    /// Counters of one backend, summed over CPUs.
+    pub fn backend_counters(&self, backend_id: u32) -> Result<Counters> {
+        self.counters(abi::map::BACKEND_STATS, backend_id)
+    }
+
+    /// Drops of packets to a VIP address that matched no VIP (fragments, IP
+    /// options, malformed headers).
+    pub fn unmatched_counters(&self) -> Result<Counters> {
+        self.counters(abi::map::VIP_STATS, self.limits.max_vips)
+    }
+
+    /// A snapshot of the connection table.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
+        let name = abi::map::FLOWS;
+        let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
+        let m: BpfHashMap<&MapData, FlowKey, Flow> =
+            BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
+        Ok(m.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Runs a program once (or `repeat` times) on `frame` with
+    /// BPF_PROG_TEST_RUN, against the live maps. Used by the tests and the
+    /// per-packet benchmark.
+    pub fn test_run(&self, prog: &'static str, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
+        let p = self
+            .ebpf
+            .program(prog)
+            .ok_or(DatapathError::Program(prog))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat: repeat.max(1),
+            ..Default::default()
+        };
+        let r = match p {
+            aya::programs::Program::Xdp(x) => x.test_run(opts),
+            aya::programs::Program::SchedClassifier(c) => c.test_run(opts),
+            _ => return Err(DatapathError::Program(prog)),
+        }
+        .map_err(|source| DatapathError::TestRun { prog, source })?;
+        out.truncate(r.data_size_out as usize);
+        Ok(TestRunOutput {
+            verdict: r.return_value,
+            data: out,
+            duration: r.duration,
+        })
+    }
+
+    fn typed<'a, T>(&'a mut self, name: &'static str) -> Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map>,
+    {
+        let m = self.ebpf.map_mut(name).ok_or(DatapathError::Map(name))?;
+        T::try_from(m).map_err(|_| DatapathError::Map(name))
+    }
+}
+
+/// The clock the datapath stamps flows with (`bpf_ktime_get_ns`).
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn fmt_vip(k: &VipKey) -> String {
+    let proto = match k.proto {
+        abi::IPPROTO_TCP => "tcp",
+        abi::IPPROTO_UDP => "udp",
+        _ => "?",
+    };
+    format!(
+        "{}:{}/{proto}",
+        std::net::Ipv4Addr::from(k.addr.to_ne_bytes()),
+        u16::from_be(k.port)
+    )
+}

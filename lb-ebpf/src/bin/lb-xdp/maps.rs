@@ -24,13 +24,19 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 #[map(name = "VIP_ADDRS")]
 pub static VIP_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
+/// Userspace maps `TABLE_STATE` and `RING` into its memory (mmap) so a swap
+/// is a memcpy plus one atomic store instead of 65537 syscalls.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
 #[map(name = "TABLE_STATE")]
-pub static TABLE_STATE: Array<TableState> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+pub static TABLE_STATE: Array<TableState> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS, BPF_F_MMAPABLE);
 
 /// Maglev tables: VIP `id`, half `h` occupies
 /// `[(2·id + h)·RING_STRIDE, (2·id + h)·RING_STRIDE + size[h])`.
 #[map(name = "RING")]
-pub static RING: Array<u32> = Array::with_max_entries(2 * DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, 0);
+pub static RING: Array<u32> =
+    Array::with_max_entries(2 * DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);

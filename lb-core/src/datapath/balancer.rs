@@ -1,0 +1,394 @@
+//! Services on top of the raw maps: VIP and backend id allocation, neighbour
+//! resolution, Maglev builds and swaps.
+//!
+//! Every change is prepared completely (ids, MACs, table) before the first
+//! map write, so a change that fails leaves what was programmed serving.
+//! Backends are reached through the service's interface (one-armed LB, the
+//! LVS-DR/NAT layout); a next hop behind a router is not resolved yet.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{Ipv4Addr, SocketAddrV4},
+    time::Duration,
+};
+
+use lb_ebpf::abi::{self, VipKey, VipMeta};
+
+use super::{AttachMode, Datapath, DatapathError, XdpRunMode, neigh};
+use crate::table::{self, Member, TableError};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => abi::IPPROTO_TCP,
+            Protocol::Udp => abi::IPPROTO_UDP,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    /// LVS-DR: only MACs change; backends hold the VIP on a loopback and
+    /// answer clients directly. Backend port must equal the VIP port.
+    Dr,
+    /// Full NAT with port translation; replies come back through the LB.
+    Nat,
+}
+
+/// What a service needs from the config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    pub vip: SocketAddrV4,
+    pub protocol: Protocol,
+    pub interface: String,
+    pub forwarding: Forwarding,
+    /// Maglev table size, a prime ≤ the loader's ring stride. Default 65537.
+    pub table_size: u32,
+    /// nat source address; `None` = the interface's first IPv4 address.
+    pub snat_address: Option<Ipv4Addr>,
+    /// nat source ports, inclusive.
+    pub snat_ports: (u16, u16),
+    pub tcp_timeout: Duration,
+    pub udp_timeout: Duration,
+}
+
+/// One backend of the live set (weight 0 = drained: keeps its flows, gets
+/// no new one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddrV4,
+    pub weight: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BalancerError {
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    #[error("VIP {0}: {1}")]
+    Neigh(SocketAddrV4, #[source] neigh::NeighError),
+    #[error("VIP {vip}: backend {backend}: {source}")]
+    Backend {
+        vip: SocketAddrV4,
+        backend: SocketAddrV4,
+        #[source]
+        source: neigh::NeighError,
+    },
+    #[error("VIP {0}: {1}")]
+    Table(SocketAddrV4, #[source] TableError),
+    #[error("VIP {0}/{1:?} is not programmed")]
+    UnknownVip(SocketAddrV4, Protocol),
+    #[error("VIP {0}: all {1} VIP slots are in use (raise max_vips)")]
+    VipsFull(SocketAddrV4, u32),
+    #[error("VIP {0}: all {1} backend slots are in use (raise max_backends)")]
+    BackendsFull(SocketAddrV4, u32),
+    #[error("VIP {vip}: dr mode cannot translate ports, backend {backend} must use port {}", vip.port())]
+    DrPort {
+        vip: SocketAddrV4,
+        backend: SocketAddrV4,
+    },
+    #[error("VIP {0}: table size {1} exceeds the loaded ring stride {2}")]
+    TableSize(SocketAddrV4, u32, u32),
+}
+
+type Result<T> = std::result::Result<T, BalancerError>;
+
+struct Service {
+    id: u32,
+    spec: ServiceSpec,
+    backends: Vec<BackendSpec>,
+}
+
+/// Programs services into a [`Datapath`].
+pub struct Balancer {
+    dp: Datapath,
+    mode: AttachMode,
+    services: HashMap<(SocketAddrV4, Protocol), Service>,
+    backend_ids: HashMap<(String, SocketAddrV4), (u32, usize)>,
+    /// Released ids are reused last, so a flow still pinned to a removed
+    /// backend keeps its entry as long as possible.
+    free_backend_ids: VecDeque<u32>,
+    next_backend_id: u32,
+    pub resolve_timeout: Duration,
+}
+
+fn vip_key(vip: SocketAddrV4, p: Protocol) -> VipKey {
+    VipKey {
+        addr: u32::from_ne_bytes(vip.ip().octets()),
+        port: vip.port().to_be(),
+        proto: p.number(),
+        _pad: 0,
+    }
+}
+
+impl Balancer {
+    pub fn new(dp: Datapath, mode: AttachMode) -> Self {
+        Balancer {
+            dp,
+            mode,
+            services: HashMap::new(),
+            backend_ids: HashMap::new(),
+            free_backend_ids: VecDeque::new(),
+            next_backend_id: 0,
+            resolve_timeout: Duration::from_secs(1),
+        }
+    }
+
+    pub fn datapath(&self) -> &Datapath {
+        &self.dp
+    }
+
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+
+    /// VIP id of a programmed service.
+    pub fn vip_id(&self, vip: SocketAddrV4, p: Protocol) -> Option<u32> {
+        self.services.get(&(vip, p)).map(|s| s.id)
+    }
+
+    /// Backend id of a backend in use on `iface`.
+    pub fn backend_id(&self, iface: &str, addr: SocketAddrV4) -> Option<u32> {
+        self.backend_ids
+            .get(&(iface.to_string(), addr))
+            .map(|(id, _)| *id)
+    }
+
+    /// Programs a service with an empty table (new flows dropped as
+    /// `no_backend` until [`Balancer::set_backends`]), attaching XDP to its
+    /// interface if needed. Re-adding an existing service updates its
+    /// settings and keeps its table.
+    pub fn add_service(&mut self, spec: ServiceSpec) -> Result<u32> {
+        let stride = self.dp.limits().ring_stride;
+        if spec.table_size > stride {
+            return Err(BalancerError::TableSize(spec.vip, spec.table_size, stride));
+        }
+        if !table::is_prime(spec.table_size) {
+            return Err(BalancerError::Table(
+                spec.vip,
+                TableError::NotPrime(spec.table_size),
+            ));
+        }
+        let snat = match (spec.forwarding, spec.snat_address) {
+            (Forwarding::Nat, None) => neigh::primary_ipv4(&spec.interface)
+                .map_err(|e| BalancerError::Neigh(spec.vip, e))?,
+            (_, a) => a.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        };
+        let existing = self.services.get(&(spec.vip, spec.protocol)).map(|s| s.id);
+        let id = match existing {
+            Some(id) => id,
+            None => (0..self.dp.limits().max_vips)
+                .find(|i| self.services.values().all(|s| s.id != *i))
+                .ok_or(BalancerError::VipsFull(spec.vip, self.dp.limits().max_vips))?,
+        };
+        if !self.dp.attached().contains_key(&spec.interface) {
+            self.dp.attach(&spec.interface, self.mode)?;
+        }
+        let meta = VipMeta {
+            id,
+            mode: match spec.forwarding {
+                Forwarding::Dr => abi::MODE_DR,
+                Forwarding::Nat => abi::MODE_NAT,
+            },
+            _pad: [0; 3],
+            snat_addr: u32::from_ne_bytes(snat.octets()),
+            snat_port_min: spec.snat_ports.0,
+            snat_port_max: spec.snat_ports.1,
+            tcp_timeout_s: spec.tcp_timeout.as_secs().min(u32::MAX as u64) as u32,
+            udp_timeout_s: spec.udp_timeout.as_secs().min(u32::MAX as u64) as u32,
+        };
+        if existing.is_none() {
+            self.dp.swap_table(id, &[])?;
+        }
+        self.dp.set_vip(vip_key(spec.vip, spec.protocol), meta)?;
+        tracing::info!(vip = %spec.vip, proto = ?spec.protocol, id, mode = ?spec.forwarding, "VIP programmed");
+        let backends = self
+            .services
+            .remove(&(spec.vip, spec.protocol))
+            .map(|s| s.backends)
+            .unwrap_or_default();
+        self.services
+            .insert((spec.vip, spec.protocol), Service { id, spec, backends });
+        Ok(id)
+    }
+
+    /// Removes a service. Its established flows are no longer forwarded.
+    pub fn remove_service(&mut self, vip: SocketAddrV4, p: Protocol) -> Result<()> {
+        let svc = self
+            .services
+            .get(&(vip, p))
+            .ok_or(BalancerError::UnknownVip(vip, p))?;
+        let iface = svc.spec.interface.clone();
+        let old: Vec<SocketAddrV4> = svc.backends.iter().map(|b| b.addr).collect();
+        self.dp.remove_vip(&vip_key(vip, p))?;
+        self.services.remove(&(vip, p));
+        for a in old {
+            self.release_backend(&iface, a);
+        }
+        tracing::info!(vip = %vip, proto = ?p, "VIP removed");
+        Ok(())
+    }
+
+    /// Replaces the service's live backend set: resolves new backends,
+    /// builds the weighted Maglev table and swaps it in. Returns the table
+    /// generation. Flows already pinned keep their backend, including one
+    /// that left the set.
+    pub fn set_backends(
+        &mut self,
+        vip: SocketAddrV4,
+        p: Protocol,
+        backends: &[BackendSpec],
+    ) -> Result<u32> {
+        let svc = self
+            .services
+            .get(&(vip, p))
+            .ok_or(BalancerError::UnknownVip(vip, p))?;
+        let spec = svc.spec.clone();
+        let vip_id = svc.id;
+        let old: Vec<SocketAddrV4> = svc.backends.iter().map(|b| b.addr).collect();
+        if spec.forwarding == Forwarding::Dr
+            && let Some(b) = backends.iter().find(|b| b.addr.port() != vip.port())
+        {
+            return Err(BalancerError::DrPort {
+                vip,
+                backend: b.addr,
+            });
+        }
+        let ifindex = neigh::ifindex(&spec.interface)
+            .ok_or_else(|| DatapathError::NoInterface(spec.interface.clone()))?;
+        let src_mac = neigh::mac(&spec.interface).map_err(|e| BalancerError::Neigh(vip, e))?;
+        let mut prepared = Vec::new();
+        for b in backends {
+            let ip = *b.addr.ip();
+            let local = neigh::is_local(ip).map_err(|e| BalancerError::Neigh(vip, e))?;
+            let mac = if local {
+                [0; 6]
+            } else {
+                neigh::resolve(ip, &spec.interface, self.resolve_timeout).map_err(|source| {
+                    BalancerError::Backend {
+                        vip,
+                        backend: b.addr,
+                        source,
+                    }
+                })?
+            };
+            prepared.push((
+                *b,
+                abi::Backend {
+                    addr: u32::from_ne_bytes(ip.octets()),
+                    port: b.addr.port().to_be(),
+                    flags: if local { abi::BACKEND_LOCAL } else { 0 },
+                    _pad: 0,
+                    mac,
+                    src_mac,
+                    ifindex,
+                },
+            ));
+        }
+        let ids = self.reserve_ids(&spec.interface, vip, &prepared)?;
+        let members: Vec<Member> = prepared
+            .iter()
+            .zip(&ids)
+            .map(|((b, _), id)| Member {
+                id: *id,
+                addr: b.addr.into(),
+                weight: b.weight,
+            })
+            .collect();
+        let table = match table::build_maglev(&members, spec.table_size) {
+            Ok(t) => t,
+            Err(e) => {
+                self.unreserve(&spec.interface, &prepared);
+                return Err(BalancerError::Table(vip, e));
+            }
+        };
+        for ((_, be), id) in prepared.iter().zip(&ids) {
+            if let Err(e) = self.dp.set_backend(*id, *be) {
+                self.unreserve(&spec.interface, &prepared);
+                return Err(e.into());
+            }
+        }
+        let generation = match self.dp.swap_table(vip_id, &table) {
+            Ok(g) => g,
+            Err(e) => {
+                self.unreserve(&spec.interface, &prepared);
+                return Err(e.into());
+            }
+        };
+        for a in old {
+            self.release_backend(&spec.interface, a);
+        }
+        if let Some(s) = self.services.get_mut(&(vip, p)) {
+            s.backends = backends.to_vec();
+        }
+        tracing::info!(vip = %vip, generation, backends = backends.len(), "table swapped");
+        Ok(generation)
+    }
+
+    /// Takes a reference on each backend's id (allocating new ones). The old
+    /// set's references are dropped only after the swap succeeds.
+    fn reserve_ids(
+        &mut self,
+        iface: &str,
+        vip: SocketAddrV4,
+        prepared: &[(BackendSpec, abi::Backend)],
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(prepared.len());
+        for (i, (b, _)) in prepared.iter().enumerate() {
+            let key = (iface.to_string(), b.addr);
+            let id = if let Some((id, refs)) = self.backend_ids.get_mut(&key) {
+                *refs += 1;
+                *id
+            } else {
+                let id = if self.next_backend_id < self.dp.limits().max_backends {
+                    self.next_backend_id += 1;
+                    Some(self.next_backend_id - 1)
+                } else {
+                    self.free_backend_ids.pop_front()
+                };
+                let Some(id) = id else {
+                    self.unreserve(iface, &prepared[..i]);
+                    return Err(BalancerError::BackendsFull(
+                        vip,
+                        self.dp.limits().max_backends,
+                    ));
+                };
+                self.backend_ids.insert(key, (id, 1));
+                id
+            };
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn unreserve(&mut self, iface: &str, prepared: &[(BackendSpec, abi::Backend)]) {
+        for (b, _) in prepared {
+            self.release_backend(iface, b.addr);
+        }
+    }
+
+    fn release_backend(&mut self, iface: &str, addr: SocketAddrV4) {
+        let key = (iface.to_string(), addr);
+        if let Some((id, refs)) = self.backend_ids.get_mut(&key) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.free_backend_ids.push_back(*id);
+                self.backend_ids.remove(&key);
+            }
+        }
+    }
+
+    /// The XDP mode per attached interface.
+    pub fn attached(&self) -> Vec<(String, XdpRunMode)> {
+        self.dp
+            .attached()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}

@@ -1,0 +1,45 @@
+//! Helpers shared by the datapath tests.
+#![allow(dead_code)] // each test binary uses a different subset
+
+pub mod netns;
+
+use etherparse::PacketBuilder;
+
+/// Tests that load eBPF or create namespaces need root. They fail loudly
+/// without it; they never pass by skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs / creates network namespaces and must run as root"
+    );
+}
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+
+/// An Ethernet + IPv4 + TCP/UDP frame, checksums computed by etherparse.
+#[allow(clippy::too_many_arguments)]
+pub fn frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64);
+    let mut out = Vec::new();
+    match proto {
+        TCP => b
+            .tcp(sport, dport, 1000, 64_000)
+            .syn()
+            .write(&mut out, payload),
+        _ => b.udp(sport, dport).write(&mut out, payload),
+    }
+    .expect("building frame");
+    out
+}

@@ -1,0 +1,520 @@
+//! Packet cases of the XDP/tc programs through BPF_PROG_TEST_RUN, against real
+//! maps. Each case asserts the verdict and the whole output frame, byte for
+//! byte (so rewritten headers and checksums are exact), plus counters.
+mod common;
+
+use std::{thread::sleep, time::Duration};
+
+use common::*;
+use lb_core::{
+    datapath::{Datapath, Limits},
+    table::{Member, build_maglev},
+};
+use lb_ebpf::abi::{self, Backend, DropReason, VipKey, VipMeta};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+const TC_ACT_OK: u32 = 0;
+
+const CLIENT: [u8; 4] = [198, 18, 0, 1];
+const LB: [u8; 4] = [198, 18, 0, 2];
+const VIP: [u8; 4] = [198, 18, 0, 100];
+const OTHER: [u8; 4] = [198, 18, 0, 200];
+const BE: [[u8; 4]; 2] = [[198, 18, 1, 1], [198, 18, 1, 2]];
+const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const LB_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+const LB_MAC_OUT: [u8; 6] = [2, 0, 0, 0, 0, 3];
+const BE_MAC: [[u8; 6]; 2] = [[2, 0, 0, 0, 1, 1], [2, 0, 0, 0, 1, 2]];
+const SNAT_PORTS: (u16, u16) = (20_000, 20_099);
+const TABLE: u32 = 1_009;
+
+fn ip(a: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(a)
+}
+
+fn load() -> Datapath {
+    require_root();
+    Datapath::load(Limits {
+        max_vips: 4,
+        max_backends: 16,
+        ring_stride: TABLE,
+        flow_capacity: 4_096,
+    })
+    .expect("loading the datapath")
+}
+
+fn vip(dp: &mut Datapath, mode: u8, proto: u8, timeout_s: u32) {
+    dp.set_vip(
+        VipKey {
+            addr: ip(VIP),
+            port: 80u16.to_be(),
+            proto,
+            _pad: 0,
+        },
+        VipMeta {
+            id: 0,
+            mode,
+            _pad: [0; 3],
+            snat_addr: ip(LB),
+            snat_port_min: SNAT_PORTS.0,
+            snat_port_max: SNAT_PORTS.1,
+            tcp_timeout_s: timeout_s,
+            udp_timeout_s: timeout_s,
+        },
+    )
+    .expect("set_vip");
+}
+
+fn backend(dp: &mut Datapath, id: u32, addr: [u8; 4], flags: u8) {
+    dp.set_backend(
+        id,
+        Backend {
+            addr: ip(addr),
+            port: 8033u16.to_be(),
+            flags,
+            _pad: 0,
+            mac: BE_MAC[id as usize % 2],
+            src_mac: LB_MAC_OUT,
+            ifindex: 0,
+        },
+    )
+    .expect("set_backend");
+}
+
+/// Programs the VIP's table with the given backend ids (equal weights).
+fn table(dp: &mut Datapath, ids: &[u32]) -> u32 {
+    let members: Vec<Member> = ids
+        .iter()
+        .map(|id| Member {
+            id: *id,
+            addr: std::net::SocketAddr::from((BE[*id as usize % 2], 8033)),
+            weight: 1,
+        })
+        .collect();
+    let t = build_maglev(&members, TABLE).expect("maglev");
+    dp.swap_table(0, &t).expect("swap")
+}
+
+fn setup(mode: u8, proto: u8) -> Datapath {
+    let mut dp = load();
+    vip(&mut dp, mode, proto, 900);
+    backend(&mut dp, 0, BE[0], 0);
+    backend(&mut dp, 1, BE[1], 0);
+    table(&mut dp, &[0]);
+    dp
+}
+
+fn run(dp: &Datapath, f: &[u8]) -> (u32, Vec<u8>) {
+    let out = dp.test_run(abi::prog::XDP_LB, f, 1).expect("test run");
+    (out.verdict, out.data)
+}
+
+fn client_pkt(sport: u16, proto: u8) -> Vec<u8> {
+    frame(
+        CLIENT_MAC,
+        LB_MAC,
+        CLIENT,
+        VIP,
+        sport,
+        80,
+        proto,
+        b"GET / HTTP/1.0\r\n\r\n",
+    )
+}
+
+fn nat_port(out: &[u8]) -> u16 {
+    u16::from_be_bytes([out[34], out[35]])
+}
+
+#[test]
+fn dr_vip_hit_rewrites_only_macs() {
+    for proto in [TCP, UDP] {
+        let dp = setup(abi::MODE_DR, proto);
+        let (v, out) = run(&dp, &client_pkt(40_000, proto));
+        assert_eq!(v, XDP_TX);
+        let want = frame(
+            LB_MAC_OUT,
+            BE_MAC[0],
+            CLIENT,
+            VIP,
+            40_000,
+            80,
+            proto,
+            b"GET / HTTP/1.0\r\n\r\n",
+        );
+        assert_eq!(out, want, "proto {proto}");
+        let c = dp.vip_counters(0).unwrap();
+        assert_eq!((c.packets, c.new_flows, c.bytes), (1, 1, want.len() as u64));
+        assert_eq!(dp.backend_counters(0).unwrap().packets, 1);
+    }
+}
+
+#[test]
+fn nat_translates_to_backend_port_and_back() {
+    for proto in [TCP, UDP] {
+        let dp = setup(abi::MODE_NAT, proto);
+        let (v, out) = run(&dp, &client_pkt(40_001, proto));
+        assert_eq!(v, XDP_TX);
+        let port = nat_port(&out);
+        assert!(
+            (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&port),
+            "SNAT port {port}"
+        );
+        let payload = b"GET / HTTP/1.0\r\n\r\n";
+        assert_eq!(
+            out,
+            frame(LB_MAC_OUT, BE_MAC[0], LB, BE[0], port, 8033, proto, payload)
+        );
+
+        // The backend's reply comes back to the SNAT address and is
+        // translated to VIP:80 → client, towards the client's MAC.
+        let reply = frame(
+            BE_MAC[0],
+            LB_MAC_OUT,
+            BE[0],
+            LB,
+            8033,
+            port,
+            proto,
+            b"HTTP/1.0 200 OK\r\n\r\n",
+        );
+        let (v, out) = run(&dp, &reply);
+        assert_eq!(v, XDP_TX);
+        assert_eq!(
+            out,
+            frame(
+                LB_MAC,
+                CLIENT_MAC,
+                VIP,
+                CLIENT,
+                80,
+                40_001,
+                proto,
+                b"HTTP/1.0 200 OK\r\n\r\n"
+            )
+        );
+
+        // The same client flow keeps its SNAT port.
+        let (_, again) = run(&dp, &client_pkt(40_001, proto));
+        assert_eq!(nat_port(&again), port);
+        let c = dp.vip_counters(0).unwrap();
+        assert_eq!((c.packets, c.new_flows), (2, 1));
+    }
+}
+
+#[test]
+fn nat_reply_to_unknown_port_passes() {
+    let dp = setup(abi::MODE_NAT, TCP);
+    let reply = frame(BE_MAC[0], LB_MAC_OUT, BE[0], LB, 8033, 20_050, TCP, b"");
+    assert_eq!(run(&dp, &reply), (XDP_PASS, reply.clone()));
+}
+
+#[test]
+fn udp_without_checksum_keeps_zero() {
+    let dp = setup(abi::MODE_NAT, UDP);
+    let mut f = client_pkt(40_002, UDP);
+    f[40] = 0;
+    f[41] = 0;
+    let (v, out) = run(&dp, &f);
+    assert_eq!(v, XDP_TX);
+    assert_eq!(&out[40..42], &[0, 0]);
+    let mut want = frame(
+        LB_MAC_OUT,
+        BE_MAC[0],
+        LB,
+        BE[0],
+        nat_port(&out),
+        8033,
+        UDP,
+        b"GET / HTTP/1.0\r\n\r\n",
+    );
+    want[40] = 0;
+    want[41] = 0;
+    assert_eq!(out, want);
+}
+
+#[test]
+fn nat_to_local_backend_passes_to_stack_and_tc_unnats_reply() {
+    let mut dp = setup(abi::MODE_NAT, TCP);
+    backend(&mut dp, 2, LB, abi::BACKEND_LOCAL);
+    dp.swap_table(0, &vec![2; TABLE as usize]).unwrap();
+    let (v, out) = run(&dp, &client_pkt(40_003, TCP));
+    assert_eq!(v, XDP_PASS);
+    // Only the destination changes: the local stack sees the real client.
+    assert_eq!(
+        out,
+        frame(
+            CLIENT_MAC,
+            LB_MAC,
+            CLIENT,
+            LB,
+            40_003,
+            8033,
+            TCP,
+            b"GET / HTTP/1.0\r\n\r\n"
+        )
+    );
+    let reply = frame(
+        LB_MAC,
+        CLIENT_MAC,
+        LB,
+        CLIENT,
+        8033,
+        40_003,
+        TCP,
+        b"HTTP/1.0 200 OK\r\n\r\n",
+    );
+    let out = dp.test_run(abi::prog::TC_EGRESS, &reply, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(
+        out.data,
+        frame(
+            LB_MAC,
+            CLIENT_MAC,
+            VIP,
+            CLIENT,
+            80,
+            40_003,
+            TCP,
+            b"HTTP/1.0 200 OK\r\n\r\n"
+        )
+    );
+    // Unrelated egress traffic is left alone.
+    let other = frame(LB_MAC, CLIENT_MAC, LB, CLIENT, 22, 40_003, TCP, b"");
+    let out = dp.test_run(abi::prog::TC_EGRESS, &other, 1).unwrap();
+    assert_eq!((out.verdict, out.data), (TC_ACT_OK, other));
+}
+
+#[test]
+fn established_flow_keeps_backend_across_table_swap() {
+    let mut dp = setup(abi::MODE_DR, TCP);
+    let (_, out) = run(&dp, &client_pkt(41_000, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    let g = table(&mut dp, &[1]);
+    assert_eq!(dp.table_state(0).unwrap().generation, g);
+    let (_, out) = run(&dp, &client_pkt(41_000, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0], "existing flow moved after swap");
+    let (_, out) = run(&dp, &client_pkt(41_001, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[1], "new flow ignored the new table");
+    assert_eq!(dp.vip_counters(0).unwrap().new_flows, 2);
+}
+
+#[test]
+fn idle_flows_are_rescheduled_after_timeout() {
+    for proto in [TCP, UDP] {
+        let mut dp = setup(abi::MODE_DR, proto);
+        vip(&mut dp, abi::MODE_DR, proto, 1);
+        run(&dp, &client_pkt(42_000, proto));
+        table(&mut dp, &[1]);
+        let (_, out) = run(&dp, &client_pkt(42_000, proto));
+        assert_eq!(&out[0..6], &BE_MAC[0]);
+        sleep(Duration::from_millis(2_100));
+        let (_, out) = run(&dp, &client_pkt(42_000, proto));
+        assert_eq!(
+            &out[0..6],
+            &BE_MAC[1],
+            "proto {proto}: idle flow not expired"
+        );
+    }
+}
+
+#[test]
+fn non_vip_and_arp_pass_untouched() {
+    let dp = setup(abi::MODE_DR, TCP);
+    let f = frame(CLIENT_MAC, LB_MAC, CLIENT, OTHER, 40_000, 80, TCP, b"x");
+    assert_eq!(run(&dp, &f), (XDP_PASS, f.clone()));
+    let f = frame(CLIENT_MAC, LB_MAC, CLIENT, VIP, 40_000, 81, TCP, b"x");
+    assert_eq!(
+        run(&dp, &f),
+        (XDP_PASS, f.clone()),
+        "other port of the VIP address"
+    );
+    let f = frame(CLIENT_MAC, LB_MAC, CLIENT, VIP, 40_000, 80, UDP, b"x");
+    assert_eq!(run(&dp, &f), (XDP_PASS, f.clone()), "other protocol");
+    let mut arp = vec![0xff; 6];
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+    arp.extend_from_slice(&CLIENT_MAC);
+    arp.extend_from_slice(&CLIENT);
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&VIP);
+    assert_eq!(run(&dp, &arp), (XDP_PASS, arp.clone()));
+    let c = dp.vip_counters(0).unwrap();
+    assert_eq!(c.packets, 0);
+}
+
+fn drops(dp: &Datapath, r: DropReason) -> u64 {
+    dp.unmatched_counters().unwrap().drops[r as usize]
+}
+
+/// Fixes the IPv4 header checksum after a test edits the header.
+fn fix_ip_csum(f: &mut [u8]) {
+    let ihl = (f[14] & 0xf) as usize * 4;
+    f[24] = 0;
+    f[25] = 0;
+    let mut s: u32 = 0;
+    for i in (14..14 + ihl).step_by(2) {
+        s += u16::from_be_bytes([f[i], f[i + 1]]) as u32;
+    }
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    f[24..26].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
+#[test]
+fn fragments_to_vip_are_dropped_elsewhere_passed() {
+    let dp = setup(abi::MODE_DR, TCP);
+    for (flags_off, what) in [
+        (0x2000u16, "first fragment (MF)"),
+        (0x0010, "later fragment"),
+    ] {
+        let mut f = client_pkt(43_000, TCP);
+        f[20..22].copy_from_slice(&flags_off.to_be_bytes());
+        fix_ip_csum(&mut f);
+        assert_eq!(run(&dp, &f).0, XDP_DROP, "{what}");
+        let mut o = frame(CLIENT_MAC, LB_MAC, CLIENT, OTHER, 43_000, 80, TCP, b"x");
+        o[20..22].copy_from_slice(&flags_off.to_be_bytes());
+        fix_ip_csum(&mut o);
+        assert_eq!(run(&dp, &o), (XDP_PASS, o.clone()), "{what} to a non-VIP");
+    }
+    assert_eq!(drops(&dp, DropReason::Fragment), 2);
+    // DF alone is not a fragment.
+    let mut f = client_pkt(43_001, TCP);
+    f[20..22].copy_from_slice(&0x4000u16.to_be_bytes());
+    fix_ip_csum(&mut f);
+    assert_eq!(run(&dp, &f).0, XDP_TX);
+}
+
+#[test]
+fn ip_options_to_vip_are_dropped() {
+    let dp = setup(abi::MODE_DR, TCP);
+    let base = client_pkt(44_000, TCP);
+    // Insert a 4-byte NOP option block: IHL 6.
+    let mut f = base[..34].to_vec();
+    f.extend_from_slice(&[1, 1, 1, 0]);
+    f.extend_from_slice(&base[34..]);
+    f[14] = 0x46;
+    let tot = u16::from_be_bytes([f[16], f[17]]) + 4;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    fix_ip_csum(&mut f);
+    assert_eq!(run(&dp, &f).0, XDP_DROP);
+    assert_eq!(drops(&dp, DropReason::IpOptions), 1);
+    assert!(
+        dp.flows().unwrap().is_empty(),
+        "a dropped packet created a flow"
+    );
+}
+
+#[test]
+fn truncated_and_malformed_headers_are_never_forwarded() {
+    let dp = setup(abi::MODE_DR, TCP);
+    let good = client_pkt(45_000, TCP);
+    // IPv4 header cut short: not even the destination is known.
+    assert_eq!(run(&dp, &good[..14 + 12]).0, XDP_DROP);
+    // TCP header cut at every length short of 20 bytes.
+    for cut in 34..54 {
+        let mut f = good[..cut].to_vec();
+        let tot = (cut - 14) as u16;
+        f[16..18].copy_from_slice(&tot.to_be_bytes());
+        fix_ip_csum(&mut f);
+        assert_eq!(run(&dp, &f).0, XDP_DROP, "TCP cut at {cut}");
+    }
+    // Total length larger than the frame.
+    let mut f = good.clone();
+    f[16..18].copy_from_slice(&1_400u16.to_be_bytes());
+    fix_ip_csum(&mut f);
+    assert_eq!(run(&dp, &f).0, XDP_DROP);
+    // IHL below 5, and a version other than 4.
+    for b in [0x44u8, 0x65] {
+        let mut f = good.clone();
+        f[14] = b;
+        assert_eq!(run(&dp, &f).0, XDP_DROP, "version/IHL byte {b:#x}");
+    }
+    assert_eq!(drops(&dp, DropReason::Malformed), 1 + 20 + 1 + 2);
+    // A malformed packet to some other host is the kernel's business.
+    let mut o = frame(CLIENT_MAC, LB_MAC, CLIENT, OTHER, 45_000, 80, TCP, b"");
+    o[16..18].copy_from_slice(&1_400u16.to_be_bytes());
+    fix_ip_csum(&mut o);
+    assert_eq!(run(&dp, &o), (XDP_PASS, o.clone()));
+    assert!(
+        dp.flows().unwrap().is_empty(),
+        "a dropped packet created a flow"
+    );
+    assert_eq!(dp.vip_counters(0).unwrap().packets, 0);
+}
+
+#[test]
+fn empty_table_drops_new_flows_as_no_backend() {
+    let mut dp = setup(abi::MODE_DR, TCP);
+    dp.swap_table(0, &[]).unwrap();
+    assert_eq!(run(&dp, &client_pkt(46_000, TCP)).0, XDP_DROP);
+    assert_eq!(
+        dp.vip_counters(0).unwrap().drops[DropReason::NoBackend as usize],
+        1
+    );
+}
+
+#[test]
+fn nat_port_exhaustion_is_a_counted_drop() {
+    let mut dp = load();
+    vip(&mut dp, abi::MODE_NAT, TCP, 900);
+    // A one-port range: the second concurrent flow cannot get a port.
+    dp.set_vip(
+        VipKey {
+            addr: ip(VIP),
+            port: 80u16.to_be(),
+            proto: TCP,
+            _pad: 0,
+        },
+        VipMeta {
+            id: 0,
+            mode: abi::MODE_NAT,
+            _pad: [0; 3],
+            snat_addr: ip(LB),
+            snat_port_min: 20_000,
+            snat_port_max: 20_000,
+            tcp_timeout_s: 900,
+            udp_timeout_s: 300,
+        },
+    )
+    .unwrap();
+    backend(&mut dp, 0, BE[0], 0);
+    table(&mut dp, &[0]);
+    assert_eq!(run(&dp, &client_pkt(47_000, TCP)).0, XDP_TX);
+    assert_eq!(run(&dp, &client_pkt(47_001, TCP)).0, XDP_DROP);
+    assert_eq!(
+        dp.vip_counters(0).unwrap().drops[DropReason::NatPortsExhausted as usize],
+        1
+    );
+}
+
+#[test]
+fn weighted_tables_spread_flows_by_weight() {
+    let mut dp = setup(abi::MODE_DR, TCP);
+    let members = [
+        Member {
+            id: 0,
+            addr: std::net::SocketAddr::from((BE[0], 8033)),
+            weight: 1,
+        },
+        Member {
+            id: 1,
+            addr: std::net::SocketAddr::from((BE[1], 8033)),
+            weight: 3,
+        },
+    ];
+    dp.swap_table(0, &build_maglev(&members, TABLE).unwrap())
+        .unwrap();
+    let mut to = [0u32; 2];
+    for p in 0..2_000u16 {
+        let (_, out) = run(&dp, &client_pkt(10_000 + p, TCP));
+        to[(out[5] - 1) as usize] += 1;
+    }
+    let share = to[1] as f64 / 2_000.0;
+    assert!(
+        (0.70..0.80).contains(&share),
+        "weight-3 backend got {share}"
+    );
+}
