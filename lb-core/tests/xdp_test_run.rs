@@ -298,6 +298,23 @@ fn established_flow_keeps_backend_across_table_swap() {
     let (_, out) = run(&dp, &client_pkt(41_001, TCP));
     assert_eq!(&out[0..6], &BE_MAC[1], "new flow ignored the new table");
     assert_eq!(dp.vip_counters(0).unwrap().new_flows, 2);
+    // The pinned flow carries its own forwarding data: reusing its backend's
+    // id for another backend does not move it.
+    backend(&mut dp, 0, BE[1], 0);
+    dp.set_backend(
+        0,
+        Backend {
+            mac: [2, 0, 0, 0, 9, 9],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (_, out) = run(&dp, &client_pkt(41_000, TCP));
+    assert_eq!(
+        &out[0..6],
+        &BE_MAC[0],
+        "pinned flow followed a reused backend id"
+    );
 }
 
 #[test]

@@ -192,15 +192,18 @@ pub struct FlowKey {
 
 /// Value of `FLOWS`.
 ///
-/// A `FLOW_FORWARD` entry pins a client flow to its backend. In nat mode a
-/// second, `FLOW_REPLY` entry is keyed by the backend's reply 5-tuple and says
-/// how to rewrite the reply back to VIP → client.
+/// A `FLOW_FORWARD` entry pins a client flow to its backend and carries
+/// everything needed to forward it, so a hit needs no other lookup and a flow
+/// keeps working after its backend left the table (or its id was reused). In
+/// nat mode a second, `FLOW_REPLY` entry is keyed by the backend's reply
+/// 5-tuple and says how to rewrite the reply back to VIP → client.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
     /// `bpf_ktime_get_ns()` of the last packet; idle flows past the VIP's
     /// timeout are rescheduled.
     pub last_seen_ns: u64,
+    /// Backend id when the flow was scheduled (counters, active flows).
     pub backend: u32,
     pub vip: u32,
     /// nat rewrite: forward entries rewrite to (rw_src → SNAT, rw_dst →
@@ -209,15 +212,18 @@ pub struct Flow {
     pub rw_dst_addr: u32,
     pub rw_src_port: u16,
     pub rw_dst_port: u16,
-    /// Reply entries: the client's next hop (the client packet's L2 source).
+    /// Destination MAC: the backend's next hop (forward) or the client's
+    /// next hop, i.e. the client packet's L2 source (reply).
     pub peer_mac: [u8; 6],
-    /// Reply entries: our MAC on the client side (the client packet's L2 dest).
+    /// Source MAC: ours on the egress interface.
     pub local_mac: [u8; 6],
-    /// Reply entries: the interface the client packet arrived on.
+    /// Egress interface (the ingress one means XDP_TX).
     pub ifindex: u32,
     /// `FLOW_FORWARD` or `FLOW_REPLY`.
     pub kind: u8,
-    pub _pad: [u8; 3],
+    /// `BACKEND_LOCAL` when the backend is this node (nat: pass to the stack).
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 
 /// Value of `VIP_STATS[vip.id]` and `BACKEND_STATS[backend]` (per-CPU).

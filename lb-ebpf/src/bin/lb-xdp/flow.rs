@@ -78,15 +78,19 @@ fn schedule(
     now: u64,
 ) -> Result<Flow, DropReason> {
     let id = pick(key, vip.id)?;
+    let be = BACKENDS.get(id).ok_or(DropReason::BadBackend)?;
     let mut flow = Flow {
         last_seen_ns: now,
         backend: id,
         vip: vip.id,
+        peer_mac: be.mac,
+        local_mac: be.src_mac,
+        ifindex: be.ifindex,
         kind: FLOW_FORWARD,
+        flags: be.flags,
         ..Default::default()
     };
     if vip.mode == MODE_NAT {
-        let be = BACKENDS.get(id).ok_or(DropReason::BadBackend)?;
         flow.rw_dst_addr = be.addr;
         flow.rw_dst_port = be.port;
         // SAFETY: `pkt.eth` was bounds-checked by the caller.
@@ -103,7 +107,8 @@ fn schedule(
             local_mac: eth.dst,
             ifindex,
             kind: FLOW_REPLY,
-            _pad: [0; 3],
+            flags: 0,
+            _pad: [0; 2],
         };
         if be.flags & BACKEND_LOCAL != 0 {
             // The local stack answers the client directly; only the

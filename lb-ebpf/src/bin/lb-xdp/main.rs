@@ -123,22 +123,18 @@ fn to_vip(
                 return xdp_action::XDP_DROP;
             }
         };
-    let Some(backend) = BACKENDS.get(flow.backend) else {
-        count_drop(vip.id, DropReason::BadBackend);
-        return xdp_action::XDP_DROP;
-    };
     count(&VIP_STATS, vip.id, bytes, new);
     count(&BACKEND_STATS, flow.backend, bytes, new);
     if vip.mode == MODE_NAT {
         rewrite::translate(pkt, &flow);
-        if backend.flags & BACKEND_LOCAL != 0 {
+        if flow.flags & BACKEND_LOCAL != 0 {
             // The backend is this node: deliver to the local stack; the reply
             // is translated back by `lb_tc_egress`.
             return xdp_action::XDP_PASS;
         }
     }
-    rewrite::set_macs(pkt, &backend.mac, &backend.src_mac);
-    transmit(ctx, backend.ifindex)
+    rewrite::set_macs(pkt, &flow.peer_mac, &flow.local_mac);
+    transmit(ctx, flow.ifindex)
 }
 
 /// Not for a VIP: a reply from a nat backend to one of our SNAT addresses is

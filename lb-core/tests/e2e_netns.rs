@@ -1,0 +1,419 @@
+//! End to end through the XDP datapath in network namespaces: a real HTTP
+//! client (curl) and real HTTP backends (python's http.server) through the
+//! VIP, in dr and nat mode, with XDP in generic and in native mode; plus a hot
+//! swap of the backend table under long-lived connections.
+//!
+//! Layout (one L2 segment, the LVS one-armed shape), all in 198.18.0.0/15:
+//! client .0.1, lb .0.2 (holds the VIP .0.100), backends .1.1-.1.3.
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::netns::{Lab, NsWorker, enter, in_ns};
+use lb_core::datapath::{
+    AttachMode, Datapath, Limits, XdpRunMode,
+    balancer::{BackendSpec, Balancer, Forwarding, Protocol, ServiceSpec},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const LB: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const BACKENDS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 18, 1, 1),
+    Ipv4Addr::new(198, 18, 1, 2),
+    Ipv4Addr::new(198, 18, 1, 3),
+];
+
+fn limits() -> Limits {
+    Limits {
+        max_vips: 4,
+        max_backends: 64,
+        ring_stride: 65_537,
+        flow_capacity: 65_536,
+    }
+}
+
+fn spec(forwarding: Forwarding) -> ServiceSpec {
+    ServiceSpec {
+        vip: SocketAddrV4::new(VIP, 80),
+        protocol: Protocol::Tcp,
+        interface: "eth0".into(),
+        forwarding,
+        table_size: 65_537,
+        snat_address: None,
+        snat_ports: (1_024, 32_767),
+        tcp_timeout: Duration::from_secs(900),
+        udp_timeout: Duration::from_secs(300),
+    }
+}
+
+struct Setup {
+    lab: Lab,
+    lb: NsWorker<Balancer>,
+    /// Keeps the XDP_PASS program on the LB's bridge port in native mode.
+    _peer: Option<NsWorker<Datapath>>,
+    client: String,
+}
+
+/// Builds the lab, starts backends (`http` = python HTTP servers, else
+/// none) and programs the VIP in `forwarding` mode with XDP in `mode`.
+fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
+    let mut lab = Lab::new(test);
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let port = match forwarding {
+        Forwarding::Dr => 80,
+        Forwarding::Nat => 8033,
+    };
+    for (i, be) in BACKENDS.iter().enumerate() {
+        let ns = lab.host(&format!("be{}", i + 1), &format!("{be}/15"));
+        if forwarding == Forwarding::Dr {
+            // LVS-DR backend: the VIP on loopback, never answered for in ARP.
+            lab.ip(&["-n", &ns, "addr", "add", "198.18.0.100/32", "dev", "lo"]);
+            lab.sh(
+                &ns,
+                "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
+            );
+        }
+        let bind = if forwarding == Forwarding::Dr {
+            "0.0.0.0".to_string()
+        } else {
+            be.to_string()
+        };
+        lab.http_backend(&ns, &bind, port, &format!("be{}", i + 1));
+    }
+    let peer = (mode == AttachMode::Native).then(|| {
+        let (br, p) = lab.bridge_port(2);
+        NsWorker::start(&br, move || {
+            let mut dp = Datapath::load(Limits {
+                max_vips: 1,
+                max_backends: 1,
+                ring_stride: 2,
+                flow_capacity: 16,
+            })
+            .expect("load");
+            dp.attach_pass(&p, AttachMode::Native)
+                .expect("XDP_PASS on peer");
+            dp
+        })
+    });
+    let lb = NsWorker::start(&lb_ns, move || {
+        Balancer::new(Datapath::load(limits()).expect("loading datapath"), mode)
+    });
+    let backends: Vec<BackendSpec> = BACKENDS
+        .iter()
+        .map(|b| BackendSpec {
+            addr: SocketAddrV4::new(*b, port),
+            weight: 1,
+        })
+        .collect();
+    lb.call(move |b| {
+        b.add_service(spec(forwarding)).expect("add_service");
+        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+            .expect("set_backends");
+    });
+    let want = match mode {
+        AttachMode::Native => XdpRunMode::Native,
+        _ => XdpRunMode::Generic,
+    };
+    assert_eq!(lb.call(|b| b.attached()), vec![("eth0".to_string(), want)]);
+    Setup {
+        lab,
+        lb,
+        _peer: peer,
+        client,
+    }
+}
+
+/// `n` HTTP requests from the client through the VIP; bodies by count.
+fn curl_many(s: &Setup, n: usize) -> HashMap<String, usize> {
+    let out = s.lab.sh(
+        &s.client,
+        &format!(
+            "for i in $(seq {n}); do curl -sS --fail --max-time 3 http://198.18.0.100/; echo; done"
+        ),
+    );
+    let mut seen = HashMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        *seen.entry(line.to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+fn assert_spread(s: &Setup, n: usize) {
+    let seen = curl_many(s, n);
+    assert_eq!(seen.values().sum::<usize>(), n, "answers: {seen:?}");
+    for i in 1..=3 {
+        assert!(
+            seen.get(&format!("be{i}")).copied().unwrap_or(0) > 0,
+            "backend be{i} got nothing: {seen:?}"
+        );
+    }
+    let c =
+        s.lb.call(|b| b.datapath().vip_counters(0).expect("counters"));
+    assert!(c.new_flows >= n as u64, "counters: {c:?}");
+    assert!(c.packets >= 3 * n as u64, "counters: {c:?}");
+}
+
+/// The XDP program must be gone from the LB's interface after the datapath
+/// is dropped.
+fn assert_detaches(s: Setup) {
+    let Setup { lab, lb, _peer, .. } = s;
+    let ns = lab.ns("lb");
+    let shown = |lab: &Lab| {
+        String::from_utf8_lossy(&lab.ip(&["-n", &ns, "link", "show", "eth0"]).stdout).to_string()
+    };
+    assert!(shown(&lab).contains("xdp"), "no XDP program attached");
+    drop(lb);
+    let link = shown(&lab);
+    assert!(!link.contains("xdp"), "XDP left on eth0 after exit: {link}");
+}
+
+#[test]
+fn dr_generic_spreads_http_over_backends() {
+    let s = setup("drg", Forwarding::Dr, AttachMode::Generic);
+    assert_spread(&s, 30);
+    assert_detaches(s);
+}
+
+#[test]
+fn dr_native_spreads_http_over_backends() {
+    let s = setup("drn", Forwarding::Dr, AttachMode::Native);
+    assert_spread(&s, 30);
+    assert_detaches(s);
+}
+
+#[test]
+fn nat_generic_translates_port_80_to_8033() {
+    let s = setup("natg", Forwarding::Nat, AttachMode::Generic);
+    assert_spread(&s, 30);
+    assert_detaches(s);
+}
+
+#[test]
+fn nat_native_translates_port_80_to_8033() {
+    let s = setup("natn", Forwarding::Nat, AttachMode::Native);
+    assert_spread(&s, 30);
+    assert_detaches(s);
+}
+
+/// The seed's plan: the portal runs on the LB nodes themselves, so one of
+/// the backends is the LB's own address (XDP hands the packet to the local
+/// stack, tc egress translates the reply).
+#[test]
+fn nat_with_the_lb_node_as_a_backend() {
+    let mut s = setup("natl", Forwarding::Nat, AttachMode::Generic);
+    let lb_ns = s.lab.ns("lb");
+    s.lab
+        .http_backend(&lb_ns, &LB.to_string(), 8033, "lb-local");
+    let backends = vec![
+        BackendSpec {
+            addr: SocketAddrV4::new(LB, 8033),
+            weight: 1,
+        },
+        BackendSpec {
+            addr: SocketAddrV4::new(BACKENDS[0], 8033),
+            weight: 1,
+        },
+    ];
+    s.lb.call(move |b| {
+        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+            .expect("set_backends")
+    });
+    let seen = curl_many(&s, 30);
+    assert_eq!(seen.values().sum::<usize>(), 30, "answers: {seen:?}");
+    assert!(seen.get("lb-local").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert!(seen.get("be1").copied().unwrap_or(0) > 0, "{seen:?}");
+}
+
+/// A backend that greets with its name, then echoes lines.
+fn echo_backend(ns: &str, addr: SocketAddrV4, name: &'static str, stop: Arc<AtomicBool>) {
+    let ns = ns.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        enter(&ns);
+        let l = TcpListener::bind(addr).expect("bind echo");
+        l.set_nonblocking(true).expect("nonblocking");
+        let _ = ready_tx.send(());
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    let stop = stop.clone();
+                    thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                        let _ = c.write_all(format!("{name}\n").as_bytes());
+                        let mut buf = [0u8; 256];
+                        while !stop.load(Ordering::Relaxed) {
+                            match c.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    if c.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    ready_rx.recv().expect("echo backend failed");
+}
+
+#[test]
+fn hot_swap_keeps_long_lived_connections() {
+    let mut lab = Lab::new("swap");
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let names = ["be1", "be2", "be3"];
+    for (i, be) in BACKENDS.iter().enumerate() {
+        let ns = lab.host(names[i], &format!("{be}/15"));
+        echo_backend(&ns, SocketAddrV4::new(*be, 8033), names[i], stop.clone());
+    }
+    let lb = NsWorker::start(&lb_ns, || {
+        Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
+    });
+    let vip = SocketAddrV4::new(VIP, 80);
+    let set = move |b: &mut Balancer, w: [u32; 3]| {
+        let specs: Vec<BackendSpec> = BACKENDS
+            .iter()
+            .zip(w)
+            .filter(|(_, w)| *w > 0)
+            .map(|(a, w)| BackendSpec {
+                addr: SocketAddrV4::new(*a, 8033),
+                weight: w,
+            })
+            .collect();
+        b.set_backends(vip, Protocol::Tcp, &specs).expect("swap")
+    };
+    lb.call(move |b| {
+        b.add_service(spec(Forwarding::Nat)).expect("add");
+        set(b, [1, 1, 1]);
+    });
+
+    const CONNS: usize = 48;
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<bool>();
+    let (report_tx, report_rx) = std::sync::mpsc::channel();
+    let client_ns = client.clone();
+    let client_thread = thread::spawn(move || {
+        enter(&client_ns);
+        let mut conns = Vec::new();
+        let mut greeted = HashMap::new();
+        for _ in 0..CONNS {
+            let c =
+                TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut name = String::new();
+            r.read_line(&mut name).expect("greeting");
+            *greeted.entry(name.trim().to_string()).or_insert(0) += 1;
+            conns.push((c, r, name));
+        }
+        report_tx.send(greeted).unwrap();
+        let mut rounds = 0u32;
+        let mut failures = Vec::new();
+        // Exchange data on every connection until told the swaps are done,
+        // then one last round.
+        loop {
+            let last = go_rx.try_recv().is_ok();
+            for (i, (c, r, name)) in conns.iter_mut().enumerate() {
+                let msg = format!("conn {i} round {rounds}\n");
+                let mut back = String::new();
+                let res = c
+                    .write_all(msg.as_bytes())
+                    .and_then(|_| r.read_line(&mut back).map(|_| ()));
+                if let Err(e) = res {
+                    failures.push(format!("conn {i} ({}) round {rounds}: {e}", name.trim()));
+                } else if back != msg {
+                    failures.push(format!("conn {i} round {rounds}: got {back:?}"));
+                }
+            }
+            rounds += 1;
+            if last || rounds > 2_000 {
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        (rounds, failures)
+    });
+    let greeted = report_rx.recv().expect("client failed to connect");
+    assert!(greeted.len() >= 2, "initial spread: {greeted:?}");
+
+    let plans: [[u32; 3]; 6] = [
+        [1, 1, 0],
+        [0, 1, 1],
+        [2, 1, 1],
+        [1, 0, 3],
+        [0, 0, 1],
+        [5, 5, 5],
+    ];
+    let started = Instant::now();
+    let mut generation = 0;
+    for i in 0..120 {
+        let w = plans[i % plans.len()];
+        generation = lb.call(move |b| set(b, w));
+        thread::sleep(Duration::from_millis(15));
+    }
+    let swap_time = started.elapsed();
+    go_tx.send(true).unwrap();
+    let (rounds, failures) = client_thread.join().expect("client panicked");
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        rounds >= 20,
+        "only {rounds} rounds of traffic during {swap_time:?}"
+    );
+    assert!(generation >= 121, "generation {generation}");
+
+    // New connections follow the last table (all three, equal weights), and
+    // one with be3 only must land on be3.
+    lb.call(move |b| set(b, [0, 0, 1]));
+    let got = in_ns(&client, move || {
+        let c = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut name = String::new();
+        BufReader::new(c).read_line(&mut name).expect("greeting");
+        name
+    });
+    assert_eq!(got.trim(), "be3");
+    stop.store(true, Ordering::Relaxed);
+}
