@@ -1,0 +1,240 @@
+//! lb's micro benchmarks, printed as Markdown tables for BENCHMARKS.md.
+//!
+//! - `datapath`: ns/packet of each datapath path through BPF_PROG_TEST_RUN
+//!   (the kernel's own mean over `--repeat` runs), beside a trivial XDP_PASS
+//!   program measured in the same run; the median of `--rounds`.
+//! - `maglev`: build time of a weighted Maglev table for 10/100/1000
+//!   backends at M = 65537.
+//!
+//! `cargo xtask bench` builds it in release mode and runs both (as root).
+use std::{net::SocketAddr, time::Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use etherparse::PacketBuilder;
+use lb_core::{
+    datapath::{Datapath, Limits},
+    table::{Member, build_maglev},
+};
+use lb_ebpf::abi::{self, Backend, VipKey, VipMeta};
+
+#[derive(Parser)]
+#[command(about = "lb micro benchmarks (Markdown output)")]
+struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// ns/packet per datapath path vs a trivial XDP_PASS program (needs root).
+    Datapath {
+        /// Test-run repetitions per measurement (the kernel averages them).
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Measurements per case; the median is reported with min and max.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Weighted Maglev build time for 10, 100 and 1000 backends.
+    Maglev {
+        #[arg(long, default_value_t = 65_537)]
+        size: u32,
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
+}
+
+const CLIENT: [u8; 4] = [198, 18, 0, 1];
+const LB: [u8; 4] = [198, 18, 0, 2];
+const VIP: [u8; 4] = [198, 18, 0, 100];
+const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, udp: bool) -> Result<Vec<u8>> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64);
+    let mut out = Vec::new();
+    let payload = [0u8; 64];
+    if udp {
+        b.udp(sport, dport).write(&mut out, &payload)?;
+    } else {
+        b.tcp(sport, dport, 1, 64_000).ack(1).write(&mut out, &payload)?;
+    }
+    Ok(out)
+}
+
+fn ip(a: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(a)
+}
+
+/// A datapath with one VIP in `mode`; `timeout_s = 0` makes every packet a
+/// new flow (scheduling, connection-table insert, nat port allocation).
+fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
+    let mut dp = Datapath::load(Limits {
+        max_vips: 2,
+        max_backends: 16,
+        ring_stride: 65_537,
+        flow_capacity: 65_536,
+    })?;
+    dp.set_vip(
+        VipKey {
+            addr: ip(VIP),
+            port: 80u16.to_be(),
+            proto: if udp { abi::IPPROTO_UDP } else { abi::IPPROTO_TCP },
+            _pad: 0,
+        },
+        VipMeta {
+            id: 0,
+            mode,
+            _pad: [0; 3],
+            snat_addr: ip(LB),
+            snat_port_min: 1_024,
+            snat_port_max: 32_767,
+            tcp_timeout_s: timeout_s,
+            udp_timeout_s: timeout_s,
+        },
+    )?;
+    let members: Vec<Member> = (0..8u32)
+        .map(|i| -> Result<Member> {
+            dp.set_backend(
+                i,
+                Backend {
+                    addr: ip([198, 18, 1, i as u8 + 1]),
+                    port: 8033u16.to_be(),
+                    mac: MAC_A,
+                    src_mac: MAC_B,
+                    ..Default::default()
+                },
+            )?;
+            Ok(Member {
+                id: i,
+                addr: SocketAddr::from(([198, 18, 1, i as u8 + 1], 8033)),
+                weight: 1,
+            })
+        })
+        .collect::<Result<_>>()?;
+    dp.swap_table(0, &build_maglev(&members, 65_537)?)?;
+    Ok(dp)
+}
+
+struct Case {
+    name: &'static str,
+    prog: &'static str,
+    dp: Datapath,
+    frame: Vec<u8>,
+    verdict: u32,
+}
+
+fn cases() -> Result<Vec<Case>> {
+    const PASS: u32 = 2;
+    const TX: u32 = 3;
+    let tcp = frame(CLIENT, VIP, 40_000, 80, false)?;
+    let mut out = Vec::new();
+    out.push(Case {
+        name: "trivial XDP_PASS (baseline)",
+        prog: abi::prog::XDP_PASS,
+        dp: datapath(abi::MODE_DR, 900, false)?,
+        frame: tcp.clone(),
+        verdict: PASS,
+    });
+    out.push(Case {
+        name: "non-VIP packet (pass)",
+        prog: abi::prog::XDP_LB,
+        dp: datapath(abi::MODE_DR, 900, false)?,
+        frame: frame(CLIENT, [198, 18, 0, 200], 40_000, 80, false)?,
+        verdict: PASS,
+    });
+    for (name, mode, timeout, udp) in [
+        ("dr, VIP hit, established TCP flow", abi::MODE_DR, 900, false),
+        ("dr, VIP hit, established UDP flow", abi::MODE_DR, 900, true),
+        ("dr, new flow every packet", abi::MODE_DR, 0, false),
+        ("nat, VIP hit, established TCP flow", abi::MODE_NAT, 900, false),
+        ("nat, new flow every packet (SNAT port alloc)", abi::MODE_NAT, 0, false),
+    ] {
+        out.push(Case {
+            name,
+            prog: abi::prog::XDP_LB,
+            dp: datapath(mode, timeout, udp)?,
+            frame: frame(CLIENT, VIP, 40_000, 80, udp)?,
+            verdict: TX,
+        });
+    }
+    // A nat reply: learn the SNAT port from one forwarded packet.
+    let dp = datapath(abi::MODE_NAT, 900, false)?;
+    let fwd = dp.test_run(abi::prog::XDP_LB, &tcp, 1)?;
+    let port = u16::from_be_bytes([fwd.data[34], fwd.data[35]]);
+    let be: [u8; 4] = fwd.data[30..34].try_into()?;
+    out.push(Case {
+        name: "nat, backend reply (un-NAT)",
+        prog: abi::prog::XDP_LB,
+        dp,
+        frame: frame(be, LB, 8033, port, false)?,
+        verdict: TX,
+    });
+    Ok(out)
+}
+
+fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
+fn bench_datapath(repeat: u32, rounds: usize) -> Result<()> {
+    let cases = cases().context("setting up the datapath (root needed)")?;
+    let mut results = Vec::new();
+    for c in &cases {
+        let first = c.dp.test_run(c.prog, &c.frame, 1)?;
+        if first.verdict != c.verdict {
+            bail!("{}: verdict {} (expected {})", c.name, first.verdict, c.verdict);
+        }
+    }
+    // Interleave rounds so drift (frequency, the other core) hits all cases.
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..rounds {
+        for (i, c) in cases.iter().enumerate() {
+            let r = c.dp.test_run(c.prog, &c.frame, repeat)?;
+            samples[i].push(r.duration.as_nanos() as f64);
+        }
+    }
+    for (c, s) in cases.iter().zip(samples) {
+        results.push((c.name, median(s)));
+    }
+    let base = results[0].1.0;
+    println!("| path | ns/packet (median) | min–max | × trivial |");
+    println!("|---|---:|---:|---:|");
+    for (name, (med, min, max)) in results {
+        println!("| {name} | {med:.1} | {min:.1}–{max:.1} | {:.2} |", med / base);
+    }
+    Ok(())
+}
+
+fn bench_maglev(size: u32, rounds: usize) -> Result<()> {
+    println!("| backends | M | build time (median) | min–max |");
+    println!("|---:|---:|---:|---:|");
+    for n in [10u32, 100, 1000] {
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                id: i,
+                addr: SocketAddr::from(([198, 18, (i / 250) as u8, (i % 250) as u8 + 1], 8033)),
+                weight: 1 + i % 4,
+            })
+            .collect();
+        let mut times = Vec::new();
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let table = build_maglev(&members, size)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            std::hint::black_box(table);
+        }
+        let (med, min, max) = median(times);
+        println!("| {n} | {size} | {med:.2} ms | {min:.2}–{max:.2} ms |");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Args::parse().what {
+        What::Datapath { repeat, rounds } => bench_datapath(repeat, rounds),
+        What::Maglev { size, rounds } => bench_maglev(size, rounds),
+    }
+}
