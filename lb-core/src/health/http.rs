@@ -482,6 +482,203 @@ impl ServerCertVerifier for AnyCertificate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::testutil::{HttpServer, Reply, self_signed};
+
+    const T: Duration = Duration::from_secs(2);
+
+    fn check(f: impl FnOnce(&mut HttpSpec)) -> HttpCheck {
+        let mut spec = HttpSpec::default();
+        f(&mut spec);
+        HttpCheck::new(&spec, T, None).expect("valid spec")
+    }
+
+    #[tokio::test]
+    async fn ok_is_up_and_sends_host_header() {
+        let server = HttpServer::plain(Reply::With(200, "ok")).await;
+        let c = check(|s| {
+            s.path = "/healthz?deep=1".into();
+            s.host = Some("portal.example".into());
+        });
+        c.check(server.addr).await.expect("up");
+        let seen = server.requests();
+        assert_eq!(seen.len(), 1);
+        assert!(
+            seen[0].head.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n"),
+            "{:?}",
+            seen[0]
+        );
+        assert_eq!(seen[0].header("host").as_deref(), Some("portal.example"));
+    }
+
+    #[tokio::test]
+    async fn default_host_is_the_backend_address() {
+        let server = HttpServer::plain(Reply::With(204, "")).await;
+        check(|_| {}).check(server.addr).await.expect("up");
+        assert_eq!(
+            server.requests()[0].header("host"),
+            Some(server.addr.to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn unavailable_is_down() {
+        let server = HttpServer::plain(Reply::With(503, "busy")).await;
+        let e = check(|_| {}).check(server.addr).await.expect_err("down");
+        assert_eq!(e.to_string(), "status 503 not in 200-299");
+    }
+
+    #[tokio::test]
+    async fn status_ranges_decide() {
+        let server = HttpServer::plain(Reply::With(302, "")).await;
+        check(|s| s.status = "200-299,301-302".parse().expect("ranges"))
+            .check(server.addr)
+            .await
+            .expect("302 accepted");
+        let e = check(|s| s.status = "200".parse().expect("ranges"))
+            .check(server.addr)
+            .await
+            .expect_err("302 refused");
+        assert_eq!(e.to_string(), "status 302 not in 200");
+    }
+
+    #[tokio::test]
+    async fn digest_match_and_mismatch() {
+        let server = HttpServer::plain(Reply::With(200, "hello\n")).await;
+        // md5("hello\n"), as `printf 'hello\n' | md5sum` prints it.
+        let good = "b1946ac92492d2347c6235b4d2611184";
+        check(|s| s.digest = Some(good.to_uppercase()))
+            .check(server.addr)
+            .await
+            .expect("digest matches");
+        let e = check(|s| s.digest = Some("d41d8cd98f00b204e9800998ecf8427e".into()))
+            .check(server.addr)
+            .await
+            .expect_err("digest differs");
+        assert_eq!(
+            e.to_string(),
+            format!("digest mismatch: got {good}, expected d41d8cd98f00b204e9800998ecf8427e")
+        );
+    }
+
+    #[tokio::test]
+    async fn body_regex_match_and_miss() {
+        let server = HttpServer::plain(Reply::With(200, "{\"status\":\"green\"}")).await;
+        check(|s| s.body_regex = Some(r#""status":"(green|yellow)""#.into()))
+            .check(server.addr)
+            .await
+            .expect("matches");
+        let e = check(|s| s.body_regex = Some("red".into()))
+            .check(server.addr)
+            .await
+            .expect_err("no match");
+        assert!(matches!(e, CheckFailure::RegexNotMatched(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn oversized_body_fails() {
+        let server = HttpServer::plain(Reply::With(200, "0123456789")).await;
+        let e = check(|s| {
+            s.body_regex = Some("9".into());
+            s.max_body = 4;
+        })
+        .check(server.addr)
+        .await
+        .expect_err("too big");
+        assert!(matches!(e, CheckFailure::Http(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out_within_limit() {
+        let server = HttpServer::plain(Reply::Silent).await;
+        let limit = Duration::from_millis(300);
+        let c = HttpCheck::new(&HttpSpec::default(), limit, None).expect("valid");
+        let start = Instant::now();
+        let e = c.check(server.addr).await.expect_err("timeout");
+        let took = start.elapsed();
+        assert!(
+            took >= limit && took < limit + Duration::from_millis(200),
+            "{took:?}"
+        );
+        assert_eq!(e.to_string(), "timeout after 300ms (waiting for response)");
+    }
+
+    #[tokio::test]
+    async fn closed_port_is_refused() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let e = check(|_| {}).check(port).await.expect_err("refused");
+        assert!(matches!(e, CheckFailure::Refused), "{e}");
+    }
+
+    #[tokio::test]
+    async fn probes_leave_from_source_address() {
+        let server = HttpServer::plain(Reply::With(200, "")).await;
+        let src: IpAddr = "127.0.0.2".parse().expect("ip");
+        HttpCheck::new(&HttpSpec::default(), T, Some(src))
+            .expect("valid")
+            .check(server.addr)
+            .await
+            .expect("up");
+        assert_eq!(server.requests()[0].peer.ip(), src);
+    }
+
+    #[tokio::test]
+    async fn https_accepts_self_signed_by_default() {
+        let (acceptor, _) = self_signed();
+        let server = HttpServer::tls(Reply::With(200, "secure"), acceptor).await;
+        let c = check(|s| {
+            s.tls = Some(TlsSpec::default());
+            s.body_regex = Some("^secure$".into());
+        });
+        c.check(server.addr).await.expect("up over tls");
+        assert_eq!(server.requests().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn https_verify_rejects_unknown_ca_and_trusts_configured_one() {
+        let (acceptor, pem) = self_signed();
+        let server = HttpServer::tls(Reply::With(200, ""), acceptor).await;
+        let e = check(|s| {
+            s.host = Some("localhost".into());
+            s.tls = Some(TlsSpec {
+                verify_tls: true,
+                ..TlsSpec::default()
+            });
+        })
+        .check(server.addr)
+        .await
+        .expect_err("self-signed refused when verifying");
+        assert!(matches!(e, CheckFailure::Tls(_)), "{e}");
+
+        let dir = std::env::temp_dir().join(format!("lb-health-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, pem).expect("write ca");
+        let trusted = check(|s| {
+            s.tls = Some(TlsSpec {
+                verify_tls: true,
+                ca_file: Some(ca.clone()),
+                sni: Some("localhost".into()),
+            });
+        });
+        let result = trusted.check(server.addr).await;
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        result.expect("trusted via ca_file");
+    }
+
+    #[tokio::test]
+    async fn plain_http_to_tls_port_fails() {
+        let (acceptor, _) = self_signed();
+        let server = HttpServer::tls(Reply::With(200, ""), acceptor).await;
+        let e = HttpCheck::new(&HttpSpec::default(), Duration::from_millis(500), None)
+            .expect("valid")
+            .check(server.addr)
+            .await
+            .expect_err("no tls");
+        assert!(matches!(e, CheckFailure::Http(_)), "{e}");
+    }
 
     #[test]
     fn status_ranges_parse_and_print() {

@@ -21,6 +21,8 @@ pub mod script;
 pub mod service;
 pub mod state;
 pub mod tcp;
+#[cfg(test)]
+mod testutil;
 
 use std::fmt;
 use std::future::Future;
