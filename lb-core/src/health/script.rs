@@ -193,6 +193,125 @@ fn fold(out: &[u8], err: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    fn sh(script: &str, timeout_ms: u64) -> ScriptCheck {
+        let mut spec = ScriptSpec::new(["/bin/sh", "-c", script]);
+        spec.timeout = Duration::from_millis(timeout_ms);
+        ScriptCheck::new(&spec).expect("valid")
+    }
+
+    fn target() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8033))
+    }
+
+    /// The state letter of `/proc/<pid>/stat`, or `None` once the process is gone (reaped).
+    fn proc_state(pid: i32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim().chars().next()
+    }
+
+    #[tokio::test]
+    async fn exit_zero_is_up() {
+        sh("exit 0", 2000).check(target()).await.expect("up");
+    }
+
+    #[tokio::test]
+    async fn exit_one_is_down_with_output() {
+        let e = sh("echo checking; echo 'db unreachable' >&2; exit 1", 2000)
+            .check(target())
+            .await
+            .expect_err("down");
+        assert_eq!(e.to_string(), "exit code 1: checking / db unreachable");
+    }
+
+    #[tokio::test]
+    async fn backend_is_in_the_environment() {
+        sh(
+            r#"test "$LB_BACKEND_IP:$LB_BACKEND_PORT" = 127.0.0.1:8033"#,
+            2000,
+        )
+        .check(target())
+        .await
+        .expect("env set");
+    }
+
+    #[tokio::test]
+    async fn missing_program_fails_to_spawn() {
+        let spec = ScriptSpec::new(["/nonexistent/lb-check"]);
+        let e = ScriptCheck::new(&spec)
+            .expect("valid")
+            .check(target())
+            .await
+            .expect_err("spawn fails");
+        assert!(matches!(e, CheckFailure::Spawn(_)), "{e}");
+    }
+
+    #[tokio::test]
+    async fn signal_is_reported() {
+        let e = sh("kill -TERM $$", 2000)
+            .check(target())
+            .await
+            .expect_err("signalled");
+        assert_eq!(e.to_string(), "killed by signal 15");
+    }
+
+    #[tokio::test]
+    async fn hung_script_is_killed_at_timeout_and_reaped() {
+        let dir = std::env::temp_dir().join(format!("lb-health-script-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let pids = dir.join("pids");
+        // The shell records its own pid and a background child's, then waits on the child:
+        // a wrapper whose child outlives it unless the whole group is killed.
+        let script = format!(
+            "sleep 60 & echo $$ $! > {}; echo started; wait",
+            pids.display()
+        );
+        let start = Instant::now();
+        let e = sh(&script, 300).check(target()).await.expect_err("killed");
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(800), "{took:?}");
+        assert_eq!(e.to_string(), "killed after timeout 300ms: started");
+
+        let recorded = std::fs::read_to_string(&pids).expect("pids written");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let [shell, sleeper]: [i32; 2] = recorded
+            .split_whitespace()
+            .map(|p| p.parse().expect("pid"))
+            .collect::<Vec<_>>()
+            .try_into()
+            .expect("two pids");
+        // Our direct child is reaped by the time the check returns: not even a zombie.
+        assert_eq!(proc_state(shell), None, "shell {shell} left behind");
+        // The grandchild got SIGKILL with the group; reaping it is its new parent's (init's)
+        // job, so it may linger briefly as a zombie, but it must not be running.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while matches!(proc_state(sleeper), Some(s) if s != 'Z') {
+            assert!(Instant::now() < deadline, "sleep {sleeper} still running");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn cancelled_probe_kills_the_group() {
+        let dir = std::env::temp_dir().join(format!("lb-health-cancel-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let pids = dir.join("pids");
+        let check = sh(
+            &format!("echo $$ > {}; exec sleep 60", pids.display()),
+            60_000,
+        );
+        // Drop the probe mid-run, as the runner does on shutdown.
+        let dropped = tokio::time::timeout(Duration::from_millis(300), check.check(target())).await;
+        assert!(dropped.is_err());
+        let recorded = std::fs::read_to_string(&pids).expect("pid written");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        let pid: i32 = recorded.trim().parse().expect("pid");
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while proc_state(pid).is_some() {
+            assert!(Instant::now() < deadline, "{pid} not killed and reaped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[test]
     fn empty_argv_is_rejected() {
         let spec = ScriptSpec::new(Vec::<OsString>::new());
