@@ -97,7 +97,8 @@ impl ScriptCheck {
             Ok(status) => status,
             Err(_) => {
                 group.kill_now();
-                // Reap, so the killed child does not linger as a zombie.
+                // start_kill covers the child alone should the group kill have had no pid to
+                // use; then wait reaps it, so it does not linger as a zombie.
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 return Err(CheckFailure::ScriptTimeout {
