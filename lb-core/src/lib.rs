@@ -1,3 +1,4 @@
 //! lb's control plane library.
 pub mod datapath;
+pub mod health;
 pub mod table;

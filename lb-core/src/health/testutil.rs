@@ -1,0 +1,129 @@
+//! Local servers for the checkers' tests. Everything listens on loopback.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// A request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub peer: SocketAddr,
+    pub head: String,
+}
+
+impl Seen {
+    /// The value of header `name` (case-insensitive), if sent.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// What the test server does with each connection.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Answers with this status and body.
+    With(u16, &'static str),
+    /// Reads the request and never answers.
+    Silent,
+}
+
+/// A one-route HTTP/1.1 server, plain or TLS, that records each request head.
+pub struct HttpServer {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl HttpServer {
+    pub async fn plain(reply: Reply) -> Self {
+        Self::start("127.0.0.1:0", reply, None).await
+    }
+
+    pub async fn plain_on(bind: &str, reply: Reply) -> Self {
+        Self::start(bind, reply, None).await
+    }
+
+    pub async fn tls(reply: Reply, acceptor: TlsAcceptor) -> Self {
+        Self::start("127.0.0.1:0", reply, Some(acceptor)).await
+    }
+
+    async fn start(bind: &str, reply: Reply, tls: Option<TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind(bind).await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, peer)) = listener.accept().await {
+                let (reply, log, tls) = (reply.clone(), log.clone(), tls.clone());
+                tokio::spawn(async move {
+                    match tls {
+                        None => serve(stream, peer, reply, log).await,
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                serve(stream, peer, reply, log).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn serve<S>(mut stream: S, peer: SocketAddr, reply: Reply, log: Arc<Mutex<Vec<Seen>>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    log.lock().expect("lock").push(Seen {
+        peer,
+        head: String::from_utf8_lossy(&head).into_owned(),
+    });
+    match reply {
+        Reply::With(status, body) => {
+            let response = format!(
+                "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+        Reply::Silent => std::future::pending::<()>().await,
+    }
+}
+
+/// A self-signed certificate for `localhost` and a TLS acceptor serving it; also returns the
+/// certificate as PEM, for a test that trusts it as a CA.
+pub fn self_signed() -> (TlsAcceptor, String) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("rcgen");
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(signing_key.serialize_der());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], key.into())
+    .expect("server config");
+    (TlsAcceptor::from(Arc::new(config)), cert.pem())
+}
