@@ -200,8 +200,8 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub struct Flow {
-    /// `bpf_ktime_get_ns()` of the last packet; idle flows past the VIP's
-    /// timeout are rescheduled.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, tick resolution) of the
+    /// last packet; idle flows past the VIP's timeout are rescheduled.
     pub last_seen_ns: u64,
     /// Backend id when the flow was scheduled (counters, active flows).
     pub backend: u32,

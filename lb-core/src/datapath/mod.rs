@@ -441,14 +441,14 @@ impl Datapath {
     }
 }
 
-/// The clock the datapath stamps flows with (`bpf_ktime_get_ns`).
+/// The clock the datapath stamps flows with (`bpf_ktime_get_coarse_ns`).
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 

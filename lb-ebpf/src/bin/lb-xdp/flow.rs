@@ -35,7 +35,7 @@ pub fn lookup_or_schedule(
             && f.vip == vip.id
             && now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto)
         {
-            f.last_seen_ns = now;
+            touch(f, now);
             return Ok((*f, false));
         }
     }

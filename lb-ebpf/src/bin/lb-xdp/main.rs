@@ -18,7 +18,7 @@ mod rewrite;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    helpers::{bpf_ktime_get_ns, bpf_redirect},
+    helpers::bpf_redirect,
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
@@ -97,11 +97,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         proto: iph.proto,
         _pad: 0,
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    let bytes = (end - start) as u64;
     match unsafe { VIPS.get(&vip_key) } {
-        Some(vip) => to_vip(&ctx, &pkt, &key, vip, now, bytes),
-        None => from_backend(&ctx, &pkt, &key, now),
+        Some(vip) => to_vip(&ctx, &pkt, &key, vip, (end - start) as u64),
+        None => from_backend(&ctx, &pkt, &key),
     }
 }
 
@@ -112,9 +110,9 @@ fn to_vip(
     pkt: &rewrite::Packet,
     key: &FlowKey,
     vip: &lb_ebpf::abi::VipMeta,
-    now: u64,
     bytes: u64,
 ) -> u32 {
+    let now = now();
     let (flow, new) =
         match flow::lookup_or_schedule(key, vip, pkt, ctx.ingress_ifindex() as u32, now) {
             Ok(f) => f,
@@ -140,7 +138,7 @@ fn to_vip(
 /// Not for a VIP: a reply from a nat backend to one of our SNAT addresses is
 /// translated back to VIP → client; anything else goes to the kernel.
 #[inline(always)]
-fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey, now: u64) -> u32 {
+fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
     if unsafe { SNAT_ADDRS.get(&key.dst_addr) }.is_none() {
         return xdp_action::XDP_PASS;
     }
@@ -152,7 +150,7 @@ fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey, now: u64
     if f.kind != FLOW_REPLY {
         return xdp_action::XDP_PASS;
     }
-    f.last_seen_ns = now;
+    touch(f, now());
     rewrite::translate(pkt, f);
     rewrite::set_macs(pkt, &f.peer_mac, &f.local_mac);
     transmit(ctx, f.ifindex)

@@ -2,7 +2,6 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
-    helpers::bpf_ktime_get_ns,
     programs::TcContext,
 };
 use lb_ebpf::{
@@ -10,7 +9,10 @@ use lb_ebpf::{
     csum,
 };
 
-use crate::{headers::*, maps::FLOWS};
+use crate::{
+    headers::*,
+    maps::{FLOWS, now, touch},
+};
 
 /// Bounds-checked pointers into one parsed IPv4 TCP/UDP frame.
 pub struct Packet {
@@ -97,7 +99,7 @@ pub fn tc_unnat(ctx: &TcContext) -> Result<(), i64> {
     if f.kind != FLOW_REPLY {
         return Ok(());
     }
-    f.last_seen_ns = unsafe { bpf_ktime_get_ns() };
+    touch(f, now());
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0;
     for (off, old, new) in [
         (IP_SRC, key.src_addr, f.rw_src_addr),
