@@ -998,7 +998,8 @@ impl<'a> Validator<'a> {
         let ok = match version {
             VrrpVersion::V2 => d.subsec_nanos() == 0 && (1..=255).contains(&d.as_secs()),
             VrrpVersion::V3 => {
-                d.as_nanos() % 10_000_000 == 0 && (1..=4095).contains(&(d.as_millis() / 10))
+                d.as_nanos().is_multiple_of(10_000_000)
+                    && (1..=4095).contains(&(d.as_millis() / 10))
             }
         };
         if ok {
