@@ -54,7 +54,15 @@ pub(crate) fn parse(text: &str, loc: &Locator, errors: &mut Vec<ConfigError>) ->
             return None;
         };
         errors.push(loc.error(Some(span), found.path.as_str(), reason));
-        if !blanked.insert(found.blank_path) || !blank(&mut text, found.blank) {
+        // From the line start, so a dotted key (`check.bogus = 1`) goes whole,
+        // not just its last segment: a key-value pair in a standard table
+        // always begins its line.
+        let start = found.blank.start;
+        let line_start = text
+            .get(..start)
+            .map_or(start, |t| t.rfind('\n').map_or(0, |i| i + 1));
+        let range = line_start..found.blank.end;
+        if !blanked.insert(found.blank_path) || !blank(&mut text, range) {
             return None;
         }
     }
@@ -64,6 +72,7 @@ pub(crate) fn parse(text: &str, loc: &Locator, errors: &mut Vec<ConfigError>) ->
 /// serde's wording names Rust concepts; the user wrote TOML keys and values.
 fn rephrase(message: &str) -> String {
     let message = message.trim();
+    let message = &toml_words(message);
     if let Some(rest) = message.strip_prefix("unknown field ") {
         return match rest.split_once(", ") {
             Some((_, expected)) => format!("unknown key; {expected}"),
@@ -77,6 +86,18 @@ fn rephrase(message: &str) -> String {
         return r#"expected an interface name or { name = "...", weight = N }"#.to_owned();
     }
     message.to_owned()
+}
+
+fn toml_words(message: &str) -> String {
+    let mut out = message
+        .replace("invalid type: map", "invalid type: table")
+        .replace("invalid type: sequence", "invalid type: array")
+        .replace("expected a sequence", "expected an array")
+        .replace("expected i64", "expected an integer");
+    if let Some(i) = out.find("expected struct Raw") {
+        out.replace_range(i.., "expected a table");
+    }
+    out
 }
 
 struct Found {

@@ -97,7 +97,9 @@ pub(crate) struct RawService {
     /// Default: false (backends start up).
     pub alpha: Option<S<bool>>,
     /// Health check of every backend. Default: none (backends are always up).
-    pub check: Option<S<RawCheck>>,
+    /// Not `Spanned`: toml_edit cannot span a table written with dotted keys
+    /// (`check.type = "tcp"`), and would reject that valid spelling.
+    pub check: Option<RawCheck>,
     /// keepalived's `real_server` blocks. Default: none.
     #[serde(default)]
     pub backend: Vec<S<RawBackend>>,
@@ -112,8 +114,8 @@ pub(crate) struct RawBackend {
     /// keepalived: share of new flows, 0..=65535; 0 drains. Default: 1.
     pub weight: Option<S<i64>>,
     /// Replaces (does not merge with) the service's check for this backend.
-    /// Default: the service's check.
-    pub check: Option<S<RawCheck>>,
+    /// Default: the service's check. Not `Spanned`, as for the service's.
+    pub check: Option<RawCheck>,
 }
 
 /// One table for every check type; keys that do not apply to the chosen

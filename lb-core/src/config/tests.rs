@@ -384,7 +384,7 @@ protocol = "sctp"
         errors(text),
         [
             "t.toml:3:12: daemon.xdp_mode: unknown value `fast`, expected one of `auto`, `native`, `generic`",
-            "t.toml:4:12: daemon.max_vips: invalid type: string \"64\", expected i64",
+            "t.toml:4:12: daemon.max_vips: invalid type: string \"64\", expected an integer",
             "t.toml:7:7: service[0].vip: invalid type: integer `80`, expected a string",
             "t.toml:10:12: service[0].protocol: unknown value `sctp`, expected `tcp` or `udp`",
         ]
@@ -463,7 +463,7 @@ fn config_error_bad_value_is_not_also_reported_missing() {
     let text = MINIMAL.replace("\"198.18.1.1:8080\"", "[\"198.18.1.1\", 8080]");
     assert_eq!(
         errors(&text),
-        ["t.toml:8:11: service[0].backend[0].address: invalid type: sequence, expected a string"]
+        ["t.toml:8:11: service[0].backend[0].address: invalid type: array, expected a string"]
     );
 }
 
@@ -610,7 +610,7 @@ fn config_error_script_check_needs_command() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:10:1: service[0].backend[0].check.command: missing required key",
+            "t.toml:7:1: service[0].backend[0].check.command: missing required key",
             "t.toml:12:16: service[0].backend[0].check.connect_port: not used by script checks",
         ]
     );
@@ -947,4 +947,47 @@ fn config_diff_vrrp_and_daemon() {
     );
     let d = diff(&new, &old);
     assert_eq!(d.vrrp_removed, ["VI_2"]);
+}
+
+#[test]
+fn config_dotted_and_inline_tables_work() {
+    let dotted = MINIMAL.replace(
+        "forwarding",
+        "check.type = \"tcp\"\ncheck.rise = 2\nforwarding",
+    );
+    assert_eq!(
+        ok(&dotted).services[0].check.as_ref().map(|c| c.rise),
+        Some(2)
+    );
+    let inline = MINIMAL.replace(
+        "forwarding",
+        "check = { type = \"tcp\", rise = 3 }\nforwarding",
+    );
+    assert_eq!(
+        ok(&inline).services[0].check.as_ref().map(|c| c.rise),
+        Some(3)
+    );
+    let text = MINIMAL.replace(
+        "forwarding",
+        "check.type = \"tcp\"\ncheck.bogus = 2\nforwarding",
+    ) + "weight = -5\n";
+    assert_eq!(
+        errors(&text),
+        [
+            "t.toml:6:7: service[0].check.bogus: unknown key; expected one of `type`, `delay_loop`, `connect_timeout`, `connect_port`, `fall`, `retry`, `rise`, `delay_before_retry`, `source_address`, `path`, `status`, `host`, `digest`, `body_regex`, `command`, `timeout`",
+            "t.toml:11:10: service[0].backend[0].weight: -5 is out of range 0..=65535",
+        ]
+    );
+}
+
+#[test]
+fn config_error_structure_mismatches_use_toml_words() {
+    assert_eq!(
+        errors("[service]\nvip = \"198.18.0.100:80\"\n"),
+        ["t.toml:1:1: service: invalid type: table, expected an array"]
+    );
+    assert_eq!(
+        errors("daemon = 5\n"),
+        ["t.toml:1:10: daemon: invalid type: integer `5`, expected a table"]
+    );
 }

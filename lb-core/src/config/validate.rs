@@ -440,7 +440,7 @@ impl<'a> Validator<'a> {
         let check = r
             .check
             .as_ref()
-            .and_then(|c| self.check(c, &key(p, "check")));
+            .and_then(|c| self.check(c, &span, &key(p, "check")));
         let backends = self.backends(p, r, vip, forwarding, check.as_ref());
         let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
         let quorum: u32 = self.int(&r.quorum, &key(p, "quorum"), 1..i64::from(u32::MAX) + 1, 1);
@@ -565,7 +565,7 @@ impl<'a> Validator<'a> {
             };
             let weight = self.int(&raw.weight, &key(&bp, "weight"), 0..65536, 1);
             let check = match &raw.check {
-                Some(c) => self.check(c, &key(&bp, "check")),
+                Some(c) => self.check(c, &b.span(), &key(&bp, "check")),
                 None => service_check.cloned(),
             };
             backends.push(Backend {
@@ -577,11 +577,12 @@ impl<'a> Validator<'a> {
         backends
     }
 
-    fn check(&mut self, c: &S<RawCheck>, p: &str) -> Option<Check> {
-        let r = c.get_ref();
+    /// `owner` is the span of the service or backend table holding the
+    /// check, where a missing key is reported.
+    fn check(&mut self, r: &RawCheck, owner: &Range<usize>, p: &str) -> Option<Check> {
         let kind_key = key(p, "type");
         let kind = self
-            .required(&r.kind, &c.span(), &kind_key)
+            .required(&r.kind, owner, &kind_key)
             .map(|v| *v.get_ref());
         let is_http = matches!(kind, Some(CheckType::Http | CheckType::Https));
         let is_script = kind == Some(CheckType::Script);
@@ -652,7 +653,7 @@ impl<'a> Validator<'a> {
             CheckType::Tcp => CheckKind::Tcp,
             CheckType::Http => CheckKind::Http(self.http(r, p)),
             CheckType::Https => CheckKind::Https(self.http(r, p)),
-            CheckType::Script => CheckKind::Script(self.script(r, c, p, delay_loop)),
+            CheckType::Script => CheckKind::Script(self.script(r, owner, p, delay_loop)),
         };
         Some(Check {
             kind,
@@ -774,13 +775,13 @@ impl<'a> Validator<'a> {
     fn script(
         &mut self,
         r: &RawCheck,
-        c: &S<RawCheck>,
+        owner: &Range<usize>,
         p: &str,
         delay_loop: Duration,
     ) -> ScriptCheck {
         let k = key(p, "command");
         let command = self
-            .required(&r.command, &c.span(), &k)
+            .required(&r.command, owner, &k)
             .map(|v| self.argv(v, &k))
             .unwrap_or_default();
         ScriptCheck {
