@@ -79,7 +79,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 pub fn parse(text: &str, file_name: &str, env: &dyn Environment) -> Result<Config, ConfigErrors> {
     let loc = error::Locator::new(file_name, text);
     let mut errors = Vec::new();
-    let parsed = parse::parse(text, &loc, &mut errors);
+    let parsed = parse::read(text, &loc, &mut errors);
     let config = parsed.map(|p| {
         let mut v = validate::Validator::new(&loc, env, &p.blanked);
         let config = v.config(&p.raw);

@@ -25,7 +25,7 @@ pub(crate) struct Parsed {
 
 /// `None` when the file cannot be read at all (a syntax error, or a serde
 /// error that could not be isolated); `errors` then says why.
-pub(crate) fn parse(text: &str, loc: &Locator, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
+pub(crate) fn read(text: &str, loc: &Locator, errors: &mut Vec<ConfigError>) -> Option<Parsed> {
     let mut text = text.to_owned();
     let mut blanked = HashSet::new();
     for _ in 0..MAX_ROUNDS {

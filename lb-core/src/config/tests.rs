@@ -817,7 +817,7 @@ fn config_load_reads_files_and_reports_unreadable_ones() {
 }
 
 #[test]
-fn config_system_environment_sees_loopback_only() {
+fn config_system_environment_asks_the_kernel() {
     assert!(System.interface_exists("lo"));
     assert!(!System.interface_exists("lb-no-such-if"));
     assert!(!System.interface_exists("bad\0name"));

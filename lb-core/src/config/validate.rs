@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::ops::Range;
+use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use super::schema::{
 use crate::table::is_prime;
 
 const DEFAULT_TABLE_SIZE: u32 = lb_ebpf::abi::DEFAULT_RING_SIZE;
+const U32_MAX: i64 = u32::MAX as i64;
 /// keepalived's limit for `track_interface` and `vrrp_script` weights.
 const TRACK_WEIGHT: i64 = 253;
 
@@ -80,7 +81,7 @@ impl<'a> Validator<'a> {
         &mut self,
         value: &Option<S<i64>>,
         key: &str,
-        range: Range<i64>,
+        range: RangeInclusive<i64>,
         default: T,
     ) -> T {
         let Some(v) = value else { return default };
@@ -88,12 +89,8 @@ impl<'a> Validator<'a> {
         match T::try_from(n) {
             Ok(t) if range.contains(&n) => t,
             _ => {
-                let max = range.end - 1;
-                self.err(
-                    &v.span(),
-                    key,
-                    format!("{n} is out of range {}..={max}", range.start),
-                );
+                let (min, max) = range.into_inner();
+                self.err(&v.span(), key, format!("{n} is out of range {min}..={max}"));
                 default
             }
         }
@@ -272,7 +269,7 @@ impl<'a> Validator<'a> {
             Some(v) => v.get_ref().clone(),
             None => "info".to_owned(),
         };
-        let u32_range = 1..i64::from(u32::MAX) + 1;
+        let u32_range = 1..=U32_MAX;
         Daemon {
             admin_socket,
             metrics_listen,
@@ -330,6 +327,7 @@ impl<'a> Validator<'a> {
                 }
             }
             let service = self.service(&p, s, daemon);
+            // `service` gives an invalid VIP port 0, already reported.
             if let Some(v) = &r.vip
                 && service.vip.port() != 0
             {
@@ -443,7 +441,7 @@ impl<'a> Validator<'a> {
             .and_then(|c| self.check(c, &span, &key(p, "check")));
         let backends = self.backends(p, r, vip, forwarding, check.as_ref());
         let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
-        let quorum: u32 = self.int(&r.quorum, &key(p, "quorum"), 1..i64::from(u32::MAX) + 1, 1);
+        let quorum: u32 = self.int(&r.quorum, &key(p, "quorum"), 1..=U32_MAX, 1);
         if let Some(v) = &r.quorum
             && u64::from(quorum) > total_weight
         {
@@ -452,12 +450,7 @@ impl<'a> Validator<'a> {
             );
             self.err(&v.span(), &key(p, "quorum"), reason);
         }
-        let hysteresis: u32 = self.int(
-            &r.hysteresis,
-            &key(p, "hysteresis"),
-            0..i64::from(u32::MAX) + 1,
-            0,
-        );
+        let hysteresis: u32 = self.int(&r.hysteresis, &key(p, "hysteresis"), 0..=U32_MAX, 0);
         if let Some(v) = &r.hysteresis
             && hysteresis >= quorum
         {
@@ -563,7 +556,7 @@ impl<'a> Validator<'a> {
                 }
                 None => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             };
-            let weight = self.int(&raw.weight, &key(&bp, "weight"), 0..65536, 1);
+            let weight = self.int(&raw.weight, &key(&bp, "weight"), 0..=65535, 1);
             let check = match &raw.check {
                 Some(c) => self.check(c, &b.span(), &key(&bp, "check")),
                 None => service_check.cloned(),
@@ -626,7 +619,7 @@ impl<'a> Validator<'a> {
         let connect_port = r
             .connect_port
             .as_ref()
-            .map(|_| self.int(&r.connect_port, &key(p, "connect_port"), 1..65536, 1u16));
+            .map(|_| self.int(&r.connect_port, &key(p, "connect_port"), 1..=65535, 1u16));
         let fall = match (&r.fall, &r.retry) {
             (Some(_), Some(retry)) => {
                 self.err(
@@ -636,10 +629,10 @@ impl<'a> Validator<'a> {
                 );
                 2
             }
-            (None, Some(_)) => self.int::<u32>(&r.retry, &key(p, "retry"), 0..1000, 1) + 1,
-            _ => self.int(&r.fall, &key(p, "fall"), 1..1001, 2),
+            (None, Some(_)) => self.int::<u32>(&r.retry, &key(p, "retry"), 0..=999, 1) + 1,
+            _ => self.int(&r.fall, &key(p, "fall"), 1..=1000, 2),
         };
-        let rise = self.int(&r.rise, &key(p, "rise"), 1..1001, 1);
+        let rise = self.int(&r.rise, &key(p, "rise"), 1..=1000, 1);
         let delay_before_retry = self.positive_duration(
             &r.delay_before_retry,
             &key(p, "delay_before_retry"),
@@ -846,12 +839,11 @@ impl<'a> Validator<'a> {
             .map(|v| self.interface(v, &if_key))
             .unwrap_or_default();
         let vrid_key = key(p, "virtual_router_id");
-        let vrid = self
-            .required(&r.virtual_router_id, &span, &vrid_key)
-            .map(|_| ());
-        let virtual_router_id = vrid.map_or(0, |()| {
-            self.int(&r.virtual_router_id, &vrid_key, 1..256, 0u8)
-        });
+        // 0 is never a valid id, so it marks "missing or invalid" below.
+        let virtual_router_id = match self.required(&r.virtual_router_id, &span, &vrid_key) {
+            Some(_) => self.int(&r.virtual_router_id, &vrid_key, 1..=255, 0u8),
+            None => 0,
+        };
         let version = match &r.version {
             None => VrrpVersion::V2,
             Some(n) => match n.get_ref() {
@@ -961,7 +953,7 @@ impl<'a> Validator<'a> {
             name,
             interface,
             virtual_router_id,
-            priority: self.int(&r.priority, &key(p, "priority"), 1..256, 100u8),
+            priority: self.int(&r.priority, &key(p, "priority"), 1..=255, 100u8),
             advert_int,
             version,
             nopreempt: Self::flag(&r.nopreempt),
@@ -984,7 +976,7 @@ impl<'a> Validator<'a> {
             garp_master_repeat: self.int(
                 &r.garp_master_repeat,
                 &key(p, "garp_master_repeat"),
-                1..256,
+                1..=255,
                 5,
             ),
         }
@@ -1094,8 +1086,8 @@ impl<'a> Validator<'a> {
             interval,
             timeout: self.positive_duration(&r.timeout, &key(p, "timeout"), interval),
             weight,
-            fall: self.int(&r.fall, &key(p, "fall"), 1..1001, 1),
-            rise: self.int(&r.rise, &key(p, "rise"), 1..1001, 1),
+            fall: self.int(&r.fall, &key(p, "fall"), 1..=1000, 1),
+            rise: self.int(&r.rise, &key(p, "rise"), 1..=1000, 1),
         }
     }
 }
