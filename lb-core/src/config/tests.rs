@@ -793,7 +793,7 @@ auth_pass = "much-too-long"
         "t.toml:3:18: daemon.metrics_listen: invalid address \"localhost\": expected \"ip:port\"",
         "t.toml:6:13: service[0].interface: interface \"lb7\" does not exist",
         "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `check`, `backend`",
-        "t.toml:9:15: service[0].tcp_timeout: must be a whole number of seconds, at least 1s",
+        "t.toml:9:15: service[0].tcp_timeout: must be a whole number of seconds from 1s to 4294967295s",
         "t.toml:12:10: service[0].backend[0].weight: 100000 is out of range 0..=65535",
         "t.toml:14:11: service[0].backend[1].address: duplicate backend 198.18.1.1:8080 (already listed as service[0].backend[0])",
         "t.toml:18:21: vrrp_instance[0].virtual_router_id: 0 is out of range 1..=255",

@@ -2,7 +2,7 @@
 //!
 //! Nothing stops at the first problem: each check records its error and the
 //! walk goes on with a placeholder value, so one run lists everything to fix.
-//! The placeholders never escape, because `super::parse_with` discards the
+//! The placeholders never escape, because `super::parse` discards the
 //! `Config` whenever an error was recorded.
 
 use std::collections::{HashMap, HashSet};
@@ -115,17 +115,14 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// A duration the datapath stores in whole seconds.
+    /// A duration the datapath stores as a u32 of seconds.
     fn whole_seconds(&mut self, value: &Option<S<String>>, key: &str, default: u64) -> Duration {
         let d = self.duration(value, key, secs(default));
         if let Some(v) = value
-            && (d.subsec_nanos() != 0 || d.is_zero())
+            && (d.subsec_nanos() != 0 || d.is_zero() || d.as_secs() > u64::from(u32::MAX))
         {
-            self.err(
-                &v.span(),
-                key,
-                "must be a whole number of seconds, at least 1s",
-            );
+            let reason = format!("must be a whole number of seconds from 1s to {}s", u32::MAX);
+            self.err(&v.span(), key, reason);
             return secs(default);
         }
         d
@@ -374,18 +371,19 @@ impl<'a> Validator<'a> {
             .map(|v| self.interface(v, &if_key))
             .unwrap_or_default();
         let fwd_key = key(p, "forwarding");
-        let forwarding = match self.required(&r.forwarding, &span, &fwd_key) {
-            Some(v) if *v.get_ref() == Forwarding::Tun => {
+        // `None` (missing, already reported) must not set off the checks
+        // that depend on the mode.
+        let mode = self.required(&r.forwarding, &span, &fwd_key).map(|v| {
+            if *v.get_ref() == Forwarding::Tun {
                 self.err(
                     &v.span(),
                     &fwd_key,
                     "forwarding \"tun\" is not implemented yet",
                 );
-                Forwarding::Tun
             }
-            Some(v) => *v.get_ref(),
-            None => Forwarding::Dr,
-        };
+            *v.get_ref()
+        });
+        let forwarding = mode.unwrap_or(Forwarding::Nat);
         let scheduler = match &r.scheduler {
             Some(v) if *v.get_ref() != Scheduler::Mh => {
                 let reason = format!(
@@ -398,7 +396,7 @@ impl<'a> Validator<'a> {
             Some(v) => *v.get_ref(),
             None => Scheduler::Mh,
         };
-        let nat = forwarding == Forwarding::Nat;
+        let nat = mode.is_none_or(|m| m == Forwarding::Nat);
         let snat_address = r.snat_address.as_ref().and_then(|v| {
             let k = key(p, "snat_address");
             if !nat {
@@ -439,7 +437,7 @@ impl<'a> Validator<'a> {
             .check
             .as_ref()
             .and_then(|c| self.check(c, &span, &key(p, "check")));
-        let backends = self.backends(p, r, vip, forwarding, check.as_ref());
+        let backends = self.backends(p, r, vip, mode, check.as_ref());
         let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
         let quorum: u32 = self.int(&r.quorum, &key(p, "quorum"), 1..=U32_MAX, 1);
         if let Some(v) = &r.quorum
@@ -522,7 +520,7 @@ impl<'a> Validator<'a> {
         p: &str,
         r: &RawService,
         vip: SocketAddr,
-        forwarding: Forwarding,
+        mode: Option<Forwarding>,
         service_check: Option<&Check>,
     ) -> Vec<Backend> {
         let mut seen: HashMap<SocketAddr, String> = HashMap::new();
@@ -543,7 +541,7 @@ impl<'a> Validator<'a> {
                     } else {
                         seen.insert(addr, bp.clone());
                     }
-                    if forwarding == Forwarding::Dr && vip.port() != 0 && addr.port() != vip.port()
+                    if mode == Some(Forwarding::Dr) && vip.port() != 0 && addr.port() != vip.port()
                     {
                         let reason = format!(
                             "dr forwarding cannot change ports: backend port {} differs from the VIP port {} (use forwarding = \"nat\")",
