@@ -431,6 +431,15 @@ fn config_error_duplicate_backend() {
 }
 
 #[test]
+fn config_error_backend_is_the_vip() {
+    let text = MINIMAL.replace("198.18.1.1:8080", "198.18.0.100:80");
+    assert_eq!(
+        errors(&text),
+        ["t.toml:8:11: service[0].backend[0].address: is the service's own VIP"]
+    );
+}
+
+#[test]
 fn config_error_missing_interface() {
     let text = MINIMAL.replace("lb0", "lb7");
     assert_eq!(

@@ -534,6 +534,9 @@ impl<'a> Validator<'a> {
                 .and_then(|v| self.endpoint(v, &addr_key).map(|a| (a, v.span())));
             let address = match address {
                 Some((addr, span)) => {
+                    if addr == vip {
+                        self.err(&span, &addr_key, "is the service's own VIP");
+                    }
                     if let Some(first) = seen.get(&addr) {
                         let reason =
                             format!("duplicate backend {addr} (already listed as {first})");
