@@ -66,6 +66,7 @@ pub(crate) fn read(text: &str, loc: &Locator, errors: &mut Vec<ConfigError>) -> 
             return None;
         }
     }
+    errors.push(loc.error(None, "", format!("stopped after {MAX_ROUNDS} errors")));
     None
 }
 
