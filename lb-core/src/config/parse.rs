@@ -66,7 +66,9 @@ pub(crate) fn read(text: &str, loc: &Locator, errors: &mut Vec<ConfigError>) -> 
             return None;
         }
     }
-    errors.push(loc.error(None, "", format!("stopped after {MAX_ROUNDS} errors")));
+    // At the end of the file, so it sorts after the errors it cut short.
+    let end = Some(text.len()..text.len());
+    errors.push(loc.error(end, "", format!("stopped after {MAX_ROUNDS} errors")));
     None
 }
 
