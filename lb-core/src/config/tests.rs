@@ -1000,3 +1000,15 @@ fn config_error_structure_mismatches_use_toml_words() {
         ["t.toml:1:10: daemon: invalid type: integer `5`, expected a table"]
     );
 }
+
+#[test]
+fn config_error_collection_stops_after_100() {
+    let text: String = (0..150).map(|i| format!("k{i} = 1\n")).collect();
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 101);
+    assert_eq!(
+        errs[0],
+        "t.toml:1:1: k0: unknown key; expected one of `daemon`, `service`, `vrrp_instance`"
+    );
+    assert_eq!(errs[100], "t.toml:151:1: stopped after 100 errors");
+}
