@@ -1,4 +1,5 @@
 //! lb's control plane library.
+pub mod config;
 pub mod datapath;
 pub mod health;
 pub mod table;
