@@ -20,9 +20,12 @@ use std::{
 };
 
 use common::netns::{Lab, NsWorker, enter, in_ns};
-use lb_core::datapath::{
-    AttachMode, Datapath, Limits, XdpRunMode,
-    balancer::{BackendSpec, Balancer, Forwarding, Protocol, ServiceSpec},
+use lb_core::{
+    config::{Forwarding, Protocol},
+    datapath::{
+        AttachMode, Datapath, Limits, XdpRunMode,
+        balancer::{BackendSpec, Balancer, ServiceSpec},
+    },
 };
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
@@ -79,10 +82,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         "dev",
         "eth0",
     ]);
-    let port = match forwarding {
-        Forwarding::Dr => 80,
-        Forwarding::Nat => 8033,
-    };
+    let port = if forwarding == Forwarding::Dr { 80 } else { 8033 };
     for (i, be) in BACKENDS.iter().enumerate() {
         let ns = lab.host(&format!("be{}", i + 1), &format!("{be}/15"));
         if forwarding == Forwarding::Dr {

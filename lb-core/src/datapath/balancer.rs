@@ -15,30 +15,16 @@ use std::{
 use lb_ebpf::abi::{self, VipKey, VipMeta};
 
 use super::{AttachMode, Datapath, DatapathError, XdpRunMode, neigh};
-use crate::table::{self, Member, TableError};
+use crate::{
+    config::{Forwarding, Protocol},
+    table::{self, Member, TableError},
+};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => abi::IPPROTO_TCP,
-            Protocol::Udp => abi::IPPROTO_UDP,
-        }
+fn proto_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => abi::IPPROTO_TCP,
+        Protocol::Udp => abi::IPPROTO_UDP,
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Forwarding {
-    /// LVS-DR: only MACs change; backends hold the VIP on a loopback and
-    /// answer clients directly. Backend port must equal the VIP port.
-    Dr,
-    /// Full NAT with port translation; replies come back through the LB.
-    Nat,
 }
 
 /// What a service needs from the config.
@@ -92,6 +78,8 @@ pub enum BalancerError {
         vip: SocketAddrV4,
         backend: SocketAddrV4,
     },
+    #[error("VIP {0}: forwarding mode {1:?} is not implemented by the datapath yet")]
+    Unsupported(SocketAddrV4, Forwarding),
     #[error("VIP {0}: table size {1} exceeds the loaded ring stride {2}")]
     TableSize(SocketAddrV4, u32, u32),
 }
@@ -121,7 +109,7 @@ fn vip_key(vip: SocketAddrV4, p: Protocol) -> VipKey {
     VipKey {
         addr: u32::from_ne_bytes(vip.ip().octets()),
         port: vip.port().to_be(),
-        proto: p.number(),
+        proto: proto_number(p),
         _pad: 0,
     }
 }
@@ -174,6 +162,9 @@ impl Balancer {
                 TableError::NotPrime(spec.table_size),
             ));
         }
+        if spec.forwarding == Forwarding::Tun {
+            return Err(BalancerError::Unsupported(spec.vip, spec.forwarding));
+        }
         let snat = match (spec.forwarding, spec.snat_address) {
             (Forwarding::Nat, None) => neigh::primary_ipv4(&spec.interface)
                 .map_err(|e| BalancerError::Neigh(spec.vip, e))?,
@@ -191,9 +182,10 @@ impl Balancer {
         }
         let meta = VipMeta {
             id,
-            mode: match spec.forwarding {
-                Forwarding::Dr => abi::MODE_DR,
-                Forwarding::Nat => abi::MODE_NAT,
+            mode: if spec.forwarding == Forwarding::Nat {
+                abi::MODE_NAT
+            } else {
+                abi::MODE_DR
             },
             _pad: [0; 3],
             snat_addr: u32::from_ne_bytes(snat.octets()),
