@@ -1,5 +1,6 @@
 //! lb's control plane library.
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod health;
 pub mod table;

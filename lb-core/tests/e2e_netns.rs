@@ -82,7 +82,11 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         "dev",
         "eth0",
     ]);
-    let port = if forwarding == Forwarding::Dr { 80 } else { 8033 };
+    let port = if forwarding == Forwarding::Dr {
+        80
+    } else {
+        8033
+    };
     for (i, be) in BACKENDS.iter().enumerate() {
         let ns = lab.host(&format!("be{}", i + 1), &format!("{be}/15"));
         if forwarding == Forwarding::Dr {

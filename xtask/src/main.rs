@@ -1,1 +1,316 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build|test|lab|bench>`.
+//!
+//! The lab is the project's main job: network namespaces on 198.18.0.0/15
+//! with a client, the load balancer and three HTTP backends, brought up with
+//! the `lb` binary and the config in `configs/lab.toml`.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "lb project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh Debian 12 machine lacks (apt packages, nightly
+    /// rust-src, bpf-linker): runs scripts/setup.sh.
+    Setup,
+    /// Build the `lb` binary (release) with the XDP object embedded.
+    Build,
+    /// Run every test (needs root: eBPF, network namespaces).
+    Test,
+    /// The netns lab: `up` (default) builds, starts and demonstrates it;
+    /// `down` removes everything it created.
+    Lab {
+        #[arg(value_enum, default_value = "up")]
+        action: LabAction,
+    },
+    /// Benchmarks: datapath ns/packet and Maglev build time.
+    Bench,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LabAction {
+    Up,
+    Down,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    ensure!(status.success(), "{cmd:?} failed: {status}");
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("spawning {cmd:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "{what} needs root (eBPF and network namespaces)"
+    );
+    Ok(())
+}
+
+fn build() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "lb-cli"]))?;
+    Ok(root().join("target/release/lb"))
+}
+
+fn test() -> Result<()> {
+    require_root("cargo xtask test")?;
+    // The eBPF crate's library (ABI, hash, checksums) is tested on the host;
+    // its programs are exercised through lb-core's test-run and netns tests.
+    run(cargo().args(["test", "-p", "lb-ebpf", "--lib"]))?;
+    run(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf"]))
+}
+
+fn bench() -> Result<()> {
+    require_root("cargo xtask bench")?;
+    run(cargo().args(["build", "--release", "-p", "lb-benches"]))?;
+    let bin = root().join("target/release/lb-bench");
+    println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
+    run(Command::new(&bin).arg("datapath"))?;
+    println!("\n## Maglev table build\n");
+    run(Command::new(&bin).arg("maglev"))
+}
+
+/// Lab layout. Namespaces are prefixed so `down` finds all of them.
+const PREFIX: &str = "lblab-";
+const STATE: &str = "/run/lb-lab";
+const BACKENDS: [(&str, &str); 3] = [
+    ("be1", "198.18.1.1"),
+    ("be2", "198.18.1.2"),
+    ("be3", "198.18.1.3"),
+];
+
+fn ns(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    run(Command::new("ip").args(args))
+}
+
+fn in_ns(name: &str, script: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &ns(name), "sh", "-c", script]);
+    c
+}
+
+/// Starts `script` in `name` detached, logging to STATE/<log>.log and
+/// recording its pid for `down`.
+fn daemon(name: &str, log: &str, script: &str) -> Result<()> {
+    let logf = std::fs::File::create(format!("{STATE}/{log}.log"))?;
+    let child = in_ns(name, &format!("exec {script}"))
+        .stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf)
+        .spawn()
+        .with_context(|| format!("starting {log}"))?;
+    std::fs::write(format!("{STATE}/{log}.pid"), child.id().to_string())?;
+    Ok(())
+}
+
+fn host(name: &str, iface: &str, cidr: &str, port: &str) -> Result<()> {
+    let n = ns(name);
+    ip(&["netns", "add", &n])?;
+    ip(&["-n", &n, "link", "set", "lo", "up"])?;
+    ip(&[
+        "-n",
+        &ns("br"),
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        iface,
+        "netns",
+        &n,
+    ])?;
+    ip(&["-n", &ns("br"), "link", "set", port, "master", "br0", "up"])?;
+    ip(&["-n", &n, "addr", "add", cidr, "dev", iface])?;
+    ip(&["-n", &n, "link", "set", iface, "up"])?;
+    // veth leaves checksums to a NIC that does not exist; the datapath's
+    // incremental checksum updates need real ones to start from.
+    run(&mut in_ns(
+        name,
+        &format!("ethtool -K {iface} tx off >/dev/null"),
+    ))
+}
+
+fn lab_up() -> Result<()> {
+    require_root("cargo xtask lab")?;
+    let lb = build()?;
+    lab_down()?;
+    std::fs::create_dir_all(STATE)?;
+    ip(&["netns", "add", &ns("br")])?;
+    ip(&["-n", &ns("br"), "link", "add", "br0", "type", "bridge"])?;
+    ip(&["-n", &ns("br"), "link", "set", "br0", "up"])?;
+    host("client", "eth0", "198.18.0.1/15", "p-client")?;
+    host("lb1", "lb0", "198.18.0.2/15", "p-lb1")?;
+    // Without VRRP in the lab config the VIP is put on lb1 by hand.
+    ip(&[
+        "-n",
+        &ns("lb1"),
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "lb0",
+    ])?;
+    for (name, addr) in BACKENDS {
+        host(name, "eth0", &format!("{addr}/15"), &format!("p-{name}"))?;
+        let dir = format!("{STATE}/{name}");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            format!("{dir}/index.html"),
+            format!("hello from {name} ({addr})\n"),
+        )?;
+        daemon(
+            name,
+            name,
+            &format!("python3 -m http.server 8080 --bind {addr} --directory {dir}"),
+        )?;
+    }
+    let config = root().join("configs/lab.toml");
+    daemon(
+        "lb1",
+        "lb1",
+        &format!("{} run --config {}", lb.display(), config.display()),
+    )?;
+    println!("lab: waiting for the VIP 198.18.0.100:80 to answer ...");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = in_ns(
+            "client",
+            "curl -s --max-time 1 http://198.18.0.100/ >/dev/null",
+        )
+        .status()
+        .is_ok_and(|s| s.success());
+        if ok {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the VIP did not answer within 20 s; see {STATE}/lb1.log");
+        }
+        sleep(Duration::from_millis(300));
+    }
+    let out = output(&mut in_ns(
+        "client",
+        "for i in $(seq 60); do curl -s --max-time 2 http://198.18.0.100/; done",
+    ))?;
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for line in out.lines() {
+        match counts.iter_mut().find(|(l, _)| l == line) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((line.to_string(), 1)),
+        }
+    }
+    counts.sort();
+    println!(
+        "\n60 requests from the client to http://198.18.0.100/ (VIP :80 → backends :8080, nat):"
+    );
+    for (line, n) in &counts {
+        println!("  {n:3}  {line}");
+    }
+    println!(
+        "\nThe lab is up ({PREFIX}* namespaces; logs and pids in {STATE}).\n\
+         Drive it:\n\
+         \x20 ip netns exec {PREFIX}client curl http://198.18.0.100/      # one request through the VIP\n\
+         \x20 tail -f {STATE}/lb1.log                                      # the daemon's log\n\
+         \x20 kill $(cat {STATE}/be2.pid)                                   # kill a backend: it leaves rotation\n\
+         \x20 kill -HUP $(pgrep -f 'lb run --config')                      # reload configs/lab.toml\n\
+         Tear it down:\n\
+         \x20 cargo xtask lab down"
+    );
+    Ok(())
+}
+
+fn lab_down() -> Result<()> {
+    require_root("cargo xtask lab down")?;
+    if let Ok(entries) = std::fs::read_dir(STATE) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "pid")
+                && let Ok(pid) = std::fs::read_to_string(&p)
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                // SAFETY: plain kill(2) of a pid we started.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        sleep(Duration::from_millis(300));
+    }
+    let list = output(Command::new("ip").args(["netns", "list"]))?;
+    for line in list.lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        if name.starts_with(PREFIX) {
+            // Processes still inside would keep nothing alive: the namespace
+            // goes with its last process, and deleting the name is enough.
+            let pids = output(Command::new("ip").args(["netns", "pids", name])).unwrap_or_default();
+            for pid in pids
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: plain kill(2) of a process inside our lab namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            ip(&["netns", "del", name])?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(STATE);
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => run(&mut Command::new(root().join("scripts/setup.sh"))),
+        Task::Build => build().map(|p| println!("built {}", p.display())),
+        Task::Test => test(),
+        Task::Lab {
+            action: LabAction::Up,
+        } => lab_up(),
+        Task::Lab {
+            action: LabAction::Down,
+        } => {
+            lab_down()?;
+            println!("lab removed");
+            Ok(())
+        }
+        Task::Bench => bench(),
+    }
+}

@@ -63,6 +63,10 @@ pub enum DatapathError {
     TableTooBig { len: usize, stride: u32 },
     #[error("mapping the {0} map: {1}")]
     Mmap(&'static str, std::io::Error),
+    #[error("starting the datapath thread: {0}")]
+    Thread(std::io::Error),
+    #[error("the datapath thread exited")]
+    ThreadGone,
     #[error("test run of {prog}: {source}")]
     TestRun {
         prog: &'static str,

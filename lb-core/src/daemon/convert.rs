@@ -1,0 +1,123 @@
+//! From validated config values to what the datapath and the checkers take.
+
+use std::{
+    ffi::OsString,
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+};
+
+use crate::{
+    config::{self, XdpMode},
+    datapath::{
+        AttachMode, Limits,
+        balancer::{BackendSpec, ServiceSpec},
+    },
+    health::{
+        self, CheckSpec,
+        http::{HttpSpec, StatusRanges, TlsSpec},
+        script::ScriptSpec,
+    },
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error("{0}: only IPv4 is supported by the datapath")]
+    NotIpv4(SocketAddr),
+}
+
+pub fn v4(a: SocketAddr) -> Result<SocketAddrV4, ConvertError> {
+    match a {
+        SocketAddr::V4(v) => Ok(v),
+        SocketAddr::V6(_) => Err(ConvertError::NotIpv4(a)),
+    }
+}
+
+/// Map sizes for the datapath. The ring stride fits the largest table size
+/// of the config at start; a reload asking for a larger one is refused by
+/// the datapath (it needs a restart).
+pub fn limits(c: &config::Config) -> Limits {
+    let largest = c.services.iter().map(|s| s.table_size).max().unwrap_or(0);
+    Limits {
+        max_vips: c.daemon.max_vips,
+        max_backends: c.daemon.max_backends,
+        ring_stride: c.daemon.table_size.max(largest),
+        flow_capacity: c.daemon.flow_capacity,
+    }
+}
+
+pub fn attach_mode(m: XdpMode) -> AttachMode {
+    match m {
+        XdpMode::Auto => AttachMode::Auto,
+        XdpMode::Native => AttachMode::Native,
+        XdpMode::Generic => AttachMode::Generic,
+    }
+}
+
+pub fn service_spec(s: &config::Service) -> Result<ServiceSpec, ConvertError> {
+    Ok(ServiceSpec {
+        vip: v4(s.vip)?,
+        protocol: s.protocol,
+        interface: s.interface.clone(),
+        forwarding: s.forwarding,
+        table_size: s.table_size,
+        snat_address: match s.snat_address {
+            Some(IpAddr::V4(a)) => Some(a),
+            Some(IpAddr::V6(a)) => return Err(ConvertError::NotIpv4(SocketAddr::new(a.into(), 0))),
+            None => None,
+        },
+        snat_ports: (s.snat_ports.first, s.snat_ports.last),
+        tcp_timeout: s.tcp_timeout,
+        udp_timeout: s.udp_timeout,
+    })
+}
+
+pub fn backend_specs(live: &[(SocketAddr, u32)]) -> Result<Vec<BackendSpec>, ConvertError> {
+    live.iter()
+        .map(|(a, w)| {
+            Ok(BackendSpec {
+                addr: v4(*a)?,
+                weight: *w,
+            })
+        })
+        .collect()
+}
+
+/// A config check as the health module's spec. The config's `fall` already
+/// counts keepalived's `retry` (fall = retry + 1), and rounds are spaced by
+/// `delay_loop`, so the checker retries nothing within a round: a backend
+/// leaves rotation within `delay_loop × fall` plus one probe timeout.
+pub fn check_spec(c: &config::Check, alpha: bool) -> CheckSpec {
+    let http = |h: &config::HttpCheck, tls: bool| HttpSpec {
+        path: h.path.clone(),
+        host: h.host.clone(),
+        status: StatusRanges::new(h.status.iter().map(|r| (r.first, r.last)).collect()),
+        digest: h.digest.clone(),
+        body_regex: h.body_regex.clone(),
+        tls: tls.then(TlsSpec::default),
+        ..HttpSpec::default()
+    };
+    let kind = match &c.kind {
+        config::CheckKind::Tcp => health::CheckKind::Tcp,
+        config::CheckKind::Http(h) => health::CheckKind::Http(http(h, false)),
+        config::CheckKind::Https(h) => health::CheckKind::Http(http(h, true)),
+        config::CheckKind::Script(s) => health::CheckKind::Script(ScriptSpec {
+            argv: s.command.iter().map(OsString::from).collect(),
+            timeout: s.timeout,
+        }),
+    };
+    CheckSpec {
+        kind,
+        delay_loop: c.delay_loop,
+        connect_timeout: c.connect_timeout,
+        rise: c.rise,
+        fall: c.fall,
+        retry: 0,
+        delay_before_retry: c.delay_before_retry,
+        alpha,
+        source_address: c.source_address,
+    }
+}
+
+/// Where probes of `backend` go (keepalived's `connect_port`).
+pub fn probe_target(c: &config::Check, backend: SocketAddr) -> SocketAddr {
+    SocketAddr::new(backend.ip(), c.connect_port.unwrap_or(backend.port()))
+}

@@ -1,0 +1,175 @@
+//! The datapath on its own thread.
+//!
+//! Programming a backend may block (ARP resolution waits up to a second), and
+//! the aya handles are not async, so one OS thread owns the [`Balancer`] and
+//! the async side talks to it through a channel. Dropping the last handle
+//! ends the thread, which drops the datapath and detaches its programs.
+
+use std::{net::SocketAddrV4, sync::mpsc, thread};
+
+use lb_ebpf::abi::{Counters, FLOW_FORWARD};
+use tokio::sync::oneshot;
+
+use crate::{
+    config::Protocol,
+    datapath::{
+        AttachMode, Datapath, DatapathError, Limits,
+        balancer::{BackendSpec, Balancer, BalancerError, ServiceSpec},
+        monotonic_ns,
+    },
+};
+
+type Job = Box<dyn FnOnce(&mut Balancer) + Send>;
+
+/// Counters and live flows of one backend or VIP, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub counters: Counters,
+    /// Forward flows seen within their idle timeout.
+    pub active_flows: u64,
+}
+
+/// Counters of every programmed service, read at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct UsageSnapshot {
+    pub vips: Vec<((SocketAddrV4, Protocol), Usage)>,
+    pub backends: Vec<((SocketAddrV4, Protocol, SocketAddrV4), Usage)>,
+    /// Drops of packets to a VIP address that matched no service.
+    pub unmatched: Counters,
+}
+
+/// What to read for one service.
+#[derive(Clone, Debug)]
+pub struct UsageQuery {
+    pub vip: SocketAddrV4,
+    pub protocol: Protocol,
+    pub interface: String,
+    pub backends: Vec<SocketAddrV4>,
+    /// The service's idle timeout: older flows are not counted as active.
+    pub idle: std::time::Duration,
+}
+
+#[derive(Clone)]
+pub struct Dataplane {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Dataplane {
+    /// Loads the datapath on a new thread; fails if loading fails.
+    pub fn start(limits: Limits, mode: AttachMode) -> Result<Self, DatapathError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        thread::Builder::new()
+            .name("datapath".into())
+            .spawn(move || {
+                let mut balancer = match Datapath::load(limits) {
+                    Ok(dp) => {
+                        let _ = ready_tx.send(Ok(()));
+                        Balancer::new(dp, mode)
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                for job in rx {
+                    job(&mut balancer);
+                }
+            })
+            .map_err(DatapathError::Thread)?;
+        ready_rx.recv().map_err(|_| DatapathError::ThreadGone)??;
+        Ok(Dataplane { tx })
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Balancer) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |b| {
+            let _ = tx.send(f(b));
+        });
+        // The thread lives as long as a handle exists, so both ends stay open.
+        self.tx.send(job).expect("datapath thread gone");
+        rx.await.expect("datapath job panicked")
+    }
+
+    pub async fn add_service(&self, spec: ServiceSpec) -> Result<u32, BalancerError> {
+        self.call(move |b| b.add_service(spec)).await
+    }
+
+    pub async fn remove_service(
+        &self,
+        vip: SocketAddrV4,
+        p: Protocol,
+    ) -> Result<(), BalancerError> {
+        self.call(move |b| b.remove_service(vip, p)).await
+    }
+
+    pub async fn set_backends(
+        &self,
+        vip: SocketAddrV4,
+        p: Protocol,
+        backends: Vec<BackendSpec>,
+    ) -> Result<u32, BalancerError> {
+        self.call(move |b| b.set_backends(vip, p, &backends)).await
+    }
+
+    /// Counters of the given services and backends, and live flows counted
+    /// from the connection table (forward entries seen within `idle`).
+    pub async fn usage(&self, services: Vec<UsageQuery>) -> Result<UsageSnapshot, DatapathError> {
+        self.call(move |b| {
+            let now = monotonic_ns();
+            let flows = b.datapath().flows()?;
+            let mut snap = UsageSnapshot {
+                unmatched: b.datapath().unmatched_counters()?,
+                ..Default::default()
+            };
+            for UsageQuery {
+                vip,
+                protocol: p,
+                interface: iface,
+                backends,
+                idle,
+            } in services
+            {
+                let Some(vip_id) = b.vip_id(vip, p) else {
+                    continue;
+                };
+                let idle = idle.as_nanos() as u64;
+                let live = |pred: &dyn Fn(u32) -> bool| {
+                    flows
+                        .iter()
+                        .filter(|(_, f)| {
+                            f.kind == FLOW_FORWARD
+                                && f.vip == vip_id
+                                && pred(f.backend)
+                                && now.saturating_sub(f.last_seen_ns) <= idle
+                        })
+                        .count() as u64
+                };
+                snap.vips.push((
+                    (vip, p),
+                    Usage {
+                        counters: b.datapath().vip_counters(vip_id)?,
+                        active_flows: live(&|_| true),
+                    },
+                ));
+                for be in backends {
+                    let Some(id) = b.backend_id(&iface, be) else {
+                        continue;
+                    };
+                    snap.backends.push((
+                        (vip, p, be),
+                        Usage {
+                            counters: b.datapath().backend_counters(id)?,
+                            active_flows: live(&|x| x == id),
+                        },
+                    ));
+                }
+            }
+            Ok(snap)
+        })
+        .await
+    }
+}

@@ -1,0 +1,99 @@
+//! What the daemon shows: a snapshot published after every change, read
+//! without blocking by the admin API and metrics (arc-swap), plus the
+//! requests the admin API may make.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::config::Protocol;
+
+/// The daemon's state as operators see it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    pub config_path: String,
+    /// Successful reloads since start.
+    pub reloads: u64,
+    /// Rejected reloads since start (the previous config kept serving).
+    pub reload_failures: u64,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatus {
+    pub name: Option<String>,
+    pub vip: SocketAddr,
+    pub protocol: String,
+    pub interface: String,
+    pub forwarding: String,
+    pub scheduler: String,
+    /// keepalived's quorum state: enough healthy weight to serve.
+    pub quorum_up: bool,
+    /// The sorry server is serving instead of the backends.
+    pub sorry: bool,
+    /// Generation of the live Maglev table (bumped by every swap).
+    pub table_generation: u32,
+    /// Removed from the config; unprogrammed once its flows drained.
+    pub removing: bool,
+    /// Idle timeout of the service's flows (tcp_timeout or udp_timeout).
+    pub idle_timeout_seconds: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendStatus {
+    pub address: SocketAddr,
+    /// Weight from the config.
+    pub weight: u32,
+    /// Weight set by `lb weight` / `lb drain` (0 = drained), if any.
+    pub admin_weight: Option<u32>,
+    /// Weight in the live table, `None` when out of it.
+    pub live_weight: Option<u32>,
+    pub healthy: bool,
+    /// Why the health last changed (the probe's result).
+    pub reason: Option<String>,
+    /// Latency of the last successful probe, in seconds.
+    pub probe_latency_seconds: Option<f64>,
+    /// This backend is the service's sorry server.
+    pub sorry_server: bool,
+}
+
+/// Changes operators make through the admin API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminRequest {
+    /// Weight 0: no new flows; existing flows finish.
+    Drain {
+        vip: SocketAddr,
+        protocol: Protocol,
+        backend: SocketAddr,
+    },
+    /// Back to the configured weight.
+    Undrain {
+        vip: SocketAddr,
+        protocol: Protocol,
+        backend: SocketAddr,
+    },
+    SetWeight {
+        vip: SocketAddr,
+        protocol: Protocol,
+        backend: SocketAddr,
+        weight: u32,
+    },
+    /// Re-read the config file, as SIGHUP does.
+    Reload,
+}
+
+/// Why an admin request was refused. Nothing changed when one is returned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("no service {0}/{1}")]
+    UnknownVip(SocketAddr, Protocol),
+    #[error("service {0}/{1} has no backend {2}")]
+    UnknownBackend(SocketAddr, Protocol, SocketAddr),
+    #[error("weight {0} is out of range 0..=65535")]
+    WeightRange(u32),
+    #[error("reload failed, the previous config keeps serving:\n{0}")]
+    Reload(String),
+    #[error("the datapath refused the change: {0}")]
+    Datapath(String),
+}
