@@ -1,3 +1,4 @@
 //! lb's control plane library.
 pub mod datapath;
 pub mod table;
+pub mod vrrp;
