@@ -1,9 +1,11 @@
 //! keepalived-compatible VRRP (v2 and v3 over IPv4): who owns the VIPs.
 //!
-//! `packet` is the wire codec, `config` the typed instance settings the
-//! daemon fills from its own config.
+//! `packet` is the wire codec, `state` the sans-IO election logic, `config`
+//! the typed instance settings the daemon fills from its own config.
 pub mod config;
 pub mod packet;
+pub mod state;
 
 pub use config::{InstanceConfig, Track, Vip};
 pub use packet::{Advert, Auth, PacketError, Version};
+pub use state::{Action, Event, Instance, NotifyState, State};
