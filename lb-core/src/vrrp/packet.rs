@@ -108,6 +108,35 @@ pub enum PacketError {
     AddressMismatch,
 }
 
+impl PacketError {
+    /// A stable label for the drop counter of this reason.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            PacketError::Truncated { .. } => "truncated",
+            PacketError::TooLong { .. } => "too_long",
+            PacketError::NotIpv4(_) => "not_ipv4",
+            PacketError::BadIpHeaderLength(_) => "bad_ip_header_length",
+            PacketError::IpLengthMismatch { .. } => "ip_length_mismatch",
+            PacketError::WrongProtocol(_) => "wrong_protocol",
+            PacketError::WrongTtl(_) => "wrong_ttl",
+            PacketError::WrongDestination(_) => "wrong_destination",
+            PacketError::WrongCast { .. } => "wrong_cast",
+            PacketError::UnsupportedVersion(_) => "unsupported_version",
+            PacketError::WrongVersion { .. } => "wrong_version",
+            PacketError::WrongType(_) => "wrong_type",
+            PacketError::CountMismatch { .. } => "count_mismatch",
+            PacketError::BadChecksum => "bad_checksum",
+            PacketError::WrongVrid { .. } => "wrong_vrid",
+            PacketError::UnsupportedAuthType(_) => "unsupported_auth_type",
+            PacketError::AuthTypeMismatch => "auth_type_mismatch",
+            PacketError::AuthMismatch => "auth_mismatch",
+            PacketError::IntervalMismatch { .. } => "interval_mismatch",
+            PacketError::ZeroInterval => "zero_interval",
+            PacketError::AddressMismatch => "address_mismatch",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     #[error("advertisement interval {0:?} is not representable in this VRRP version")]
