@@ -1,0 +1,403 @@
+//! Interop with the real keepalived 2.2.7: our instance and keepalived on one
+//! VRID, in network namespaces joined by a bridge in a namespace of its own.
+//! Needs root; it fails, rather than skips, without it.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use lb_core::vrrp::packet::{self, Advert, Auth, VRRP_MULTICAST, VRRP_TTL};
+use lb_core::vrrp::{InstanceConfig, State, Status, Version, Vip, run_instance};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+use tokio::sync::{mpsc, watch};
+
+const OURS: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const KEEPALIVED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const VRID: u8 = 51;
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Three namespaces (bridge, ours, keepalived's) and keepalived itself;
+/// dropping it stops keepalived and deletes the namespaces.
+struct Lab {
+    prefix: String,
+    dir: PathBuf,
+    keepalived: Option<Child>,
+}
+
+impl Lab {
+    fn new(tag: &str) -> Lab {
+        assert_eq!(
+            // SAFETY: geteuid has no preconditions.
+            unsafe { libc::geteuid() },
+            0,
+            "this test configures network namespaces and needs root"
+        );
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let prefix = format!(
+            "lbvrrp{}{}{}",
+            std::process::id(),
+            tag,
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).expect("lab dir");
+        let lab = Lab {
+            prefix,
+            dir,
+            keepalived: None,
+        };
+        let (br, a, k) = (lab.ns("br"), lab.ns("a"), lab.ns("k"));
+        for ns in [&br, &a, &k] {
+            sh(&["ip", "netns", "add", ns]);
+        }
+        sh(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"]);
+        sh(&["ip", "-n", &br, "link", "set", "br0", "up"]);
+        for (ns, ifname, port, addr) in [(&a, "a0", "pa", OURS), (&k, "k0", "pk", KEEPALIVED)] {
+            sh(&[
+                "ip", "link", "add", ifname, "netns", ns, "type", "veth", "peer", "name", port,
+                "netns", &br,
+            ]);
+            sh(&["ip", "-n", &br, "link", "set", port, "master", "br0", "up"]);
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                ifname,
+            ]);
+            sh(&["ip", "-n", ns, "link", "set", ifname, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    fn ns(&self, which: &str) -> String {
+        format!("{}{which}", self.prefix)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("keepalived.log")
+    }
+
+    fn start_keepalived(&mut self, version: Version, priority: u8) {
+        let conf = self.dir.join("keepalived.conf");
+        let v = match version {
+            Version::V2 => 2,
+            Version::V3 => 3,
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "global_defs {{\n  router_id lbtest\n}}\n\
+                 vrrp_instance VI_1 {{\n  state BACKUP\n  interface k0\n  version {v}\n\
+                 virtual_router_id {VRID}\n  priority {priority}\n  advert_int 1\n\
+                 virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+            ),
+        )
+        .expect("keepalived.conf");
+        let log = File::create(self.log_path()).expect("keepalived.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("k"), "/usr/sbin/keepalived"])
+            .args(["-n", "-l", "-D", "-P", "-f"])
+            .arg(&conf)
+            .arg("-p")
+            .arg(self.dir.join("keepalived.pid"))
+            .arg("-r")
+            .arg(self.dir.join("vrrp.pid"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting keepalived");
+        self.keepalived = Some(child);
+    }
+
+    fn keepalived_log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn has_vip(&self, which: &str, ifname: &str) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.ns(which), "-4", "addr", "show", "dev", ifname])
+            .output()
+            .expect("ip addr show");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.keepalived.take() {
+            // `ip netns exec` execs keepalived, so this is keepalived's parent
+            // process, which stops its VRRP child on SIGTERM.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill has no memory-safety preconditions; the pid is
+                // our own child, not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
+        for which in ["a", "k", "br"] {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(which)])
+                .status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn in_netns<T: Send + 'static>(
+    path: String,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> JoinHandle<T> {
+    thread::spawn(move || {
+        let ns = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns only changes this thread's network namespace.
+        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+        f()
+    })
+}
+
+/// Receives one VRRP datagram (IPv4 header included) from `from` on a0.
+fn capture_advert(lab: &Lab, from: Ipv4Addr) -> Vec<u8> {
+    in_netns(format!("/run/netns/{}", lab.ns("a")), move || {
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).expect("raw");
+        s.bind_device(Some(b"a0")).expect("bind a0");
+        s.join_multicast_v4_n(&VRRP_MULTICAST, &InterfaceIndexOrAddress::Address(OURS))
+            .expect("join 224.0.0.18");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 2048];
+        loop {
+            let n = io::Read::read(&mut &s, &mut buf).expect("no VRRP advert within 10 s");
+            if buf[12..16] == from.octets() {
+                return buf[..n].to_vec();
+            }
+        }
+    })
+    .join()
+    .expect("capture thread")
+}
+
+/// keepalived's advert decodes with our codec and re-encodes to the same bytes.
+fn check_golden(datagram: &[u8], version: Version) {
+    let (ip, payload) = packet::parse_ipv4(datagram).expect("IPv4 header");
+    assert_eq!(ip.ttl, VRRP_TTL);
+    assert_eq!(ip.src, KEEPALIVED);
+    assert_eq!(ip.dst, VRRP_MULTICAST);
+    let advert = Advert::decode(payload, ip.src, ip.dst).expect("keepalived's advert decodes");
+    assert_eq!(
+        advert,
+        Advert {
+            version,
+            vrid: VRID,
+            priority: 100,
+            advert_int: Duration::from_secs(1),
+            auth: Auth::None,
+            addresses: vec![VIP],
+        }
+    );
+    assert_eq!(
+        advert.encode(ip.src, ip.dst).expect("encode"),
+        payload,
+        "our encoding differs from keepalived's bytes"
+    );
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    Graceful,
+    Crash,
+}
+
+struct Ours {
+    status: watch::Receiver<Status>,
+    stop: watch::Sender<Option<Stop>>,
+    thread: JoinHandle<()>,
+}
+
+impl Ours {
+    fn start(lab: &Lab, version: Version, priority: u8) -> Ours {
+        let mut config = InstanceConfig::new(
+            "VI_1",
+            "a0",
+            VRID,
+            priority,
+            vec![Vip {
+                addr: VIP,
+                prefix_len: 32,
+            }],
+        );
+        config.version = version;
+        let (status_tx, status) = watch::channel(Status::default());
+        let (stop, stop_rx) = watch::channel(None);
+        let thread = in_netns(format!("/run/netns/{}", lab.ns("a")), move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let (_tracks_tx, tracks) = mpsc::channel(1);
+                let mut graceful = stop_rx.clone();
+                let mut crash = stop_rx;
+                let shutdown = async move {
+                    let _ = graceful.wait_for(|s| *s == Some(Stop::Graceful)).await;
+                };
+                tokio::select! {
+                    r = run_instance(config, tracks, status_tx, shutdown) => {
+                        r.expect("run_instance");
+                    }
+                    _ = crash.wait_for(|s| *s == Some(Stop::Crash)) => {}
+                }
+            });
+        });
+        Ours {
+            status,
+            stop,
+            thread,
+        }
+    }
+
+    fn state(&self) -> State {
+        self.status.borrow().state
+    }
+
+    fn stop(self, how: Stop) -> Status {
+        self.stop.send_replace(Some(how));
+        self.thread.join().expect("our instance");
+        self.status.borrow().clone()
+    }
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+fn assert_clean_log(log: &str) {
+    for line in log.lines() {
+        let l = line.to_lowercase();
+        assert!(
+            !["invalid", "bad", "mismatch", "error", "wrong", "unexpected"]
+                .iter()
+                .any(|w| l.contains(w)),
+            "keepalived complained: {line}\n--- full log ---\n{log}"
+        );
+    }
+}
+
+fn backup_entries(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("Entering BACKUP STATE") && !l.contains("(init)"))
+        .count()
+}
+
+fn master_entries(log: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains("Entering MASTER STATE"))
+        .count()
+}
+
+/// keepalived (100) is master alone; we (150) start, preempt it and hold the
+/// VIP; then we leave, `how`, and keepalived takes the VIP back. Returns how
+/// long keepalived took to take over.
+fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
+    let mut lab = Lab::new(match version {
+        Version::V2 => "v2",
+        Version::V3 => "v3",
+    });
+    lab.start_keepalived(version, 100);
+    check_golden(&capture_advert(&lab, KEEPALIVED), version);
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.has_vip("k", "k0")).is_some(),
+        "keepalived never took the VIP alone:\n{}",
+        lab.keepalived_log()
+    );
+
+    let ours = Ours::start(&lab, version, 150);
+    // keepalived's adverts (100) are ignored: 3 s + 106/256 s, plus start-up.
+    assert!(
+        wait_until(Duration::from_secs(8), || ours.state() == State::Master).is_some(),
+        "we never became master"
+    );
+    assert!(
+        wait_until(Duration::from_secs(3), || backup_entries(
+            &lab.keepalived_log()
+        ) == 1
+            && !lab.has_vip("k", "k0"))
+        .is_some(),
+        "keepalived did not yield:\n{}",
+        lab.keepalived_log()
+    );
+    assert!(lab.has_vip("a", "a0"), "we hold no VIP");
+    // A few adverts more: we stay master and keepalived stays quiet.
+    thread::sleep(Duration::from_millis(2_500));
+    assert_eq!(ours.state(), State::Master);
+    assert_eq!(master_entries(&lab.keepalived_log()), 1);
+
+    let status = ours.stop(how);
+    assert!(
+        status.rejected.is_empty(),
+        "we dropped packets: {:?}",
+        status.rejected
+    );
+    if how == Stop::Graceful {
+        assert!(!lab.has_vip("a", "a0"), "shutdown left the VIP behind");
+    }
+    let took = wait_until(Duration::from_secs(8), || lab.has_vip("k", "k0")).unwrap_or_else(|| {
+        panic!(
+            "keepalived never took the VIP back:\n{}",
+            lab.keepalived_log()
+        )
+    });
+    let log = lab.keepalived_log();
+    assert_eq!(master_entries(&log), 2, "{log}");
+    assert_clean_log(&log);
+    eprintln!("{version:?}: keepalived took over {took:?} after we stopped ({how:?})\n{log}");
+    took
+}
+
+#[test]
+fn v2_preempt_then_graceful_shutdown_hands_over_after_skew() {
+    let took = preempt_and_fail_over(Version::V2, Stop::Graceful);
+    // Priority 0: skew time (156/256 s), not the 3.6 s master-down interval.
+    assert!(took < Duration::from_millis(2_000), "took {took:?}");
+}
+
+#[test]
+fn v3_preempt_then_crash_hands_over_after_master_down() {
+    let took = preempt_and_fail_over(Version::V3, Stop::Crash);
+    // No priority 0: keepalived waits 3 s + 156/256 s from our last advert.
+    assert!(
+        took > Duration::from_millis(2_500) && took < Duration::from_millis(5_000),
+        "took {took:?}"
+    );
+}
