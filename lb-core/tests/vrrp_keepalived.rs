@@ -100,7 +100,8 @@ impl Lab {
         self.dir.join("keepalived.log")
     }
 
-    fn start_keepalived(&mut self, version: Version, priority: u8) {
+    /// `extra` goes into the vrrp_instance block, e.g. unicast settings.
+    fn start_keepalived(&mut self, version: Version, priority: u8, extra: &str) {
         let conf = self.dir.join("keepalived.conf");
         let v = match version {
             Version::V2 => 2,
@@ -112,7 +113,7 @@ impl Lab {
                 "global_defs {{\n  router_id lbtest\n}}\n\
                  vrrp_instance VI_1 {{\n  state BACKUP\n  interface k0\n  version {v}\n\
                  virtual_router_id {VRID}\n  priority {priority}\n  advert_int 1\n\
-                 virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n"
+                 virtual_ipaddress {{\n    {VIP}/32\n  }}\n{extra}}}\n"
             ),
         )
         .expect("keepalived.conf");
@@ -144,10 +145,9 @@ impl Lab {
             .expect("ip addr show");
         String::from_utf8_lossy(&out.stdout).contains(&format!("{VIP}/32"))
     }
-}
 
-impl Drop for Lab {
-    fn drop(&mut self) {
+    /// SIGTERM, on which keepalived sends priority 0 and drops its VIPs.
+    fn stop_keepalived(&mut self) {
         if let Some(mut child) = self.keepalived.take() {
             // `ip netns exec` execs keepalived, so this is keepalived's parent
             // process, which stops its VRRP child on SIGTERM.
@@ -158,6 +158,12 @@ impl Drop for Lab {
             }
             let _ = child.wait();
         }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop_keepalived();
         for which in ["a", "k", "br"] {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(which)])
@@ -226,6 +232,21 @@ fn check_golden(datagram: &[u8], version: Version) {
     );
 }
 
+fn our_config(version: Version, priority: u8) -> InstanceConfig {
+    let mut config = InstanceConfig::new(
+        "VI_1",
+        "a0",
+        VRID,
+        priority,
+        vec![Vip {
+            addr: VIP,
+            prefix_len: 32,
+        }],
+    );
+    config.version = version;
+    config
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stop {
     Graceful,
@@ -239,18 +260,7 @@ struct Ours {
 }
 
 impl Ours {
-    fn start(lab: &Lab, version: Version, priority: u8) -> Ours {
-        let mut config = InstanceConfig::new(
-            "VI_1",
-            "a0",
-            VRID,
-            priority,
-            vec![Vip {
-                addr: VIP,
-                prefix_len: 32,
-            }],
-        );
-        config.version = version;
+    fn start(lab: &Lab, config: InstanceConfig) -> Ours {
         let (status_tx, status) = watch::channel(Status::default());
         let (stop, stop_rx) = watch::channel(None);
         let thread = in_netns(format!("/run/netns/{}", lab.ns("a")), move || {
@@ -334,7 +344,7 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
         Version::V2 => "v2",
         Version::V3 => "v3",
     });
-    lab.start_keepalived(version, 100);
+    lab.start_keepalived(version, 100, "");
     check_golden(&capture_advert(&lab, KEEPALIVED), version);
     assert!(
         wait_until(Duration::from_secs(5), || lab.has_vip("k", "k0")).is_some(),
@@ -342,7 +352,7 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
         lab.keepalived_log()
     );
 
-    let ours = Ours::start(&lab, version, 150);
+    let ours = Ours::start(&lab, our_config(version, 150));
     // keepalived's adverts (100) are ignored: 3 s + 106/256 s, plus start-up.
     assert!(
         wait_until(Duration::from_secs(8), || ours.state() == State::Master).is_some(),
@@ -386,18 +396,75 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
 }
 
 #[test]
-fn v2_preempt_then_graceful_shutdown_hands_over_after_skew() {
+fn vrrp_v2_preempt_then_graceful_shutdown_hands_over_after_skew() {
     let took = preempt_and_fail_over(Version::V2, Stop::Graceful);
     // Priority 0: skew time (156/256 s), not the 3.6 s master-down interval.
     assert!(took < Duration::from_millis(2_000), "took {took:?}");
 }
 
 #[test]
-fn v3_preempt_then_crash_hands_over_after_master_down() {
+fn vrrp_v3_preempt_then_crash_hands_over_after_master_down() {
     let took = preempt_and_fail_over(Version::V3, Stop::Crash);
     // No priority 0: keepalived waits 3 s + 156/256 s from our last advert.
     assert!(
         took > Duration::from_millis(2_500) && took < Duration::from_millis(5_000),
         "took {took:?}"
     );
+}
+
+/// The other way round: we (100) are master alone, keepalived (150) preempts
+/// us, and when keepalived stops (priority 0) we take over after skew time.
+/// Unicast, so that keepalived checks our per-peer v3 checksums.
+#[test]
+fn vrrp_v3_unicast_keepalived_preempts_us_and_we_take_over_on_its_shutdown() {
+    let mut lab = Lab::new("uc");
+    let mut config = our_config(Version::V3, 100);
+    config.unicast_src_ip = Some(OURS);
+    config.unicast_peer = vec![KEEPALIVED];
+    let ours = Ours::start(&lab, config);
+    assert!(
+        wait_until(Duration::from_secs(8), || ours.state() == State::Master).is_some(),
+        "we never became master alone"
+    );
+    assert!(lab.has_vip("a", "a0"));
+
+    lab.start_keepalived(
+        Version::V3,
+        150,
+        &format!("  unicast_src_ip {KEEPALIVED}\n  unicast_peer {{\n    {OURS}\n  }}\n"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(8), || ours.state() == State::Backup).is_some(),
+        "keepalived did not preempt us:\n{}",
+        lab.keepalived_log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || !lab.has_vip("a", "a0")).is_some(),
+        "we kept the VIP as backup"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.has_vip("k", "k0")).is_some(),
+        "keepalived holds no VIP as master"
+    );
+    assert_eq!(ours.status.borrow().master, Some((KEEPALIVED, 150)));
+
+    let log = lab.keepalived_log();
+    lab.stop_keepalived();
+    let took = wait_until(Duration::from_secs(5), || ours.state() == State::Master)
+        .expect("we never took over from keepalived");
+    // Priority 0 from keepalived: skew time for priority 100 is 0.61 s.
+    assert!(took < Duration::from_millis(2_000), "took {took:?}");
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.has_vip("a", "a0")).is_some(),
+        "we hold no VIP as master"
+    );
+    let status = ours.stop(Stop::Graceful);
+    assert!(
+        status.rejected.is_empty(),
+        "we dropped packets: {:?}",
+        status.rejected
+    );
+    assert_clean_log(&log);
+    assert_eq!(master_entries(&log), 1, "{log}");
+    eprintln!("we took over {took:?} after keepalived stopped\n{log}");
 }
