@@ -468,3 +468,55 @@ fn vrrp_v3_unicast_keepalived_preempts_us_and_we_take_over_on_its_shutdown() {
     assert_eq!(master_entries(&log), 1, "{log}");
     eprintln!("we took over {took:?} after keepalived stopped\n{log}");
 }
+
+/// Our interface going down is a fault: we release the VIP and keepalived
+/// takes over; when it comes back we preempt again, as keepalived would.
+#[test]
+fn vrrp_v2_interface_down_is_fault_and_up_preempts_again() {
+    let mut lab = Lab::new("if");
+    lab.start_keepalived(Version::V2, 100, "");
+    let ours = Ours::start(&lab, our_config(Version::V2, 150));
+    // Started together, we win the first election (shorter skew) and
+    // keepalived stays backup.
+    assert!(
+        wait_until(Duration::from_secs(10), || ours.state() == State::Master).is_some(),
+        "we never became master:\n{}",
+        lab.keepalived_log()
+    );
+    thread::sleep(Duration::from_millis(1_500));
+    assert!(!lab.has_vip("k", "k0"));
+    assert_eq!(master_entries(&lab.keepalived_log()), 0);
+
+    sh(&["ip", "-n", &lab.ns("a"), "link", "set", "a0", "down"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || ours.state() == State::Fault).is_some(),
+        "interface down did not fault us"
+    );
+    assert!(!lab.has_vip("a", "a0"), "a faulted instance kept the VIP");
+    assert!(
+        wait_until(Duration::from_secs(6), || lab.has_vip("k", "k0")).is_some(),
+        "keepalived did not take over:\n{}",
+        lab.keepalived_log()
+    );
+
+    sh(&["ip", "-n", &lab.ns("a"), "link", "set", "a0", "up"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || ours.state() == State::Backup).is_some(),
+        "interface up did not bring us back to backup"
+    );
+    assert!(
+        wait_until(Duration::from_secs(8), || ours.state() == State::Master
+            && backup_entries(&lab.keepalived_log()) == 1
+            && !lab.has_vip("k", "k0"))
+        .is_some(),
+        "we did not preempt keepalived again:\n{}",
+        lab.keepalived_log()
+    );
+    let status = ours.stop(Stop::Graceful);
+    assert!(
+        status.rejected.is_empty(),
+        "we dropped packets: {:?}",
+        status.rejected
+    );
+    assert_clean_log(&lab.keepalived_log());
+}

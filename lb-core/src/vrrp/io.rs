@@ -1,5 +1,6 @@
 //! The IO edge: drives one [`Instance`] with a raw VRRP socket, netlink for
-//! the VIPs, an AF_PACKET socket for GARPs and the notify scripts.
+//! the VIPs and link states, an AF_PACKET socket for GARPs and the notify
+//! scripts. Tracked scripts are run elsewhere and arrive as [`TrackUpdate`]s.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::config::{ConfigError, InstanceConfig};
 use super::garp::{self, GarpSender};
-use super::netlink::{self, Link, NetlinkError};
+use super::netlink::{self, Link, LinkEvents, NetlinkError};
 use super::notify;
 use super::packet::{self, Advert, Expected, PacketError, VRRP_MULTICAST, VRRP_TTL};
 use super::state::{Action, Event, Instance, State, TrackKind};
@@ -82,6 +83,7 @@ pub async fn run_instance(
                 .await?
         }
     };
+    let mut links = LinkEvents::subscribe()?;
     let rx = open_rx(&config, &link)?;
     // SAFETY: the Socket owns its descriptor, keeps it open until dropped
     // and always returns the same one from as_raw_fd.
@@ -98,12 +100,19 @@ pub async fn run_instance(
     };
     let mut machine = Instance::new(&edge.config, local);
     let mut rejected = BTreeMap::new();
+    let watched = std::iter::once(&edge.config.interface)
+        .chain(edge.config.track_interface.iter().map(|t| &t.name));
+    for name in watched {
+        let up = netlink::link_up(&edge.handle, name).await?;
+        machine.handle(interface_event(name.clone(), up), Instant::now());
+    }
     edge.apply(machine.handle(Event::Startup, Instant::now()))
         .await;
     publish(&status, &machine, &rejected);
 
     tokio::pin!(shutdown);
     let mut tracks_open = true;
+    let mut links_open = true;
     let mut buf = vec![0u8; RECV_BUF];
     loop {
         let deadline = machine.poll_timeout();
@@ -131,6 +140,16 @@ pub async fn run_instance(
                     continue;
                 }
             },
+            change = links.next(), if links_open => match change {
+                Some((name, up)) => interface_event(name, up),
+                None => {
+                    // Adverts still flow; a dead link then shows as silence
+                    // to the peer, which takes over as it would anyway.
+                    tracing::error!(instance = %edge.config.name, "netlink link events stopped");
+                    links_open = false;
+                    continue;
+                }
+            },
             update = tracks.recv(), if tracks_open => match update {
                 Some(u) => Event::Track { kind: u.kind, name: u.name, up: u.up },
                 None => {
@@ -146,6 +165,14 @@ pub async fn run_instance(
         .await;
     publish(&status, &machine, &rejected);
     Ok(())
+}
+
+fn interface_event(name: String, up: bool) -> Event {
+    Event::Track {
+        kind: TrackKind::Interface,
+        name,
+        up,
+    }
 }
 
 fn publish(

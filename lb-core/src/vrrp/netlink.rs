@@ -2,11 +2,15 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures_util::TryStreamExt;
+use futures_channel::mpsc::UnboundedReceiver;
+use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::Handle;
-use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::constants::RTMGRP_LINK;
+use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags};
-use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
 
 use super::config::Vip;
 
@@ -37,16 +41,20 @@ pub fn connect() -> Result<Handle, NetlinkError> {
     Ok(handle)
 }
 
-pub async fn link(handle: &Handle, name: &str) -> Result<Link, NetlinkError> {
+async fn get_link(handle: &Handle, name: &str) -> Result<LinkMessage, NetlinkError> {
     let mut links = handle.link().get().match_name(name.to_owned()).execute();
-    let msg = match links.try_next().await {
-        Ok(Some(msg)) => msg,
-        Ok(None) => return Err(NetlinkError::NoInterface(name.to_owned())),
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(msg),
+        Ok(None) => Err(NetlinkError::NoInterface(name.to_owned())),
         Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::ENODEV => {
-            return Err(NetlinkError::NoInterface(name.to_owned()));
+            Err(NetlinkError::NoInterface(name.to_owned()))
         }
-        Err(e) => return Err(e.into()),
-    };
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn link(handle: &Handle, name: &str) -> Result<Link, NetlinkError> {
+    let msg = get_link(handle, name).await?;
     let mac = msg
         .attributes
         .iter()
@@ -118,4 +126,61 @@ pub async fn remove_vip(handle: &Handle, link: &Link, vip: &Vip) -> Result<(), N
         }
         other => Ok(other?),
     }
+}
+
+/// keepalived's test for a usable interface: administratively up and running.
+fn is_running(flags: LinkFlags) -> bool {
+    flags.contains(LinkFlags::Up | LinkFlags::Running)
+}
+
+/// Whether an interface is usable now; a missing one is not.
+pub async fn link_up(handle: &Handle, name: &str) -> Result<bool, NetlinkError> {
+    match get_link(handle, name).await {
+        Ok(msg) => Ok(is_running(msg.header.flags)),
+        Err(NetlinkError::NoInterface(_)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+type Messages = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// Link changes from the kernel's RTMGRP_LINK multicast group.
+pub struct LinkEvents(Messages);
+
+impl LinkEvents {
+    /// Subscribes before the caller reads the initial states, so that no
+    /// change falls between the two.
+    pub fn subscribe() -> Result<Self, NetlinkError> {
+        let (mut connection, _, messages) = rtnetlink::new_connection()?;
+        connection
+            .socket_mut()
+            .socket_mut()
+            .bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        tokio::spawn(connection);
+        Ok(LinkEvents(messages))
+    }
+
+    /// The next interface that appeared, changed or went away, with whether
+    /// it is usable now. `None` when the netlink connection is gone.
+    pub async fn next(&mut self) -> Option<(String, bool)> {
+        while let Some((msg, _)) = self.0.next().await {
+            if let Some(change) = link_change(&msg.payload) {
+                return Some(change);
+            }
+        }
+        None
+    }
+}
+
+fn link_change(payload: &NetlinkPayload<RouteNetlinkMessage>) -> Option<(String, bool)> {
+    let (link, exists) = match payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)) => (l, true),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => (l, false),
+        _ => return None,
+    };
+    let name = link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfName(n) => Some(n.clone()),
+        _ => None,
+    })?;
+    Some((name, exists && is_running(link.header.flags)))
 }

@@ -125,7 +125,7 @@ pub struct Instance {
 
 impl Instance {
     pub fn new(config: &InstanceConfig, local_addr: Ipv4Addr) -> Self {
-        let trackers = config
+        let mut trackers: Vec<Tracker> = config
             .track_interface
             .iter()
             .map(|t| (TrackKind::Interface, t))
@@ -137,6 +137,19 @@ impl Instance {
                 up: true,
             })
             .collect();
+        // As in keepalived, the instance's own interface going down is a
+        // fault unless the config tracks it with a weight of its own.
+        if !trackers
+            .iter()
+            .any(|t| t.kind == TrackKind::Interface && t.name == config.interface)
+        {
+            trackers.push(Tracker {
+                kind: TrackKind::Interface,
+                name: config.interface.clone(),
+                weight: 0,
+                up: true,
+            });
+        }
         let mut instance = Instance {
             version: config.version,
             advert_int: config.advert_int,
@@ -880,6 +893,24 @@ mod tests {
         );
         assert_eq!(i.state(), State::Backup);
         assert!(i.poll_timeout().is_some());
+    }
+
+    #[test]
+    fn own_interface_down_is_fault() {
+        let mut i = Instance::new(&config(100), LOCAL);
+        let eth0 = |up| Event::Track {
+            kind: TrackKind::Interface,
+            name: "eth0".into(),
+            up,
+        };
+        run(
+            &mut i,
+            with_startup(vec![(ms(4_000), eth0(false))]),
+            ms(4_000),
+        );
+        assert_eq!(i.state(), State::Fault);
+        i.handle(eth0(true), Instant::now());
+        assert_eq!(i.state(), State::Backup);
     }
 
     #[test]
