@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use lb_core::vrrp::garp;
 use lb_core::vrrp::packet::{self, Advert, Auth, VRRP_MULTICAST, VRRP_TTL};
 use lb_core::vrrp::{InstanceConfig, State, Status, Version, Vip, run_instance};
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
@@ -186,12 +187,17 @@ fn in_netns<T: Send + 'static>(
     })
 }
 
-/// Receives one VRRP datagram (IPv4 header included) from `from` on a0.
-fn capture_advert(lab: &Lab, from: Ipv4Addr) -> Vec<u8> {
-    in_netns(format!("/run/netns/{}", lab.ns("a")), move || {
+/// Receives one VRRP datagram (IPv4 header included) from `from`, on the
+/// other node's side: in namespace `which`, on `ifname` with address `local`.
+fn capture_advert(
+    lab: &Lab,
+    (which, ifname, local): (&str, &'static str, Ipv4Addr),
+    from: Ipv4Addr,
+) -> Vec<u8> {
+    in_netns(format!("/run/netns/{}", lab.ns(which)), move || {
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(112))).expect("raw");
-        s.bind_device(Some(b"a0")).expect("bind a0");
-        s.join_multicast_v4_n(&VRRP_MULTICAST, &InterfaceIndexOrAddress::Address(OURS))
+        s.bind_device(Some(ifname.as_bytes())).expect("bind device");
+        s.join_multicast_v4_n(&VRRP_MULTICAST, &InterfaceIndexOrAddress::Address(local))
             .expect("join 224.0.0.18");
         s.set_read_timeout(Some(Duration::from_secs(10)))
             .expect("timeout");
@@ -345,7 +351,10 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
         Version::V3 => "v3",
     });
     lab.start_keepalived(version, 100, "");
-    check_golden(&capture_advert(&lab, KEEPALIVED), version);
+    check_golden(
+        &capture_advert(&lab, ("a", "a0", OURS), KEEPALIVED),
+        version,
+    );
     assert!(
         wait_until(Duration::from_secs(5), || lab.has_vip("k", "k0")).is_some(),
         "keepalived never took the VIP alone:\n{}",
@@ -519,4 +528,95 @@ fn vrrp_v2_interface_down_is_fault_and_up_preempts_again() {
         status.rejected
     );
     assert_clean_log(&lab.keepalived_log());
+}
+
+fn mac_of(lab: &Lab, which: &str, ifname: &str) -> [u8; 6] {
+    let out = Command::new("ip")
+        .args(["-n", &lab.ns(which), "-br", "link", "show", ifname])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mac: Vec<u8> = text
+        .split_whitespace()
+        .nth(2)
+        .expect("MAC column")
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16).expect("hex"))
+        .collect();
+    mac.try_into().expect("6-byte MAC")
+}
+
+/// Every ARP frame seen in namespace `which` during `window`, with its time
+/// from the start.
+fn capture_arp(lab: &Lab, which: &str, window: Duration) -> JoinHandle<Vec<(Duration, Vec<u8>)>> {
+    in_netns(format!("/run/netns/{}", lab.ns(which)), move || {
+        const ETH_P_ARP: u16 = 0x0806;
+        let s = Socket::new(
+            Domain::PACKET,
+            Type::RAW,
+            Some(Protocol::from(i32::from(ETH_P_ARP.to_be()))),
+        )
+        .expect("AF_PACKET");
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let start = Instant::now();
+        let mut frames = Vec::new();
+        let mut buf = [0u8; 1514];
+        while start.elapsed() < window {
+            if let Ok(n) = io::Read::read(&mut &s, &mut buf) {
+                frames.push((start.elapsed(), buf[..n].to_vec()));
+            }
+        }
+        frames
+    })
+}
+
+/// What the peer sees from us: v3 adverts with TTL 255 and keepalived's TOS,
+/// and keepalived's GARP pattern (5 at once, 5 more after 5 s).
+#[test]
+fn vrrp_v3_our_adverts_and_garps_on_the_wire() {
+    let lab = Lab::new("wire");
+    let arp = capture_arp(&lab, "k", Duration::from_secs(11));
+    let ours = Ours::start(&lab, our_config(Version::V3, 150));
+    let datagram = capture_advert(&lab, ("k", "k0", KEEPALIVED), OURS);
+    assert_eq!(datagram[1], 0xc0, "TOS");
+    let (ip, payload) = packet::parse_ipv4(&datagram).expect("IPv4 header");
+    assert_eq!((ip.ttl, ip.src, ip.dst), (VRRP_TTL, OURS, VRRP_MULTICAST));
+    let advert = Advert::decode(payload, ip.src, ip.dst).expect("our advert decodes");
+    assert_eq!(
+        advert,
+        Advert {
+            version: Version::V3,
+            vrid: VRID,
+            priority: 150,
+            advert_int: Duration::from_secs(1),
+            auth: Auth::None,
+            addresses: vec![VIP],
+        }
+    );
+
+    let expected = garp::frame(mac_of(&lab, "a", "a0"), VIP);
+    let garps: Vec<Duration> = arp
+        .join()
+        .expect("ARP capture")
+        .into_iter()
+        .filter(|(_, f)| f[..] == expected[..])
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(garps.len(), 10, "GARPs at {garps:?}");
+    assert!(
+        garps[4] - garps[0] < Duration::from_millis(100),
+        "{garps:?}"
+    );
+    assert!(
+        garps[9] - garps[5] < Duration::from_millis(100),
+        "{garps:?}"
+    );
+    let gap = garps[5] - garps[4];
+    assert!(
+        gap > Duration::from_millis(4_800) && gap < Duration::from_millis(5_500),
+        "second GARP batch after {gap:?}"
+    );
+    assert_eq!(ours.state(), State::Master);
+    ours.stop(Stop::Graceful);
 }
