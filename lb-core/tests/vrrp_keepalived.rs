@@ -397,6 +397,21 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
             lab.keepalived_log()
         )
     });
+    if how == Stop::Crash {
+        // Restarted below keepalived, we drop the VIP the crash left behind
+        // and stay backup.
+        let ours = Ours::start(&lab, our_config(version, 50));
+        assert!(
+            wait_until(Duration::from_secs(3), || ours.state() == State::Backup
+                && !lab.has_vip("a", "a0"))
+            .is_some(),
+            "a restarted backup kept the stale VIP"
+        );
+        thread::sleep(Duration::from_millis(4_000));
+        assert_eq!(ours.state(), State::Backup);
+        assert_eq!(ours.status.borrow().master, Some((KEEPALIVED, 100)));
+        ours.stop(Stop::Graceful);
+    }
     let log = lab.keepalived_log();
     assert_eq!(master_entries(&log), 2, "{log}");
     assert_clean_log(&log);

@@ -18,7 +18,7 @@ use super::config::{ConfigError, InstanceConfig};
 use super::garp::{self, GarpSender};
 use super::netlink::{self, Link, LinkEvents, NetlinkError};
 use super::notify;
-use super::packet::{self, Advert, Expected, PacketError, VRRP_MULTICAST, VRRP_TTL};
+use super::packet::{self, Advert, EncodeError, Expected, PacketError, VRRP_MULTICAST, VRRP_TTL};
 use super::state::{Action, Event, Instance, State, TrackKind};
 
 /// keepalived's IPTOS_PREC_INTERNETCONTROL, so QoS treats adverts alike.
@@ -34,6 +34,8 @@ pub enum IoError {
     Netlink(#[from] NetlinkError),
     #[error("VRRP socket: {0}")]
     Socket(#[from] io::Error),
+    #[error("encoding an advert: {0}")]
+    Encode(#[from] EncodeError),
 }
 
 /// A tracked interface or script changed state.
@@ -293,13 +295,23 @@ impl Edge {
         } else {
             vec![VRRP_MULTICAST]
         };
+        // Every peer gets its try: one unreachable peer must not silence us
+        // towards the others.
+        let mut first_error = None;
         for dst in peers {
-            let bytes = advert
+            let sent = advert
                 .encode(self.local, dst)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            self.tx.send_to(&bytes, &SocketAddrV4::new(dst, 0).into())?;
+                .map_err(IoError::from)
+                .and_then(|bytes| {
+                    self.tx
+                        .send_to(&bytes, &SocketAddrV4::new(dst, 0).into())
+                        .map_err(IoError::from)
+                });
+            if let Err(e) = sent {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn for_each_vip(&self, add: bool) -> Result<(), IoError> {

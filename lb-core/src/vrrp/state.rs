@@ -216,6 +216,11 @@ impl Instance {
         if self.state != State::Initialize {
             return;
         }
+        if self.base_priority != PRIORITY_OWNER || self.faulted() {
+            // A predecessor that crashed as master may have left the VIPs
+            // behind; a node that is not master must not answer for them.
+            out.push(Action::RemoveVips);
+        }
         if self.faulted() {
             self.state = State::Fault;
             self.notify(NotifyState::Fault, out);
@@ -584,13 +589,16 @@ mod tests {
         let log = run(&mut i, with_startup(vec![]), ms(9_000));
         // 3 * 1 s + (256 - 100) / 256 s = 3.609375 s.
         let down = us(3_609_375);
-        let mut expected = vec![(
-            Duration::ZERO,
-            Notify {
-                state: NotifyState::Backup,
-                priority: 100,
-            },
-        )];
+        let mut expected = vec![
+            (Duration::ZERO, RemoveVips),
+            (
+                Duration::ZERO,
+                Notify {
+                    state: NotifyState::Backup,
+                    priority: 100,
+                },
+            ),
+        ];
         expected.extend(became_master(100).map(|a| (down, a)));
         for k in 1..=5 {
             expected.push((down + ms(1000 * k), SendAdvert { priority: 100 }));
@@ -711,7 +719,7 @@ mod tests {
             ms(5_000),
         );
         assert_eq!(
-            log[1..],
+            log[2..],
             [(
                 ms(300),
                 Notify {
@@ -927,13 +935,16 @@ mod tests {
         );
         assert_eq!(
             log,
-            [(
-                Duration::ZERO,
-                Notify {
-                    state: NotifyState::Fault,
-                    priority: 100
-                }
-            )]
+            [
+                (Duration::ZERO, RemoveVips),
+                (
+                    Duration::ZERO,
+                    Notify {
+                        state: NotifyState::Fault,
+                        priority: 100
+                    }
+                )
+            ]
         );
         assert_eq!(i.poll_timeout(), None);
     }
