@@ -259,10 +259,12 @@ enum Stop {
     Crash,
 }
 
+/// Our instance on its own thread in namespace `a`. Dropping it (say, when
+/// an assertion fails) crashes it, so that no thread outlives its lab.
 struct Ours {
     status: watch::Receiver<Status>,
     stop: watch::Sender<Option<Stop>>,
-    thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl Ours {
@@ -292,7 +294,7 @@ impl Ours {
         Ours {
             status,
             stop,
-            thread,
+            thread: Some(thread),
         }
     }
 
@@ -300,10 +302,21 @@ impl Ours {
         self.status.borrow().state
     }
 
-    fn stop(self, how: Stop) -> Status {
+    fn stop(mut self, how: Stop) -> Status {
         self.stop.send_replace(Some(how));
-        self.thread.join().expect("our instance");
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("our instance");
+        }
         self.status.borrow().clone()
+    }
+}
+
+impl Drop for Ours {
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            self.stop.send_replace(Some(Stop::Crash));
+            let _ = thread.join();
+        }
     }
 }
 

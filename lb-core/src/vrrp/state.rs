@@ -2,13 +2,14 @@
 //! the current time and carries out the returned actions; the next deadline
 //! comes from [`Instance::poll_timeout`].
 //!
-//! The rules follow keepalived 2.2.7 rather than the RFCs where the two
-//! differ, because a mixed pair must behave like two keepalived nodes:
+//! The rules are keepalived 2.2.7's, because a mixed pair must behave like
+//! two keepalived nodes. Where that is easy to get wrong:
 //! - a preempting backup does not take over on the first lower-priority
 //!   advert; it ignores such adverts and lets its master-down timer expire;
 //! - a master answers a priority-0 or lower-priority advert with an advert;
 //! - v2 skew is `(256 - priority) / 256` s whatever `advert_int` is (RFC 3768),
-//!   v3 skew is `(256 - priority) * master_adver_int / 256` (RFC 5798);
+//!   v3 skew is `(256 - priority) * master_adver_int / 256` (RFC 5798), both
+//!   truncated to whole microseconds as keepalived does;
 //! - two address owners both drop to 254, so one of them yields.
 
 use std::cmp::Ordering;
