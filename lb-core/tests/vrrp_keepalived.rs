@@ -214,7 +214,7 @@ fn capture_advert(
 }
 
 /// keepalived's advert decodes with our codec and re-encodes to the same bytes.
-fn check_golden(datagram: &[u8], version: Version) {
+fn check_golden(datagram: &[u8], version: Version, auth: Auth) {
     let (ip, payload) = packet::parse_ipv4(datagram).expect("IPv4 header");
     assert_eq!(ip.ttl, VRRP_TTL);
     assert_eq!(ip.src, KEEPALIVED);
@@ -227,7 +227,7 @@ fn check_golden(datagram: &[u8], version: Version) {
             vrid: VRID,
             priority: 100,
             advert_int: Duration::from_secs(1),
-            auth: Auth::None,
+            auth,
             addresses: vec![VIP],
         }
     );
@@ -358,15 +358,20 @@ fn master_entries(log: &str) -> usize {
 /// keepalived (100) is master alone; we (150) start, preempt it and hold the
 /// VIP; then we leave, `how`, and keepalived takes the VIP back. Returns how
 /// long keepalived took to take over.
-fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
+/// `auth_pass` is v2's PASS authentication, on both sides.
+fn preempt_and_fail_over(version: Version, how: Stop, auth_pass: Option<&str>) -> Duration {
     let mut lab = Lab::new(match version {
         Version::V2 => "v2",
         Version::V3 => "v3",
     });
-    lab.start_keepalived(version, 100, "");
+    let extra = auth_pass
+        .map(|p| format!("  authentication {{\n    auth_type PASS\n    auth_pass {p}\n  }}\n"))
+        .unwrap_or_default();
+    lab.start_keepalived(version, 100, &extra);
     check_golden(
         &capture_advert(&lab, ("a", "a0", OURS), KEEPALIVED),
         version,
+        auth_pass.map_or(Auth::None, Auth::pass),
     );
     assert!(
         wait_until(Duration::from_secs(5), || lab.has_vip("k", "k0")).is_some(),
@@ -374,7 +379,9 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
         lab.keepalived_log()
     );
 
-    let ours = Ours::start(&lab, our_config(version, 150));
+    let mut config = our_config(version, 150);
+    config.auth_pass = auth_pass.map(str::to_owned);
+    let ours = Ours::start(&lab, config);
     // keepalived's adverts (100) are ignored: 3 s + 106/256 s, plus start-up.
     assert!(
         wait_until(Duration::from_secs(8), || ours.state() == State::Master).is_some(),
@@ -413,7 +420,9 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
     if how == Stop::Crash {
         // Restarted below keepalived, we drop the VIP the crash left behind
         // and stay backup.
-        let ours = Ours::start(&lab, our_config(version, 50));
+        let mut config = our_config(version, 50);
+        config.auth_pass = auth_pass.map(str::to_owned);
+        let ours = Ours::start(&lab, config);
         assert!(
             wait_until(Duration::from_secs(3), || ours.state() == State::Backup
                 && !lab.has_vip("a", "a0"))
@@ -433,15 +442,15 @@ fn preempt_and_fail_over(version: Version, how: Stop) -> Duration {
 }
 
 #[test]
-fn vrrp_v2_preempt_then_graceful_shutdown_hands_over_after_skew() {
-    let took = preempt_and_fail_over(Version::V2, Stop::Graceful);
+fn vrrp_v2_pass_auth_preempt_then_graceful_shutdown_hands_over_after_skew() {
+    let took = preempt_and_fail_over(Version::V2, Stop::Graceful, Some("s3cret"));
     // Priority 0: skew time (156/256 s), not the 3.6 s master-down interval.
     assert!(took < Duration::from_millis(2_000), "took {took:?}");
 }
 
 #[test]
 fn vrrp_v3_preempt_then_crash_hands_over_after_master_down() {
-    let took = preempt_and_fail_over(Version::V3, Stop::Crash);
+    let took = preempt_and_fail_over(Version::V3, Stop::Crash, None);
     // No priority 0: keepalived waits 3 s + 156/256 s from our last advert.
     assert!(
         took > Duration::from_millis(2_500) && took < Duration::from_millis(5_000),
