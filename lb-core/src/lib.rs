@@ -4,3 +4,4 @@ pub mod daemon;
 pub mod datapath;
 pub mod health;
 pub mod table;
+pub mod vrrp;

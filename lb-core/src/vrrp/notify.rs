@@ -1,0 +1,89 @@
+//! Notify scripts with keepalived's calling conventions: `notify_master`,
+//! `notify_backup`, `notify_fault` and `notify_stop` get no arguments, and
+//! `notify` gets `INSTANCE <name> <STATE> <priority>`.
+
+use std::path::{Path, PathBuf};
+
+use super::config::InstanceConfig;
+use super::state::NotifyState;
+
+/// The scripts to run for one transition, with their arguments.
+pub fn commands(
+    config: &InstanceConfig,
+    state: NotifyState,
+    priority: u8,
+) -> Vec<(PathBuf, Vec<String>)> {
+    let specific = match state {
+        NotifyState::Master => &config.notify_master,
+        NotifyState::Backup => &config.notify_backup,
+        NotifyState::Fault => &config.notify_fault,
+        NotifyState::Stop => &config.notify_stop,
+    };
+    let mut out = Vec::new();
+    if let Some(script) = specific {
+        out.push((script.clone(), Vec::new()));
+    }
+    if let Some(script) = &config.notify {
+        out.push((
+            script.clone(),
+            vec![
+                "INSTANCE".to_owned(),
+                config.name.clone(),
+                state.as_str().to_owned(),
+                priority.to_string(),
+            ],
+        ));
+    }
+    out
+}
+
+/// Starts the scripts without waiting: a slow script must not delay adverts.
+/// Each exit status is logged when it comes.
+pub fn spawn(commands: Vec<(PathBuf, Vec<String>)>) {
+    for (script, args) in commands {
+        match tokio::process::Command::new(&script).args(&args).spawn() {
+            Ok(mut child) => {
+                tokio::spawn(async move {
+                    match child.wait().await {
+                        Ok(status) if status.success() => {}
+                        Ok(status) => log_failure(&script, &status.to_string()),
+                        Err(e) => log_failure(&script, &e.to_string()),
+                    }
+                });
+            }
+            Err(e) => log_failure(&script, &e.to_string()),
+        }
+    }
+}
+
+fn log_failure(script: &Path, reason: &str) {
+    tracing::warn!(script = %script.display(), reason, "VRRP notify script failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalived_arguments() {
+        let mut c = InstanceConfig::new("VI_1", "eth0", 51, 100, Vec::new());
+        c.notify = Some("/etc/lb/notify.sh".into());
+        c.notify_master = Some("/etc/lb/master.sh".into());
+        assert_eq!(
+            commands(&c, NotifyState::Master, 150),
+            vec![
+                (PathBuf::from("/etc/lb/master.sh"), vec![]),
+                (
+                    PathBuf::from("/etc/lb/notify.sh"),
+                    vec![
+                        "INSTANCE".into(),
+                        "VI_1".into(),
+                        "MASTER".into(),
+                        "150".into()
+                    ]
+                ),
+            ]
+        );
+        assert_eq!(commands(&c, NotifyState::Fault, 100).len(), 1);
+    }
+}
