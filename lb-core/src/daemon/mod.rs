@@ -27,7 +27,7 @@ use tokio::{
 };
 
 pub use dataplane::{Dataplane, Usage, UsageQuery, UsageSnapshot};
-pub use status::{AdminError, AdminRequest, BackendStatus, ServiceStatus, Status};
+pub use status::{AdminError, AdminRequest, BackendStatus, ServiceStatus, Status, VrrpStatus};
 
 use crate::{
     config::{self, ConfigErrors, ServiceKey},
@@ -628,7 +628,12 @@ impl Daemon {
             reloads: self.reloads,
             reload_failures: self.reload_failures,
             services,
+            vrrp: self.vrrp_status(),
         }));
+    }
+
+    fn vrrp_status(&self) -> Vec<VrrpStatus> {
+        Vec::new()
     }
 
     /// Runs until `shutdown` resolves. SIGHUP reloads the config.

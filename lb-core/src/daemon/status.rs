@@ -17,6 +17,25 @@ pub struct Status {
     /// Rejected reloads since start (the previous config kept serving).
     pub reload_failures: u64,
     pub services: Vec<ServiceStatus>,
+    pub vrrp: Vec<VrrpStatus>,
+}
+
+/// One VRRP instance, as `lb status` and the metrics show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct VrrpStatus {
+    pub name: String,
+    pub interface: String,
+    pub virtual_router_id: u8,
+    /// `INIT`, `BACKUP`, `MASTER` or `FAULT` (keepalived's words).
+    pub state: String,
+    /// Effective priority (configured, adjusted by tracked objects).
+    pub priority: u8,
+    /// The current master's address and priority, as last advertised.
+    pub master: Option<String>,
+    /// State changes since start.
+    pub transitions: u64,
+    /// Adverts rejected, by reason (bad checksum, wrong TTL, auth, ...).
+    pub rejected: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
