@@ -274,7 +274,7 @@ fn bench_datapath(repeat: u32, rounds: usize, singles: usize) -> Result<()> {
                 format!("{med:.1} ({min:.0}–{max:.0})"),
                 format!("{:.2}", med / rep_base),
             ),
-            None => ("n/a (rewrites the packet)".into(), "".into()),
+            None => ("n/a: one-shot only".into(), "".into()),
         };
         println!(
             "| {} | {r_ns} | {r_x} | {:.0} | {:.2} |",
