@@ -182,16 +182,7 @@ fn lab_up() -> Result<()> {
     ip(&["-n", &ns("br"), "link", "set", "br0", "up"])?;
     host("client", "eth0", "198.18.0.1/15", "p-client")?;
     host("lb1", "lb0", "198.18.0.2/15", "p-lb1")?;
-    // Without VRRP in the lab config the VIP is put on lb1 by hand.
-    ip(&[
-        "-n",
-        &ns("lb1"),
-        "addr",
-        "add",
-        "198.18.0.100/32",
-        "dev",
-        "lb0",
-    ])?;
+    host("lb2", "lb0", "198.18.0.3/15", "p-lb2")?;
     for (name, addr) in BACKENDS {
         host(name, "eth0", &format!("{addr}/15"), &format!("p-{name}"))?;
         let dir = format!("{STATE}/{name}");
@@ -206,12 +197,22 @@ fn lab_up() -> Result<()> {
             &format!("python3 -m http.server 8080 --bind {addr} --directory {dir}"),
         )?;
     }
+    // lb2 is lb1's config as the VRRP backup: lower priority, own socket.
     let config = root().join("configs/lab.toml");
-    daemon(
-        "lb1",
-        "lb1",
-        &format!("{} run --config {}", lb.display(), config.display()),
+    let text = std::fs::read_to_string(&config)?;
+    ensure!(
+        text.contains("priority = 150") && text.contains("lb1.sock"),
+        "configs/lab.toml: expected `priority = 150` and `lb1.sock` to derive lb2's config"
+    );
+    let lb2_config = format!("{STATE}/lb2.toml");
+    std::fs::write(
+        &lb2_config,
+        text.replace("priority = 150", "priority = 100")
+            .replace("lb1.sock", "lb2.sock"),
     )?;
+    for (name, cfg) in [("lb1", config.display().to_string()), ("lb2", lb2_config)] {
+        daemon(name, name, &format!("{} run --config {cfg}", lb.display()))?;
+    }
     println!("lab: waiting for the VIP 198.18.0.100:80 to answer ...");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -247,13 +248,25 @@ fn lab_up() -> Result<()> {
     for (line, n) in &counts {
         println!("  {n:3}  {line}");
     }
+    for name in ["lb1", "lb2"] {
+        let owns = output(&mut in_ns(name, "ip -4 -o addr show dev lb0"))?.contains("198.18.0.100");
+        println!(
+            "  {name}: {}",
+            if owns {
+                "VRRP MASTER (owns the VIP)"
+            } else {
+                "VRRP BACKUP"
+            }
+        );
+    }
     println!(
-        "\nThe lab is up ({PREFIX}* namespaces; logs and pids in {STATE}).\n\
+        "\nThe lab is up ({PREFIX}* namespaces; logs, pids and lb2's config in {STATE}).\n\
          Drive it:\n\
-         \x20 ip netns exec {PREFIX}client curl http://198.18.0.100/      # one request through the VIP\n\
-         \x20 tail -f {STATE}/lb1.log                                      # the daemon's log\n\
-         \x20 kill $(cat {STATE}/be2.pid)                                   # kill a backend: it leaves rotation\n\
-         \x20 kill -HUP $(pgrep -f 'lb run --config')                      # reload configs/lab.toml\n\
+         \x20 ip netns exec {PREFIX}client curl http://198.18.0.100/   # one request through the VIP\n\
+         \x20 tail -f {STATE}/lb1.log {STATE}/lb2.log                  # the daemons' logs\n\
+         \x20 kill $(cat {STATE}/be2.pid)                              # kill a backend: it leaves rotation\n\
+         \x20 kill $(cat {STATE}/lb1.pid)                              # stop the master: lb2 takes the VIP\n\
+         \x20 kill -HUP $(cat {STATE}/lb1.pid)                         # reload configs/lab.toml on lb1\n\
          Tear it down:\n\
          \x20 cargo xtask lab down"
     );

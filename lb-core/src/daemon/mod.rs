@@ -10,6 +10,7 @@
 pub mod convert;
 mod dataplane;
 pub mod status;
+pub mod vrrp;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -39,6 +40,7 @@ use crate::{
     },
 };
 use convert::ConvertError;
+use tokio_util::sync::CancellationToken;
 
 /// Changes arriving within this window are applied in one table swap.
 pub const COALESCE: Duration = Duration::from_millis(50);
@@ -65,6 +67,8 @@ pub enum DaemonError {
         #[source]
         source: BuildError,
     },
+    #[error(transparent)]
+    Vrrp(#[from] vrrp::VrrpSetupError),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
 }
@@ -158,6 +162,9 @@ pub struct Daemon {
     flush_at: Option<Instant>,
     reloads: u64,
     reload_failures: u64,
+    vrrp: Vec<vrrp::Running>,
+    vrrp_stop: CancellationToken,
+    vrrp_changed: mpsc::Receiver<()>,
 }
 
 impl Daemon {
@@ -171,6 +178,7 @@ impl Daemon {
         )?;
         let (health_tx, health_rx) = mpsc::channel(1024);
         let (admin_tx, admin_rx) = mpsc::channel(64);
+        let (vrrp_changed_tx, vrrp_changed) = mpsc::channel(64);
         let status = Arc::new(ArcSwap::from_pointee(Status::default()));
         let mut d = Daemon {
             path,
@@ -185,9 +193,18 @@ impl Daemon {
             flush_at: None,
             reloads: 0,
             reload_failures: 0,
+            vrrp: Vec::new(),
+            vrrp_stop: CancellationToken::new(),
+            vrrp_changed,
         };
         for s in &cfg.services {
             d.program(s.clone(), HashMap::new(), HashMap::new()).await?;
+        }
+        // VRRP starts once every service is programmed, so a node that wins
+        // the election forwards from its first packet.
+        for v in &cfg.vrrp_instances {
+            let running = vrrp::start(v, vrrp_changed_tx.clone(), d.vrrp_stop.clone())?;
+            d.vrrp.push(running);
         }
         let failed = d.flush().await;
         if let Some(key) = failed.first() {
@@ -447,6 +464,11 @@ impl Daemon {
         if new.daemon != self.cfg.daemon {
             tracing::warn!("[daemon] settings changed: they apply at the next restart");
         }
+        if new.vrrp_instances != self.cfg.vrrp_instances {
+            // Restarting an instance would release the VIP (priority 0) and
+            // move traffic for nothing; keepalived users expect no flap.
+            tracing::warn!("[[vrrp_instance]] changes apply at the next restart");
+        }
         let wanted: BTreeSet<ServiceKey> = new.services.iter().map(|s| s.key()).collect();
         let now = Instant::now();
         let mut removed = 0;
@@ -633,7 +655,7 @@ impl Daemon {
     }
 
     fn vrrp_status(&self) -> Vec<VrrpStatus> {
-        Vec::new()
+        self.vrrp.iter().map(|r| r.status()).collect()
     }
 
     /// Runs until `shutdown` resolves. SIGHUP reloads the config.
@@ -661,9 +683,14 @@ impl Daemon {
                     let _ = self.flush().await;
                 }
                 _ = reap.tick() => self.reap_removed().await,
+                Some(()) = self.vrrp_changed.recv() => self.publish(),
             }
         }
         tracing::info!("shutting down");
+        self.vrrp_stop.cancel();
+        for r in std::mem::take(&mut self.vrrp) {
+            r.join().await;
+        }
         for svc in self.services.values_mut() {
             if let Some(r) = svc.runner.take() {
                 r.shutdown().await;

@@ -2,7 +2,6 @@
 //! that the daemon's `[[vrrp_instance]]` table maps onto it field by field.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::packet::{self, Version};
@@ -47,11 +46,11 @@ pub struct InstanceConfig {
     pub auth_pass: Option<String>,
     pub track_interface: Vec<Track>,
     pub track_script: Vec<Track>,
-    pub notify: Option<PathBuf>,
-    pub notify_master: Option<PathBuf>,
-    pub notify_backup: Option<PathBuf>,
-    pub notify_fault: Option<PathBuf>,
-    pub notify_stop: Option<PathBuf>,
+    pub notify: Option<Vec<String>>,
+    pub notify_master: Option<Vec<String>>,
+    pub notify_backup: Option<Vec<String>>,
+    pub notify_fault: Option<Vec<String>>,
+    pub notify_stop: Option<Vec<String>>,
     pub garp_master_delay: Duration,
     pub garp_master_repeat: u32,
 }

@@ -1,6 +1,7 @@
 //! Notify scripts with keepalived's calling conventions: `notify_master`,
-//! `notify_backup`, `notify_fault` and `notify_stop` get no arguments, and
-//! `notify` gets `INSTANCE <name> <STATE> <priority>`.
+//! `notify_backup`, `notify_fault` and `notify_stop` run as configured, and
+//! `notify` gets `INSTANCE <name> <STATE> <priority>` appended. Commands are
+//! argv lists run without a shell, so no config value is ever interpreted.
 
 use std::path::{Path, PathBuf};
 
@@ -20,19 +21,18 @@ pub fn commands(
         NotifyState::Stop => &config.notify_stop,
     };
     let mut out = Vec::new();
-    if let Some(script) = specific {
-        out.push((script.clone(), Vec::new()));
+    if let Some((program, args)) = specific.as_ref().and_then(|a| a.split_first()) {
+        out.push((PathBuf::from(program), args.to_vec()));
     }
-    if let Some(script) = &config.notify {
-        out.push((
-            script.clone(),
-            vec![
-                "INSTANCE".to_owned(),
-                config.name.clone(),
-                state.as_str().to_owned(),
-                priority.to_string(),
-            ],
-        ));
+    if let Some((program, args)) = config.notify.as_ref().and_then(|a| a.split_first()) {
+        let mut args = args.to_vec();
+        args.extend([
+            "INSTANCE".to_owned(),
+            config.name.clone(),
+            state.as_str().to_owned(),
+            priority.to_string(),
+        ]);
+        out.push((PathBuf::from(program), args));
     }
     out
 }
@@ -67,12 +67,15 @@ mod tests {
     #[test]
     fn keepalived_arguments() {
         let mut c = InstanceConfig::new("VI_1", "eth0", 51, 100, Vec::new());
-        c.notify = Some("/etc/lb/notify.sh".into());
-        c.notify_master = Some("/etc/lb/master.sh".into());
+        c.notify = Some(vec!["/etc/lb/notify.sh".into()]);
+        c.notify_master = Some(vec!["/etc/lb/master.sh".into(), "--vip".into()]);
         assert_eq!(
             commands(&c, NotifyState::Master, 150),
             vec![
-                (PathBuf::from("/etc/lb/master.sh"), vec![]),
+                (
+                    PathBuf::from("/etc/lb/master.sh"),
+                    vec!["--vip".to_string()]
+                ),
                 (
                     PathBuf::from("/etc/lb/notify.sh"),
                     vec![
