@@ -2,4 +2,5 @@
 pub mod config;
 pub mod datapath;
 pub mod health;
+pub mod import;
 pub mod table;
