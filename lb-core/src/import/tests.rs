@@ -263,3 +263,51 @@ fn vrrp_details_keepalived_handles_its_own_way() {
         ]
     );
 }
+
+/// Imports `tests/fixtures/keepalived/CASE/keepalived.conf` and compares the
+/// TOML and the warnings with `expected.toml` and `expected.warnings` next
+/// to it; `LB_BLESS=1` rewrites them after a deliberate change. The TOML
+/// must validate on a host that has `interfaces`.
+fn golden(case: &str, interfaces: &[&str]) {
+    let dir = Path::new("tests/fixtures/keepalived").join(case);
+    let out = import(&dir.join("keepalived.conf")).unwrap_or_else(|e| panic!("{e}"));
+    let warnings: String = out.warnings.iter().map(|w| format!("{w}\n")).collect();
+    let (toml_path, warnings_path) = (dir.join("expected.toml"), dir.join("expected.warnings"));
+    if std::env::var_os("LB_BLESS").is_some() {
+        std::fs::write(&toml_path, &out.toml).expect("write expected.toml");
+        std::fs::write(&warnings_path, &warnings).expect("write expected.warnings");
+    }
+    let read =
+        |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    assert_eq!(out.toml, read(&toml_path), "{case}: TOML");
+    assert_eq!(warnings, read(&warnings_path), "{case}: warnings");
+    let env = |name: &str| interfaces.contains(&name);
+    if let Err(e) = crate::config::parse(&out.toml, "expected.toml", &env) {
+        panic!("{case}: the TOML does not validate:\n{e}");
+    }
+}
+
+#[test]
+fn golden_nat_http_digest_unicast() {
+    golden("nat_http", &["eth1"]);
+}
+
+#[test]
+fn golden_dr_tcp_persistence() {
+    golden("dr_tcp", &["bond0", "eth2"]);
+}
+
+#[test]
+fn golden_multiple_instances_and_include() {
+    golden("multi_include", &["eth0", "eth1"]);
+}
+
+#[test]
+fn golden_misc_ssl_sorry_quorum() {
+    golden("misc_ssl_sorry", &["eth0"]);
+}
+
+#[test]
+fn golden_chime_portal() {
+    golden("chime_portal", &["eth0"]);
+}

@@ -36,7 +36,7 @@ struct Backend<'n> {
 }
 
 pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<Table> {
-    let Some(vip) = endpoint(ctx, node, "virtual_server") else {
+    let Some(vip) = endpoint(ctx, node, None) else {
         return Vec::new();
     };
     let cx = format!("virtual_server {} {}", vip.ip(), vip.port());
@@ -104,7 +104,7 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
             "quorum" => int(ctx, c, &cx).map(|v| ("quorum", v)),
             "hysteresis" => int(ctx, c, &cx).map(|v| ("hysteresis", v)),
             "sorry_server" => {
-                endpoint(ctx, c, &cx).map(|a| ("sorry_server", Value::Str(a.to_string())))
+                endpoint(ctx, c, Some(&cx)).map(|a| ("sorry_server", Value::Str(a.to_string())))
             }
             "alpha" => flag(ctx, c, &cx).map(|b| ("alpha", Value::Bool(b))),
             "inhibit_on_failure" => {
@@ -235,9 +235,13 @@ fn set_scheduler(
 }
 
 /// `IP PORT` arguments as a socket address; IPv6 is refused because the
-/// datapath is IPv4-only.
-fn endpoint(ctx: &mut Ctx, node: &Node, cx: &str) -> Option<SocketAddr> {
-    let what = format!("{cx}: {} {}", node.keyword, node.args.join(" "));
+/// datapath is IPv4-only. `cx` is the enclosing virtual_server, if any.
+fn endpoint(ctx: &mut Ctx, node: &Node, cx: Option<&str>) -> Option<SocketAddr> {
+    let this = format!("{} {}", node.keyword, node.args.join(" "));
+    let what = match cx {
+        Some(cx) => format!("{cx}: {this}"),
+        None => this,
+    };
     match node.args.as_slice() {
         [first, ..] if first == "fwmark" || first == "group" => {
             ctx.warn(
@@ -292,7 +296,7 @@ fn backend<'n>(
     } else {
         node
     };
-    let mut address = endpoint(ctx, node_for_endpoint, cx)?;
+    let mut address = endpoint(ctx, node_for_endpoint, Some(cx))?;
     let rcx = format!("{cx}: real_server {} {}", address.ip(), address.port());
     let mut t = Table::new("[[service.backend]]");
     let mut defaults = defaults.clone();
