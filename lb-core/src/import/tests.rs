@@ -311,3 +311,90 @@ fn golden_misc_ssl_sorry_quorum() {
 fn golden_chime_portal() {
     golden("chime_portal", &["eth0"]);
 }
+
+#[test]
+fn real_server_port_defaults_to_the_vip_port_and_ipv6_is_skipped() {
+    let out = import_text(
+        "virtual_server 10.1.1.1 80 {\n  lb_algo mh\n  real_server 10.1.2.1 {\n  }\n  real_server 2001:db8::1 80 {\n  }\n}\nvirtual_server 2001:db8::2 80 {\n}\n",
+    );
+    assert!(
+        out.toml
+            .ends_with("[[service.backend]]\naddress = \"10.1.2.1:80\"\n"),
+        "{}",
+        out.toml
+    );
+    assert_eq!(
+        messages(&out)[1..],
+        [
+            "k.conf:5: warning: virtual_server 10.1.1.1 80: real_server 2001:db8::1 80: IPv6 is not supported by lb yet; ignored",
+            "k.conf:8: warning: virtual_server 2001:db8::2 80: IPv6 is not supported by lb yet; ignored",
+        ]
+    );
+}
+
+#[test]
+fn inhibit_on_failure_maps_only_when_it_holds_for_the_whole_service() {
+    let vs = |a: &str, b: &str| {
+        import_text(&format!(
+            "virtual_server 10.1.1.1 80 {{\n  lb_algo mh\n  real_server 10.1.2.1 80 {{\n{a}  }}\n  real_server 10.1.2.2 80 {{\n{b}  }}\n}}\n"
+        ))
+    };
+    let all = vs("    inhibit_on_failure\n", "    inhibit_on_failure\n");
+    assert!(
+        all.toml.contains("inhibit_on_failure = true\n"),
+        "{}",
+        all.toml
+    );
+    let some = vs("", "    inhibit_on_failure\n");
+    assert!(!some.toml.contains("inhibit_on_failure"), "{}", some.toml);
+    assert_eq!(
+        messages(&some)[1..],
+        [
+            "k.conf:5: warning: virtual_server 10.1.1.1 80: inhibit_on_failure on some real_servers only: lb sets it for the whole service; ignored"
+        ]
+    );
+}
+
+#[test]
+fn checker_defaults_come_from_virtual_and_real_server() {
+    let out = import_text(
+        "virtual_server 10.1.1.1 80 {\n  lb_algo mh\n  delay_loop 7\n  retry 4\n  real_server 10.1.2.1 80 {\n    delay_loop 3\n    TCP_CHECK {\n      delay_before_retry 0.25\n    }\n  }\n  real_server 10.1.2.2 80 {\n    SMTP_CHECK {\n    }\n  }\n}\n",
+    );
+    assert!(
+        out.toml.contains(
+            "[service.backend.check]\ntype = \"tcp\"\ndelay_loop = \"3s\"\nretry = 4\ndelay_before_retry = \"250ms\"\n"
+        ),
+        "{}",
+        out.toml
+    );
+    assert_eq!(
+        messages(&out)[1..],
+        [
+            "k.conf:12: warning: virtual_server 10.1.1.1 80: real_server 10.1.2.2 80: SMTP_CHECK is not supported by lb; this check is dropped"
+        ]
+    );
+}
+
+#[test]
+fn track_script_without_vrrp_script_is_a_warning() {
+    let out = import_text(
+        "vrrp_instance V {\n  interface eth0\n  virtual_router_id 1\n  virtual_ipaddress {\n    10.0.0.1\n  }\n  track_script {\n    chk_gone\n  }\n}\n",
+    );
+    assert!(!out.toml.contains("track_script"), "{}", out.toml);
+    assert_eq!(
+        messages(&out),
+        [
+            "k.conf:8: warning: vrrp_instance V: track_script chk_gone: no vrrp_script chk_gone is defined; ignored"
+        ]
+    );
+}
+
+#[test]
+fn an_unreadable_file_is_an_error() {
+    let e = import(Path::new("tests/fixtures/keepalived/no-such.conf")).expect_err("must fail");
+    assert!(
+        e.to_string()
+            .starts_with("tests/fixtures/keepalived/no-such.conf: cannot read: "),
+        "{e}"
+    );
+}

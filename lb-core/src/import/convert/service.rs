@@ -36,7 +36,7 @@ struct Backend<'n> {
 }
 
 pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<Table> {
-    let Some(vip) = endpoint(ctx, node, None) else {
+    let Some(vip) = endpoint(ctx, node, None, None) else {
         return Vec::new();
     };
     let cx = format!("virtual_server {} {}", vip.ip(), vip.port());
@@ -103,9 +103,8 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
             }
             "quorum" => int(ctx, c, &cx).map(|v| ("quorum", v)),
             "hysteresis" => int(ctx, c, &cx).map(|v| ("hysteresis", v)),
-            "sorry_server" => {
-                endpoint(ctx, c, Some(&cx)).map(|a| ("sorry_server", Value::Str(a.to_string())))
-            }
+            "sorry_server" => endpoint(ctx, c, Some(&cx), None)
+                .map(|a| ("sorry_server", Value::Str(a.to_string()))),
             "alpha" => flag(ctx, c, &cx).map(|b| ("alpha", Value::Bool(b))),
             "inhibit_on_failure" => {
                 inhibit_on_failure = flag(ctx, c, &cx).unwrap_or(inhibit_on_failure);
@@ -235,38 +234,40 @@ fn set_scheduler(
 }
 
 /// `IP PORT` arguments as a socket address; IPv6 is refused because the
-/// datapath is IPv4-only. `cx` is the enclosing virtual_server, if any.
-fn endpoint(ctx: &mut Ctx, node: &Node, cx: Option<&str>) -> Option<SocketAddr> {
+/// datapath is IPv4-only. `cx` is the enclosing virtual_server, if any;
+/// `default_port` stands in for a missing port.
+fn endpoint(
+    ctx: &mut Ctx,
+    node: &Node,
+    cx: Option<&str>,
+    default_port: Option<u16>,
+) -> Option<SocketAddr> {
     let this = format!("{} {}", node.keyword, node.args.join(" "));
     let what = match cx {
         Some(cx) => format!("{cx}: {this}"),
         None => this,
     };
-    match node.args.as_slice() {
-        [first, ..] if first == "fwmark" || first == "group" => {
+    let (ip, port) = match (node.args.as_slice(), default_port) {
+        ([kind, ..], _) if cx.is_none() && (kind == "fwmark" || kind == "group") => {
             ctx.warn(
                 node,
-                format!("{what}: {first} virtual servers are not supported by lb; ignored"),
+                format!("{what}: {kind} virtual servers are not supported by lb; ignored"),
+            );
+            return None;
+        }
+        ([ip, port], _) => (ip.parse::<IpAddr>().ok(), port.parse::<u16>().ok()),
+        ([ip], Some(port)) => (ip.parse::<IpAddr>().ok(), Some(port)),
+        _ => (None, None),
+    };
+    match (ip, port) {
+        (Some(IpAddr::V6(_)), Some(_)) => {
+            ctx.warn(
+                node,
+                format!("{what}: IPv6 is not supported by lb yet; ignored"),
             );
             None
         }
-        [ip, port] => match (ip.parse::<IpAddr>(), port.parse::<u16>()) {
-            (Ok(IpAddr::V6(_)), Ok(_)) => {
-                ctx.warn(
-                    node,
-                    format!("{what}: IPv6 is not supported by lb yet; ignored"),
-                );
-                None
-            }
-            (Ok(ip), Ok(port)) => Some(SocketAddr::new(ip, port)),
-            _ => {
-                ctx.warn(
-                    node,
-                    format!("{what}: expected an IP address and a port; ignored"),
-                );
-                None
-            }
-        },
+        (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
         _ => {
             ctx.warn(
                 node,
@@ -285,18 +286,8 @@ fn backend<'n>(
     forwarding: &str,
     defaults: &Defaults,
 ) -> Option<Backend<'n>> {
-    let with_port;
     // keepalived lets a real_server leave out its port: the VIP's is used.
-    let node_for_endpoint = if node.args.len() == 1 {
-        with_port = Node {
-            args: vec![node.args[0].clone(), vip.port().to_string()],
-            ..node.clone()
-        };
-        &with_port
-    } else {
-        node
-    };
-    let mut address = endpoint(ctx, node_for_endpoint, Some(cx))?;
+    let mut address = endpoint(ctx, node, Some(cx), Some(vip.port()))?;
     let rcx = format!("{cx}: real_server {} {}", address.ip(), address.port());
     let mut t = Table::new("[[service.backend]]");
     let mut defaults = defaults.clone();
