@@ -398,3 +398,13 @@ fn an_unreadable_file_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn an_sctp_virtual_server_is_skipped_with_one_warning() {
+    let out = import_text("virtual_server 10.1.1.1 80 {\n  protocol SCTP\n}\n");
+    assert!(!out.toml.contains("[[service]]"), "{}", out.toml);
+    assert_eq!(
+        messages(&out),
+        ["k.conf:2: warning: virtual_server 10.1.1.1 80: protocol SCTP is not supported by lb (tcp, udp); virtual_server ignored"]
+    );
+}

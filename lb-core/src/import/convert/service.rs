@@ -44,23 +44,6 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
     t.comments
         .push(format!("{cx} ({}:{})", node.file, node.line));
     t.set("vip", Value::Str(vip.to_string()));
-    match vips.get(&vip.ip()) {
-        Some(interface) => t.set("interface", Value::str(interface)),
-        None => {
-            ctx.warn(
-                node,
-                format!(
-                    "{cx}: no vrrp_instance has {} in its virtual_ipaddress, so the interface is unknown; set `interface` (written as {PLACEHOLDER_INTERFACE:?})",
-                    vip.ip()
-                ),
-            );
-            t.set_commented(
-                "interface",
-                Value::str(PLACEHOLDER_INTERFACE),
-                Some("FIXME: the interface the VIP's packets arrive on".to_owned()),
-            );
-        }
-    }
     let mut defaults = Defaults::default();
     let mut inhibit_on_failure = false;
     let mut scheduler = None;
@@ -121,6 +104,25 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
         };
         if let Some((key, value)) = value {
             t.set(key, value);
+        }
+    }
+    // After the children: a virtual_server skipped for its protocol needs no
+    // interface warning.
+    match vips.get(&vip.ip()) {
+        Some(interface) => t.set("interface", Value::str(interface)),
+        None => {
+            ctx.warn(
+                node,
+                format!(
+                    "{cx}: no vrrp_instance has {} in its virtual_ipaddress, so the interface is unknown; set `interface` (written as {PLACEHOLDER_INTERFACE:?})",
+                    vip.ip()
+                ),
+            );
+            t.set_commented(
+                "interface",
+                Value::str(PLACEHOLDER_INTERFACE),
+                Some("FIXME: the interface the VIP's packets arrive on".to_owned()),
+            );
         }
     }
     let forwarding = match forwarding {
