@@ -405,6 +405,8 @@ fn an_sctp_virtual_server_is_skipped_with_one_warning() {
     assert!(!out.toml.contains("[[service]]"), "{}", out.toml);
     assert_eq!(
         messages(&out),
-        ["k.conf:2: warning: virtual_server 10.1.1.1 80: protocol SCTP is not supported by lb (tcp, udp); virtual_server ignored"]
+        [
+            "k.conf:2: warning: virtual_server 10.1.1.1 80: protocol SCTP is not supported by lb (tcp, udp); virtual_server ignored"
+        ]
     );
 }

@@ -144,6 +144,19 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
         .into_iter()
         .filter_map(|r| backend(ctx, r, &cx, vip, forwarding, &defaults))
         .collect();
+    let default_delay = backends.iter().any(|b| {
+        b.check
+            .as_ref()
+            .is_some_and(|c| c.get("delay_loop").is_none())
+    });
+    if default_delay {
+        ctx.warn(
+            node,
+            format!(
+                "{cx}: no delay_loop, so keepalived checks every 60s; lb's default is every 5s"
+            ),
+        );
+    }
     let all_inhibit = !backends.is_empty() && backends.iter().all(|b| b.inhibit_on_failure);
     if inhibit_on_failure || all_inhibit {
         t.set("inhibit_on_failure", Value::Bool(true));
