@@ -301,7 +301,7 @@ fn backend<'n>(
     forwarding: &str,
     defaults: &Defaults,
 ) -> Option<Backend<'n>> {
-    // keepalived lets a real_server leave out its port: the VIP's is used.
+    // A real_server may leave out its port; IPVS then keeps the VIP's.
     let mut address = endpoint(ctx, node, Some(cx), Some(vip.port()))?;
     let rcx = format!("{cx}: real_server {} {}", address.ip(), address.port());
     let mut t = Table::new("[[service.backend]]");
