@@ -44,6 +44,18 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Translate a keepalived.conf into lb's TOML config.
+    ///
+    /// Reads FILE and its `include`s (vrrp_instance, vrrp_script,
+    /// virtual_server with real_server and TCP_CHECK / HTTP_GET / SSL_GET /
+    /// MISC_CHECK) and prints the TOML on stdout. Everything that cannot be
+    /// mapped is reported on stderr as `file:line: warning: ...`; nothing is
+    /// dropped silently. Review the warnings, then run `lb check-config`.
+    ImportKeepalived {
+        /// keepalived.conf to read.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 async fn shutdown_signal() {
@@ -90,6 +102,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         },
+        Command::ImportKeepalived { file } => lb_core::import::import(&file)
+            .map(|i| {
+                for w in &i.warnings {
+                    eprintln!("{w}");
+                }
+                print!("{}", i.toml);
+            })
+            .with_context(|| format!("importing {}", file.display())),
         Command::Run { config } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
