@@ -5,12 +5,11 @@
 //!
 //! Layout (one L2 segment, the LVS one-armed shape), all in 198.18.0.0/15:
 //! client .0.1, lb .0.2 (holds the VIP .0.100), backends .1.1-.1.3.
-mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader, Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -19,7 +18,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::netns::{Lab, NsWorker, enter, in_ns};
 use lb_core::{
     config::{Forwarding, Protocol},
     datapath::{
@@ -27,6 +25,7 @@ use lb_core::{
         balancer::{BackendSpec, Balancer, ServiceSpec},
     },
 };
+use lb_testlab::{Lab, NsWorker, echo_backend, enter, in_ns};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
 const LB: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
@@ -246,47 +245,6 @@ fn nat_with_the_lb_node_as_a_backend() {
     assert_eq!(seen.values().sum::<usize>(), 30, "answers: {seen:?}");
     assert!(seen.get("lb-local").copied().unwrap_or(0) > 0, "{seen:?}");
     assert!(seen.get("be1").copied().unwrap_or(0) > 0, "{seen:?}");
-}
-
-/// A backend that greets with its name, then echoes lines.
-fn echo_backend(ns: &str, addr: SocketAddrV4, name: &'static str, stop: Arc<AtomicBool>) {
-    let ns = ns.to_string();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        enter(&ns);
-        let l = TcpListener::bind(addr).expect("bind echo");
-        l.set_nonblocking(true).expect("nonblocking");
-        let _ = ready_tx.send(());
-        while !stop.load(Ordering::Relaxed) {
-            match l.accept() {
-                Ok((mut c, _)) => {
-                    let stop = stop.clone();
-                    thread::spawn(move || {
-                        let _ = c.set_nonblocking(false);
-                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
-                        let _ = c.write_all(format!("{name}\n").as_bytes());
-                        let mut buf = [0u8; 256];
-                        while !stop.load(Ordering::Relaxed) {
-                            match c.read(&mut buf) {
-                                Ok(0) => return,
-                                Ok(n) => {
-                                    if c.write_all(&buf[..n]).is_err() {
-                                        return;
-                                    }
-                                }
-                                Err(e)
-                                    if e.kind() == std::io::ErrorKind::WouldBlock
-                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                                Err(_) => return,
-                            }
-                        }
-                    });
-                }
-                Err(_) => thread::sleep(Duration::from_millis(5)),
-            }
-        }
-    });
-    ready_rx.recv().expect("echo backend failed");
 }
 
 #[test]

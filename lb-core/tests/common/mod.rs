@@ -1,20 +1,8 @@
 //! Helpers shared by the datapath tests.
 #![allow(dead_code)] // each test binary uses a different subset
 
-pub mod netns;
-
 use etherparse::PacketBuilder;
-
-/// Tests that load eBPF or create namespaces need root. They fail loudly
-/// without it; they never pass by skipping.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test loads eBPF programs / creates network namespaces and must run as root"
-    );
-}
+pub use lb_testlab::require_root;
 
 pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;

@@ -8,13 +8,29 @@
 
 use std::{
     fs::File,
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpListener},
     os::fd::AsRawFd,
     process::{Child, Command, Output, Stdio},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
     thread,
+    time::Duration,
 };
 
-use super::require_root;
+/// Tests that load eBPF or create namespaces need root. They fail loudly
+/// without it; they never pass by skipping.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs / creates network namespaces and must run as root"
+    );
+}
 
 pub struct Lab {
     tag: String,
@@ -107,10 +123,26 @@ impl Lab {
 
     /// Starts a long-running process in `ns`; it is killed with the lab.
     pub fn spawn(&mut self, ns: &str, script: &str) -> u32 {
+        self.spawn_logged(ns, script, None)
+    }
+
+    /// Like `spawn`, with stdout and stderr appended to `log`.
+    pub fn spawn_logged(&mut self, ns: &str, script: &str, log: Option<&std::path::Path>) -> u32 {
+        let (out, err) = match log {
+            Some(p) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .expect("log file");
+                (Stdio::from(f.try_clone().expect("dup")), Stdio::from(f))
+            }
+            None => (Stdio::null(), Stdio::null()),
+        };
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "sh", "-c", &format!("exec {script}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .expect("spawning");
         let pid = child.id();
@@ -119,12 +151,12 @@ impl Lab {
     }
 
     /// A real HTTP server (python's http.server) on `addr:port` in `ns`,
-    /// answering `GET /` with `name`. Waits until it listens.
-    pub fn http_backend(&mut self, ns: &str, addr: &str, port: u16, name: &str) {
+    /// answering `GET /` with `name`. Waits until it listens; returns its pid.
+    pub fn http_backend(&mut self, ns: &str, addr: &str, port: u16, name: &str) -> u32 {
         let dir = std::env::temp_dir().join(format!("{}-{name}", self.tag));
         std::fs::create_dir_all(&dir).expect("backend dir");
         std::fs::write(dir.join("index.html"), name).expect("index.html");
-        self.spawn(
+        let pid = self.spawn(
             ns,
             &format!(
                 "python3 -m http.server {port} --bind {addr} --directory {}",
@@ -134,11 +166,24 @@ impl Lab {
         for _ in 0..100 {
             let out = self.try_sh(ns, &format!("curl -s --max-time 1 http://{addr}:{port}/"));
             if out.status.success() {
-                return;
+                return pid;
             }
             thread::sleep(std::time::Duration::from_millis(100));
         }
         panic!("backend {name} on {addr}:{port} did not come up");
+    }
+
+    /// A scratch directory removed with the lab.
+    pub fn dir(&self) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("{}-files", self.tag));
+        std::fs::create_dir_all(&d).expect("lab dir");
+        d
+    }
+
+    /// Sends `sig` to a process started with `spawn`.
+    pub fn signal(&self, pid: u32, sig: i32) {
+        // SAFETY: kill(2) on a child we own.
+        unsafe { libc::kill(pid as i32, sig) };
     }
 
     pub fn kill(&mut self, pid: u32) {
@@ -191,6 +236,48 @@ pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static
     })
     .join()
     .expect("thread in netns panicked")
+}
+
+/// A TCP backend in `ns` that greets each connection with its name and a
+/// newline, then echoes what it reads, until `stop` is set.
+pub fn echo_backend(ns: &str, addr: SocketAddrV4, name: &'static str, stop: Arc<AtomicBool>) {
+    let ns = ns.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        enter(&ns);
+        let l = TcpListener::bind(addr).expect("bind echo");
+        l.set_nonblocking(true).expect("nonblocking");
+        let _ = ready_tx.send(());
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((mut c, _)) => {
+                    let stop = stop.clone();
+                    thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+                        let _ = c.write_all(format!("{name}\n").as_bytes());
+                        let mut buf = [0u8; 256];
+                        while !stop.load(Ordering::Relaxed) {
+                            match c.read(&mut buf) {
+                                Ok(0) => return,
+                                Ok(n) => {
+                                    if c.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if e.kind() == std::io::ErrorKind::WouldBlock
+                                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    ready_rx.recv().expect("echo backend failed");
 }
 
 type Job<S> = Box<dyn FnOnce(&mut S) + Send>;

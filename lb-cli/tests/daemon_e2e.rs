@@ -1,0 +1,372 @@
+//! The `lb run` daemon end to end, in network namespaces (198.18.0.0/15):
+//! a backend stopped under client load leaves rotation in time and comes
+//! back; a reload under load resets no connection; a bad reload changes
+//! nothing.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_testlab::{Lab, echo_backend, enter, in_ns};
+
+const LB_BIN: &str = env!("CARGO_BIN_EXE_lb");
+const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
+const BACKENDS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 18, 1, 1),
+    Ipv4Addr::new(198, 18, 1, 2),
+    Ipv4Addr::new(198, 18, 1, 3),
+];
+
+struct Setup {
+    lab: Lab,
+    client: String,
+    backends: Vec<String>,
+    lb_pid: u32,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+/// Client, LB (holding the VIP itself: these tests have no VRRP) and three
+/// backend hosts; `lb run` started with `config` once `backends_up` ran.
+fn setup(
+    test: &str,
+    config: impl Fn(&Path) -> String,
+    backends_up: impl FnOnce(&mut Lab, &[String]),
+) -> Setup {
+    let mut lab = Lab::new(test);
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&["-n", &lb, "addr", "add", "198.18.0.100/32", "dev", "eth0"]);
+    let backends: Vec<String> = BACKENDS
+        .iter()
+        .enumerate()
+        .map(|(i, a)| lab.host(&format!("be{}", i + 1), &format!("{a}/15")))
+        .collect();
+    backends_up(&mut lab, &backends);
+    let dir = lab.dir();
+    let cfg_path = dir.join("lb.toml");
+    std::fs::write(&cfg_path, config(&dir)).expect("config");
+    let log = dir.join("lb.log");
+    let lb_pid = lab.spawn_logged(
+        &lb,
+        &format!("{LB_BIN} run --config {}", cfg_path.display()),
+        Some(&log),
+    );
+    Setup {
+        lab,
+        client,
+        backends,
+        lb_pid,
+        config: cfg_path,
+        log,
+    }
+}
+
+fn log_of(s: &Setup) -> String {
+    std::fs::read_to_string(&s.log).unwrap_or_default()
+}
+
+/// One HTTP/1.0 request through the VIP from the client namespace (the
+/// calling thread must be in it); returns the body.
+fn get() -> Result<String, String> {
+    let mut c = TcpStream::connect_timeout(&VIP.into(), Duration::from_secs(1))
+        .map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    resp.split("\r\n\r\n")
+        .nth(1)
+        .map(|b| b.trim().to_string())
+        .ok_or_else(|| format!("bad response {resp:?}"))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http_config(dir: &Path) -> String {
+    let mut c = format!(
+        r#"
+[daemon]
+xdp_mode = "generic"
+admin_socket = "{}/admin.sock"
+
+[[service]]
+vip = "198.18.0.100:80"
+interface = "eth0"
+forwarding = "nat"
+
+[service.check]
+type = "http"
+path = "/"
+delay_loop = "1s"
+connect_timeout = "1s"
+fall = 2
+rise = 2
+"#,
+        dir.display()
+    );
+    for b in BACKENDS {
+        c.push_str(&format!("\n[[service.backend]]\naddress = \"{b}:8080\"\n"));
+    }
+    c
+}
+
+#[test]
+fn a_stopped_backend_leaves_rotation_in_time_and_comes_back() {
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    let p = pids.clone();
+    let mut s = setup("hc", http_config, move |lab, backends| {
+        for (i, ns) in backends.iter().enumerate() {
+            let pid = lab.http_backend(ns, &BACKENDS[i].to_string(), 8080, &format!("be{}", i + 1));
+            p.lock().unwrap().push(pid);
+        }
+    });
+    let client = s.client.clone();
+    // Bounded load: at most 3000 requests or 40 s, recorded with their
+    // start time relative to `t0` set by the main thread.
+    let stop = Arc::new(AtomicBool::new(false));
+    let records: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    wait_until("the VIP to answer", Duration::from_secs(15), || {
+        in_ns(&client, get).is_ok()
+    });
+    let load = {
+        let (stop, records, client) = (stop.clone(), records.clone(), client.clone());
+        thread::spawn(move || {
+            enter(&client);
+            let started = Instant::now();
+            for _ in 0..3_000 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(40) {
+                    break;
+                }
+                let at = Instant::now();
+                let r = get();
+                records.lock().unwrap().push((at, r));
+                thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let be2 = s.backends[1].clone();
+    let be2_pid = pids.lock().unwrap()[1];
+    s.lab.kill(be2_pid);
+    let t0 = Instant::now();
+    // delay_loop × fall + one probe timeout, plus the 50 ms coalescing
+    // window and scheduling slack.
+    let bound = Duration::from_secs(1) * 2 + Duration::from_secs(1) + Duration::from_millis(300);
+    thread::sleep(bound + Duration::from_secs(3));
+    let t_restart = Instant::now();
+    s.lab.http_backend(&be2, "198.18.1.2", 8080, "be2");
+    thread::sleep(Duration::from_secs(5));
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+
+    let recs = records.lock().unwrap();
+    let after_removal: Vec<_> = recs
+        .iter()
+        .filter(|(at, _)| *at >= t0 + bound && *at < t_restart)
+        .collect();
+    assert!(
+        after_removal.len() > 50,
+        "too little load: {}",
+        after_removal.len()
+    );
+    for (at, r) in &after_removal {
+        match r {
+            Ok(body) => assert_ne!(
+                body,
+                "be2",
+                "new connection to be2 {:?} after it died",
+                *at - t0
+            ),
+            Err(e) => panic!(
+                "request {:?} after removal failed: {e}\n{}",
+                *at - t0,
+                log_of(&s)
+            ),
+        }
+    }
+    // rise = 2 probes 1 s apart bring it back.
+    let back = recs
+        .iter()
+        .filter(|(at, r)| *at >= t_restart && r.as_deref() == Ok("be2"))
+        .map(|(at, _)| *at - t_restart)
+        .min();
+    assert!(
+        back.is_some_and(|d| d <= Duration::from_secs(4)),
+        "be2 not back in rotation within 4 s of restarting: {back:?}"
+    );
+    let errors_before = recs
+        .iter()
+        .filter(|(at, r)| *at < t0 + bound && r.is_err())
+        .count();
+    println!("client-visible errors while be2 was being detected: {errors_before}");
+    let log = log_of(&s);
+    assert!(
+        log.contains("backend down"),
+        "no down transition logged:\n{log}"
+    );
+    assert!(
+        log.contains("backend up"),
+        "no up transition logged:\n{log}"
+    );
+    s.lab.kill(s.lb_pid);
+}
+
+fn echo_config(dir: &Path, backends: &[(Ipv4Addr, u32)]) -> String {
+    let mut c = format!(
+        r#"
+[daemon]
+xdp_mode = "generic"
+admin_socket = "{}/admin.sock"
+
+[[service]]
+vip = "198.18.0.100:80"
+interface = "eth0"
+forwarding = "nat"
+"#,
+        dir.display()
+    );
+    for (b, w) in backends {
+        c.push_str(&format!(
+            "\n[[service.backend]]\naddress = \"{b}:8033\"\nweight = {w}\n"
+        ));
+    }
+    c
+}
+
+#[test]
+fn reload_under_load_resets_nothing_and_a_bad_reload_changes_nothing() {
+    let stop_backends = Arc::new(AtomicBool::new(false));
+    let sb = stop_backends.clone();
+    let mut s = setup(
+        "reload",
+        |dir| echo_config(dir, &[(BACKENDS[0], 1), (BACKENDS[1], 1)]),
+        move |_, backends| {
+            for (i, ns) in backends.iter().enumerate() {
+                let name: &'static str = ["be1", "be2", "be3"][i];
+                echo_backend(ns, SocketAddrV4::new(BACKENDS[i], 8033), name, sb.clone());
+            }
+        },
+    );
+    let client = s.client.clone();
+    wait_until("the VIP to answer", Duration::from_secs(15), || {
+        in_ns(&client, || {
+            TcpStream::connect_timeout(&VIP.into(), Duration::from_millis(500)).is_ok()
+        })
+    });
+    const CONNS: usize = 30;
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (done, client) = (done.clone(), client.clone());
+        thread::spawn(move || {
+            enter(&client);
+            let mut conns = Vec::new();
+            for _ in 0..CONNS {
+                let c = TcpStream::connect_timeout(&VIP.into(), Duration::from_secs(2))
+                    .expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut name = String::new();
+                r.read_line(&mut name).expect("greeting");
+                conns.push((c, r));
+            }
+            let mut failures = Vec::new();
+            let mut rounds = 0u32;
+            // Bounded: 1500 rounds at most, ends when told.
+            while !done.load(Ordering::Relaxed) && rounds < 1_500 {
+                for (i, (c, r)) in conns.iter_mut().enumerate() {
+                    let msg = format!("{i} {rounds}\n");
+                    let mut back = String::new();
+                    let res = c
+                        .write_all(msg.as_bytes())
+                        .and_then(|_| r.read_line(&mut back));
+                    if res.is_err() || back != msg {
+                        failures.push(format!("conn {i} round {rounds}: {res:?} {back:?}"));
+                    }
+                }
+                rounds += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            (rounds, failures)
+        })
+    };
+    thread::sleep(Duration::from_secs(1));
+    // A good reload: be3 joins, be1 is reweighted.
+    std::fs::write(
+        &s.config,
+        echo_config(
+            &s.lab.dir(),
+            &[(BACKENDS[0], 3), (BACKENDS[1], 1), (BACKENDS[2], 1)],
+        ),
+    )
+    .unwrap();
+    s.lab.signal(s.lb_pid, libc::SIGHUP);
+    wait_until("the reload", Duration::from_secs(10), || {
+        log_of(&s).contains("config reloaded")
+    });
+    thread::sleep(Duration::from_secs(1));
+    // A bad reload: rejected, the running config keeps serving.
+    std::fs::write(
+        &s.config,
+        "[[service]]\nvip = \"198.18.0.100:80\"\nbogus = 1\n",
+    )
+    .unwrap();
+    s.lab.signal(s.lb_pid, libc::SIGHUP);
+    wait_until("the rejection", Duration::from_secs(10), || {
+        log_of(&s).contains("reload rejected")
+    });
+    thread::sleep(Duration::from_secs(1));
+    done.store(true, Ordering::Relaxed);
+    let (rounds, failures) = traffic.join().expect("traffic thread");
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(rounds > 50, "only {rounds} rounds");
+    // New connections now spread over all three, be1 with the most.
+    let seen = in_ns(&client, || {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for _ in 0..60 {
+            let c = TcpStream::connect_timeout(&VIP.into(), Duration::from_secs(2))
+                .expect("connect after reload");
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut name = String::new();
+            BufReader::new(c).read_line(&mut name).expect("greeting");
+            *seen.entry(name.trim().to_string()).or_default() += 1;
+        }
+        seen
+    });
+    assert!(
+        seen.get("be3").copied().unwrap_or(0) > 0,
+        "be3 never used after reload: {seen:?}"
+    );
+    assert!(
+        seen.get("be1") > seen.get("be2"),
+        "weight 3 vs 1 not reflected: {seen:?}"
+    );
+    let log = log_of(&s);
+    assert!(
+        log.contains("service[0].bogus") || log.contains("bogus"),
+        "rejection does not name the bad key:\n{log}"
+    );
+    stop_backends.store(true, Ordering::Relaxed);
+    s.lab.kill(s.lb_pid);
+}
