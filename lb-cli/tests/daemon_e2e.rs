@@ -370,3 +370,42 @@ fn reload_under_load_resets_nothing_and_a_bad_reload_changes_nothing() {
     stop_backends.store(true, Ordering::Relaxed);
     s.lab.kill(s.lb_pid);
 }
+
+/// Without privileges `lb run` fails at once with a message that says what
+/// it needs; it does not half-start.
+#[test]
+fn run_without_privileges_fails_clearly() {
+    lb_testlab::require_root();
+    let dir = std::env::temp_dir().join(format!("lbt-noprivs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("lb.toml");
+    std::fs::write(
+        &cfg,
+        "[daemon]\nadmin_socket = \"/tmp/lbt-noprivs.sock\"\n\n[[service]]\nvip = \"198.18.0.100:80\"\ninterface = \"lo\"\nforwarding = \"nat\"\n\n[[service.backend]]\naddress = \"198.18.1.1:8080\"\n",
+    )
+    .unwrap();
+    // The build tree may sit under a directory nobody cannot enter (CI
+    // clones into /root): run a copy from the scratch directory.
+    let bin = dir.join("lb");
+    std::fs::copy(LB_BIN, &bin).unwrap();
+    for p in [&dir, &bin] {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&cfg, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .expect("setpriv");
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("loading the eBPF object")
+            && err.contains("CAP_BPF")
+            && err.contains("Operation not permitted"),
+        "unclear error: {err}"
+    );
+}

@@ -379,3 +379,104 @@ fn hot_swap_keeps_long_lived_connections() {
     assert_eq!(got.trim(), "be3");
     stop.store(true, Ordering::Relaxed);
 }
+
+/// Bad input names what is wrong, and what was already programmed keeps
+/// serving: missing interface, VIP slots full, backend slots full, a backend
+/// that does not answer ARP.
+#[test]
+fn bad_input_is_named_and_nothing_programmed_is_lost() {
+    let mut lab = Lab::new("badin");
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    for vip in ["198.18.0.100/32", "198.18.0.101/32"] {
+        lab.ip(&["-n", &lb_ns, "addr", "add", vip, "dev", "eth0"]);
+    }
+    for (i, be) in BACKENDS.iter().enumerate() {
+        let ns = lab.host(&format!("be{}", i + 1), &format!("{be}/15"));
+        lab.http_backend(&ns, &be.to_string(), 8033, &format!("be{}", i + 1));
+    }
+    let lb = NsWorker::start(&lb_ns, || {
+        let limits = Limits {
+            max_vips: 2,
+            max_backends: 4,
+            ring_stride: 65_537,
+            flow_capacity: 4_096,
+        };
+        Balancer::new(Datapath::load(limits).expect("load"), AttachMode::Generic)
+    });
+    let vip_a = SocketAddrV4::new(VIP, 80);
+    let be = |i: usize| BackendSpec {
+        addr: SocketAddrV4::new(BACKENDS[i], 8033),
+        weight: 1,
+    };
+    let generation = lb.call(move |b| {
+        b.add_service(spec(Forwarding::Nat)).expect("add");
+        b.set_backends(vip_a, Protocol::Tcp, &[be(0), be(1), be(2)])
+            .expect("backends")
+    });
+    let serves = |lab: &Lab| {
+        let out = lab.try_sh(&client, "curl -sS --fail --max-time 3 http://198.18.0.100/");
+        assert!(out.status.success(), "VIP A stopped serving: {out:?}");
+    };
+    serves(&lab);
+
+    let err = lb.call(|b| {
+        let mut s = spec(Forwarding::Nat);
+        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        s.interface = "nope0".into();
+        b.add_service(s).unwrap_err().to_string()
+    });
+    assert!(err.contains("nope0"), "{err}");
+    serves(&lab);
+
+    let err = lb.call(|b| {
+        let mut s = spec(Forwarding::Nat);
+        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        b.add_service(s).expect("second VIP fits");
+        s = spec(Forwarding::Nat);
+        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 102), 80);
+        b.add_service(s).unwrap_err().to_string()
+    });
+    assert!(
+        err.contains("198.18.0.102:80") && err.contains("max_vips"),
+        "{err}"
+    );
+    serves(&lab);
+
+    let err = lb.call(move |b| {
+        let ghost = BackendSpec {
+            addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), 8033),
+            weight: 1,
+        };
+        b.set_backends(vip_a, Protocol::Tcp, &[be(0), ghost])
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("198.18.9.9:8033"), "{err}");
+    serves(&lab);
+
+    // Four backend slots: A holds three; B asks for two new ones.
+    let err = lb.call(move |b| {
+        let vip_b = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        let extra = [
+            BackendSpec {
+                addr: SocketAddrV4::new(LB, 8034),
+                weight: 1,
+            },
+            BackendSpec {
+                addr: SocketAddrV4::new(LB, 8035),
+                weight: 1,
+            },
+        ];
+        b.set_backends(vip_b, Protocol::Tcp, &extra)
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        err.contains("198.18.0.101:80") && err.contains("max_backends"),
+        "{err}"
+    );
+    let now = lb.call(|b| b.datapath().table_state(0).expect("state").generation);
+    assert_eq!(now, generation, "a failed change swapped VIP A's table");
+    serves(&lab);
+}

@@ -60,12 +60,11 @@ pub enum DaemonError {
     Balancer(#[from] BalancerError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
-    #[error("health check of service {service} backend {backend}: {source}")]
+    #[error("health check of service {service} backend {backend}: {error}")]
     Check {
         service: SocketAddr,
         backend: SocketAddr,
-        #[source]
-        source: BuildError,
+        error: BuildError,
     },
     #[error(transparent)]
     Vrrp(#[from] vrrp::VrrpSetupError),
@@ -263,10 +262,10 @@ impl Daemon {
             });
             // The checker starts from the state we already know.
             let check_spec = convert::check_spec(check, !state.up);
-            let checker = health::build(&check_spec).map_err(|source| DaemonError::Check {
+            let checker = health::build(&check_spec).map_err(|error| DaemonError::Check {
                 service: cfg.vip,
                 backend: b.address,
-                source,
+                error,
             })?;
             jobs.push(Job {
                 service: label.clone(),

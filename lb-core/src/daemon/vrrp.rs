@@ -41,12 +41,11 @@ pub enum VrrpSetupError {
         what: &'static str,
         addr: IpAddr,
     },
-    #[error("vrrp_instance {instance}: track_script {script}: {source}")]
+    #[error("vrrp_instance {instance}: track_script {script}: {error}")]
     Script {
         instance: String,
         script: String,
-        #[source]
-        source: health::BuildError,
+        error: health::BuildError,
     },
 }
 
@@ -231,10 +230,10 @@ fn spawn_track_script(
         argv: t.command.iter().map(OsString::from).collect(),
         timeout: t.timeout,
     }));
-    let checker = health::build(&spec).map_err(|source| VrrpSetupError::Script {
+    let checker = health::build(&spec).map_err(|error| VrrpSetupError::Script {
         instance: instance.to_string(),
         script: t.name.clone(),
-        source,
+        error,
     })?;
     let mut state = RiseFall::new(
         Thresholds {

@@ -57,16 +57,15 @@ pub enum BalancerError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error("VIP {0}: {1}")]
-    Neigh(SocketAddrV4, #[source] neigh::NeighError),
-    #[error("VIP {vip}: backend {backend}: {source}")]
+    Neigh(SocketAddrV4, neigh::NeighError),
+    #[error("VIP {vip}: backend {backend}: {error}")]
     Backend {
         vip: SocketAddrV4,
         backend: SocketAddrV4,
-        #[source]
-        source: neigh::NeighError,
+        error: neigh::NeighError,
     },
     #[error("VIP {0}: {1}")]
-    Table(SocketAddrV4, #[source] TableError),
+    Table(SocketAddrV4, TableError),
     #[error("VIP {0}/{1:?} is not programmed")]
     UnknownVip(SocketAddrV4, Protocol),
     #[error("VIP {0}: all {1} VIP slots are in use (raise max_vips)")]
@@ -261,11 +260,11 @@ impl Balancer {
             let mac = if local {
                 [0; 6]
             } else {
-                neigh::resolve(ip, &spec.interface, self.resolve_timeout).map_err(|source| {
+                neigh::resolve(ip, &spec.interface, self.resolve_timeout).map_err(|error| {
                     BalancerError::Backend {
                         vip,
                         backend: b.addr,
-                        source,
+                        error,
                     }
                 })?
             };

@@ -29,32 +29,20 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {
-    #[error("loading the eBPF object: {0} (are you root, with CAP_BPF and CAP_NET_ADMIN?)")]
-    Load(#[source] Box<aya::EbpfError>),
+    #[error("loading the eBPF object: {0} (needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN)")]
+    Load(String),
     #[error("eBPF program {0} missing or of the wrong type")]
     Program(&'static str),
     #[error("eBPF map {0} missing or of the wrong type")]
     Map(&'static str),
     #[error("interface {0}: no such interface")]
     NoInterface(String),
-    #[error("attaching XDP to {iface}: {source}")]
-    AttachXdp {
-        iface: String,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("attaching tc egress to {iface}: {source}")]
-    AttachTc {
-        iface: String,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
-    #[error("{what}: {source}")]
-    MapWrite {
-        what: String,
-        #[source]
-        source: aya::maps::MapError,
-    },
+    #[error("attaching XDP to {iface}: {error}")]
+    AttachXdp { iface: String, error: String },
+    #[error("attaching tc egress to {iface}: {error}")]
+    AttachTc { iface: String, error: String },
+    #[error("{what}: {error}")]
+    MapWrite { what: String, error: String },
     #[error("VIP id {id} is out of range (max_vips = {max})")]
     VipIdRange { id: u32, max: u32 },
     #[error("backend id {id} is out of range (max_backends = {max})")]
@@ -67,19 +55,34 @@ pub enum DatapathError {
     Thread(std::io::Error),
     #[error("the datapath thread exited")]
     ThreadGone,
-    #[error("test run of {prog}: {source}")]
-    TestRun {
-        prog: &'static str,
-        #[source]
-        source: aya::programs::ProgramError,
-    },
+    #[error("test run of {prog}: {error}")]
+    TestRun { prog: &'static str, error: String },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
 
 fn write_err(what: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
     let what = what.into();
-    move |source| DatapathError::MapWrite { what, source }
+    move |e| DatapathError::MapWrite {
+        what,
+        error: describe(&e),
+    }
+}
+
+/// An error and its sources on one line. aya's errors often keep the OS
+/// error (EPERM, ENOENT...) in a source that a plain Display would drop.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// Sizes fixed at load time.
@@ -175,21 +178,19 @@ impl Datapath {
             .map_max_entries(abi::map::VIP_STATS, limits.max_vips + 1)
             .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
             .load(OBJECT)
-            .map_err(|e| DatapathError::Load(Box::new(e)))?;
+            .map_err(|e| DatapathError::Load(describe(&e)))?;
         for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
                 .ok_or(DatapathError::Program(name))?;
-            p.load()
-                .map_err(|e| DatapathError::Load(Box::new(e.into())))?;
+            p.load().map_err(|e| DatapathError::Load(describe(&e)))?;
         }
         let p: &mut SchedClassifier = ebpf
             .program_mut(abi::prog::TC_EGRESS)
             .and_then(|p| p.try_into().ok())
             .ok_or(DatapathError::Program(abi::prog::TC_EGRESS))?;
-        p.load()
-            .map_err(|e| DatapathError::Load(Box::new(e.into())))?;
+        p.load().map_err(|e| DatapathError::Load(describe(&e)))?;
         let tables = Tables::map(&ebpf, limits)?;
         Ok(Datapath {
             ebpf,
@@ -222,9 +223,9 @@ impl Datapath {
             .and_then(|p| p.try_into().ok())
             .ok_or(DatapathError::Program(abi::prog::TC_EGRESS))?;
         p.attach(iface, TcAttachType::Egress)
-            .map_err(|source| DatapathError::AttachTc {
+            .map_err(|e| DatapathError::AttachTc {
                 iface: iface.to_string(),
-                source,
+                error: describe(&e),
             })?;
         self.attached.insert(iface.to_string(), run);
         tracing::info!(iface, mode = %run, "XDP attached");
@@ -251,9 +252,9 @@ impl Datapath {
             .program_mut(prog)
             .and_then(|p| p.try_into().ok())
             .ok_or(DatapathError::Program(prog))?;
-        let err = |source| DatapathError::AttachXdp {
+        let err = |e: aya::programs::ProgramError| DatapathError::AttachXdp {
             iface: iface.to_string(),
-            source,
+            error: describe(&e),
         };
         match mode {
             AttachMode::Native => p.attach(iface, XdpMode::Driver).map_err(err)?,
@@ -427,7 +428,10 @@ impl Datapath {
             aya::programs::Program::SchedClassifier(c) => c.test_run(opts),
             _ => return Err(DatapathError::Program(prog)),
         }
-        .map_err(|source| DatapathError::TestRun { prog, source })?;
+        .map_err(|e| DatapathError::TestRun {
+            prog,
+            error: describe(&e),
+        })?;
         out.truncate(r.data_size_out as usize);
         Ok(TestRunOutput {
             verdict: r.return_value,

@@ -21,12 +21,8 @@ use std::{
 pub enum NeighError {
     #[error("interface {0}: no such interface")]
     NoInterface(String),
-    #[error("interface {iface}: reading its MAC: {source}")]
-    Mac {
-        iface: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("interface {iface}: reading its MAC: {error}")]
+    Mac { iface: String, error: io::Error },
     #[error("interface {0} has no IPv4 address")]
     NoAddress(String),
     #[error("no ARP answer from {ip} on {iface} within {timeout:?}")]
@@ -63,9 +59,9 @@ fn ifname(iface: &str) -> Option<[libc::c_char; libc::IFNAMSIZ]> {
 }
 
 pub fn mac(iface: &str) -> Result<[u8; 6], NeighError> {
-    let err = |source| NeighError::Mac {
+    let err = |error| NeighError::Mac {
         iface: iface.to_string(),
-        source,
+        error,
     };
     let name = ifname(iface).ok_or_else(|| NeighError::NoInterface(iface.to_string()))?;
     let sock = ioctl_socket().map_err(err)?;
