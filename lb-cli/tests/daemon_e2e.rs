@@ -18,6 +18,9 @@ use std::{
 use lb_testlab::{Lab, echo_backend, enter, in_ns};
 
 const LB_BIN: &str = env!("CARGO_BIN_EXE_lb");
+
+/// When a client request started, and the body it got (or why not).
+type Request = (Instant, Result<String, String>);
 const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
 const BACKENDS: [Ipv4Addr; 3] = [
     Ipv4Addr::new(198, 18, 1, 1),
@@ -141,7 +144,7 @@ fn a_stopped_backend_leaves_rotation_in_time_and_comes_back() {
     // Bounded load: at most 3000 requests or 40 s, recorded with their
     // start time relative to `t0` set by the main thread.
     let stop = Arc::new(AtomicBool::new(false));
-    let records: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let records: Arc<Mutex<Vec<Request>>> = Arc::default();
     wait_until("the VIP to answer", Duration::from_secs(15), || {
         in_ns(&client, get).is_ok()
     });

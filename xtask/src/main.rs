@@ -29,6 +29,9 @@ enum Task {
     Build,
     /// Run every test (needs root: eBPF, network namespaces).
     Test,
+    /// rustfmt check and clippy (-D warnings) on the host crates and, with
+    /// the nightly toolchain, on the eBPF programs.
+    Lint,
     /// The netns lab: `up` (default) builds, starts and demonstrates it;
     /// `down` removes everything it created.
     Lab {
@@ -94,6 +97,38 @@ fn test() -> Result<()> {
     // its programs are exercised through lb-core's test-run and netns tests.
     run(cargo().args(["test", "-p", "lb-ebpf", "--lib"]))?;
     run(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf"]))
+}
+
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // `--workspace` would also build lb-ebpf's programs for the host.
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "lb-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["clippy", "-p", "lb-ebpf", "--lib", "--", "-D", "warnings"]))?;
+    run(Command::new("rustup")
+        .current_dir(root().join("lb-ebpf"))
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--bins",
+            "--",
+            "-D",
+            "warnings",
+        ]))
 }
 
 fn bench() -> Result<()> {
@@ -314,6 +349,7 @@ fn main() -> Result<()> {
         Task::Setup => run(&mut Command::new(root().join("scripts/setup.sh"))),
         Task::Build => build().map(|p| println!("built {}", p.display())),
         Task::Test => test(),
+        Task::Lint => lint(),
         Task::Lab {
             action: LabAction::Up,
         } => lab_up(),

@@ -124,7 +124,7 @@ fn schedule(
                 _pad: [0; 3],
             };
             FLOWS
-                .insert(&rkey, &reply, 0)
+                .insert(rkey, reply, 0)
                 .map_err(|_| DropReason::NatPortsExhausted)?;
         } else {
             flow.rw_src_addr = vip.snat_addr;
@@ -133,7 +133,7 @@ fn schedule(
     }
     // A full LRU evicts its oldest entry, so this only fails on a kernel
     // error; the packet is still forwarded, the flow just is not pinned.
-    let _ = FLOWS.insert(key, &flow, 0);
+    let _ = FLOWS.insert(key, flow, 0);
     Ok(flow)
 }
 
@@ -175,14 +175,14 @@ fn alloc_port(
             proto: key.proto,
             _pad: [0; 3],
         };
-        match unsafe { FLOWS.get(&rkey) } {
+        match unsafe { FLOWS.get(rkey) } {
             None => {
-                if FLOWS.insert(&rkey, reply, BPF_NOEXIST as u64).is_ok() {
+                if FLOWS.insert(rkey, reply, BPF_NOEXIST as u64).is_ok() {
                     return Ok(port);
                 }
             }
             Some(old) => {
-                if is_dead(old, key.proto, now, timeout) && FLOWS.insert(&rkey, reply, 0).is_ok() {
+                if is_dead(old, key.proto, now, timeout) && FLOWS.insert(rkey, reply, 0).is_ok() {
                     return Ok(port);
                 }
             }
@@ -207,7 +207,7 @@ fn is_dead(reply: &Flow, proto: u8, now: u64, timeout: u64) -> bool {
         proto,
         _pad: [0; 3],
     };
-    match unsafe { FLOWS.get(&fwd) } {
+    match unsafe { FLOWS.get(fwd) } {
         Some(f) => now.wrapping_sub(f.last_seen_ns) > timeout,
         None => true,
     }

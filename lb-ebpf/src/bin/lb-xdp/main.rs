@@ -97,7 +97,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         proto: iph.proto,
         _pad: 0,
     };
-    match unsafe { VIPS.get(&vip_key) } {
+    match unsafe { VIPS.get(vip_key) } {
         Some(vip) => to_vip(&ctx, &pkt, &key, vip, (end - start) as u64),
         None => from_backend(&ctx, &pkt, &key),
     }
@@ -139,7 +139,7 @@ fn to_vip(
 /// translated back to VIP → client; anything else goes to the kernel.
 #[inline(always)]
 fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
-    if unsafe { SNAT_ADDRS.get(&key.dst_addr) }.is_none() {
+    if unsafe { SNAT_ADDRS.get(key.dst_addr) }.is_none() {
         return xdp_action::XDP_PASS;
     }
     let Some(f) = FLOWS.get_ptr_mut(key) else {
@@ -170,7 +170,7 @@ fn transmit(ctx: &XdpContext, ifindex: u32) -> u32 {
 /// the kernel otherwise (it is not our traffic).
 #[inline(always)]
 fn policy_drop(dst: u32, reason: DropReason) -> u32 {
-    if unsafe { VIP_ADDRS.get(&dst) }.is_some() {
+    if unsafe { VIP_ADDRS.get(dst) }.is_some() {
         drop_unmatched(reason)
     } else {
         xdp_action::XDP_PASS
@@ -193,7 +193,7 @@ fn drop_unmatched(reason: DropReason) -> u32 {
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let _ = rewrite::tc_unnat(&ctx);
-    TC_ACT_OK as i32
+    TC_ACT_OK
 }
 
 /// The baseline for benchmarks, and the peer program native-mode veth needs.

@@ -91,7 +91,7 @@ pub fn tc_unnat(ctx: &TcContext) -> Result<(), i64> {
         proto,
         _pad: [0; 3],
     };
-    let Some(f) = FLOWS.get_ptr_mut(&key) else {
+    let Some(f) = FLOWS.get_ptr_mut(key) else {
         return Ok(());
     };
     // SAFETY: a map value pointer stays valid for the program's run.
