@@ -412,3 +412,99 @@ fn run_without_privileges_fails_clearly() {
         "unclear error: {err}"
     );
 }
+
+/// Kills be2 under client load (a request every 10 ms) and returns the
+/// client-visible errors after the kill and the time of the last one.
+fn failure_under_load(
+    test: &str,
+    delay_loop: &str,
+    fall: u32,
+    observe: &str,
+) -> (usize, Duration, String) {
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    let p = pids.clone();
+    let config = |dir: &Path| {
+        http_config(dir)
+            .replace(
+                "delay_loop = \"1s\"",
+                &format!("delay_loop = \"{delay_loop}\""),
+            )
+            .replace("fall = 2", &format!("fall = {fall}"))
+            .replace(
+                "forwarding = \"nat\"",
+                &format!("forwarding = \"nat\"\nobserve = \"{observe}\"\nerror_limit = 3"),
+            )
+    };
+    let mut s = setup(test, config, move |lab, backends| {
+        for (i, ns) in backends.iter().enumerate() {
+            let pid = lab.http_backend(ns, &BACKENDS[i].to_string(), 8080, &format!("be{}", i + 1));
+            p.lock().unwrap().push(pid);
+        }
+    });
+    let client = s.client.clone();
+    wait_until("the VIP to answer", Duration::from_secs(15), || {
+        in_ns(&client, get).is_ok()
+    });
+    let t0 = Arc::new(Mutex::new(None::<Instant>));
+    let load = {
+        let (client, t0) = (client.clone(), t0.clone());
+        thread::spawn(move || {
+            enter(&client);
+            let mut errors = Vec::new();
+            let started = Instant::now();
+            // Bounded: 25 s or 2500 requests.
+            for _ in 0..2_500 {
+                if started.elapsed() > Duration::from_secs(25) {
+                    break;
+                }
+                let at = Instant::now();
+                if get().is_err()
+                    && let Some(t) = *t0.lock().unwrap()
+                {
+                    errors.push(at.saturating_duration_since(t));
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+            errors
+        })
+    };
+    thread::sleep(Duration::from_secs(2));
+    let be2 = pids.lock().unwrap()[1];
+    *t0.lock().unwrap() = Some(Instant::now());
+    s.lab.kill(be2);
+    let errors = load.join().expect("load");
+    let log = log_of(&s);
+    s.lab.kill(s.lb_pid);
+    let last = errors.iter().max().copied().unwrap_or_default();
+    (errors.len(), last, log)
+}
+
+/// Passive health (observe layer4): with slow active checks (5 s × 3), a
+/// backend that refuses connections is taken out by the datapath's RST
+/// counts within a second, and clients see a handful of errors instead of
+/// ~15 s of them.
+#[test]
+fn passive_health_removes_a_refusing_backend_before_active_checks() {
+    let (active_errors, active_last, _) = failure_under_load("pasa", "5s", 3, "none");
+    let (passive_errors, passive_last, log) = failure_under_load("pasp", "5s", 3, "layer4");
+    println!(
+        "active checks only (5s x 3): {active_errors} client errors, last at {active_last:?}; \
+         with observe layer4 (error_limit 3): {passive_errors} client errors, last at {passive_last:?}"
+    );
+    assert!(
+        log.contains("observe layer4"),
+        "no passive transition logged:\n{log}"
+    );
+    assert!(
+        passive_last < Duration::from_secs(2),
+        "passive detection took {passive_last:?}\n{log}"
+    );
+    assert!(
+        active_last > Duration::from_secs(5),
+        "active-only run detected too fast ({active_last:?}) to compare"
+    );
+    assert!(
+        passive_errors * 5 < active_errors,
+        "{passive_errors} vs {active_errors} errors"
+    );
+}

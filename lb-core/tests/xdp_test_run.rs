@@ -535,3 +535,54 @@ fn weighted_tables_spread_flows_by_weight() {
         "weight-3 backend got {share}"
     );
 }
+
+fn tcp_frame(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    syn: bool,
+    ack: bool,
+    rst: bool,
+) -> Vec<u8> {
+    let mut b = etherparse::PacketBuilder::ethernet2(BE_MAC[0], LB_MAC_OUT)
+        .ipv4(src, dst, 64)
+        .tcp(sport, dport, 7, 64_000);
+    if syn {
+        b = b.syn();
+    }
+    if ack {
+        b = b.ack(1001);
+    }
+    if rst {
+        b = b.rst();
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
+/// Passive health: the datapath counts per backend the SYNs of new flows
+/// and the backend's first answer to each, SYN-ACK or RST (nat mode).
+#[test]
+fn nat_counts_syns_and_their_answers_per_backend() {
+    let dp = setup(abi::MODE_NAT, TCP);
+    let mut ports = Vec::new();
+    for sport in [48_000u16, 48_001, 48_002] {
+        let (v, out) = run(&dp, &client_pkt(sport, TCP));
+        assert_eq!(v, XDP_TX);
+        ports.push(nat_port(&out));
+    }
+    // A data packet of an established flow is not a SYN.
+    let mut data = client_pkt(48_000, TCP);
+    data[47] = 0x10;
+    run(&dp, &data);
+    let accept = tcp_frame(BE[0], LB, 8033, ports[0], true, true, false);
+    assert_eq!(run(&dp, &accept).0, XDP_TX);
+    // Retransmitted SYN-ACKs count once.
+    assert_eq!(run(&dp, &accept).0, XDP_TX);
+    let refuse = tcp_frame(BE[0], LB, 8033, ports[1], false, true, true);
+    assert_eq!(run(&dp, &refuse).0, XDP_TX);
+    let c = dp.backend_counters(0).unwrap();
+    assert_eq!((c.syn, c.syn_ack, c.syn_rst), (3, 1, 1), "{c:?}");
+}

@@ -57,6 +57,10 @@ pub const BACKEND_LOCAL: u8 = 1;
 pub const FLOW_FORWARD: u8 = 0;
 pub const FLOW_REPLY: u8 = 1;
 
+/// `Flow::flags` of a reply entry: the backend's first answer to the
+/// client's SYN (SYN-ACK or RST) has been seen and counted.
+pub const FLOW_ANSWERED: u8 = 1 << 1;
+
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -221,7 +225,8 @@ pub struct Flow {
     pub ifindex: u32,
     /// `FLOW_FORWARD` or `FLOW_REPLY`.
     pub kind: u8,
-    /// `BACKEND_LOCAL` when the backend is this node (nat: pass to the stack).
+    /// Forward entries: `BACKEND_LOCAL` when the backend is this node (nat:
+    /// pass to the stack). Reply entries: `FLOW_ANSWERED`.
     pub flags: u8,
     pub _pad: [u8; 2],
 }
@@ -235,6 +240,12 @@ pub struct Counters {
     pub bytes: u64,
     pub new_flows: u64,
     pub drops: [u64; DROP_REASONS],
+    /// Passive health (nat, backends only): new TCP flows that began with a
+    /// SYN, and the backend's first answer to it, SYN-ACK or RST. SYNs that
+    /// stay unanswered are `syn - syn_ack - syn_rst` once old enough.
+    pub syn: u64,
+    pub syn_ack: u64,
+    pub syn_rst: u64,
 }
 
 impl Counters {
@@ -246,6 +257,9 @@ impl Counters {
         for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
             *a += *b;
         }
+        self.syn += other.syn;
+        self.syn_ack += other.syn_ack;
+        self.syn_rst += other.syn_rst;
     }
 }
 
@@ -278,6 +292,6 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 48);
-        assert_eq!(size_of::<Counters>(), 8 * (3 + DROP_REASONS));
+        assert_eq!(size_of::<Counters>(), 8 * (6 + DROP_REASONS));
     }
 }

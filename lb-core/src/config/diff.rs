@@ -140,6 +140,9 @@ fn service_changes(o: &Service, n: &Service) -> Vec<&'static str> {
             o.inhibit_on_failure != n.inhibit_on_failure,
         ),
         ("alpha", o.alpha != n.alpha),
+        ("observe", o.observe != n.observe),
+        ("error_limit", o.error_limit != n.error_limit),
+        ("syn_timeout", o.syn_timeout != n.syn_timeout),
         ("check", o.check != n.check),
     ])
 }

@@ -65,6 +65,14 @@ pub enum Forwarding {
     Tun,
 }
 
+/// Passive health: what the datapath watches in backend replies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Observe {
+    None,
+    Layer4,
+}
+
 /// keepalived's `lb_algo` names; only `mh` is implemented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +121,9 @@ pub struct Service {
     pub sorry_server: Option<SocketAddr>,
     pub inhibit_on_failure: bool,
     pub alpha: bool,
+    pub observe: Observe,
+    pub error_limit: u32,
+    pub syn_timeout: Duration,
     pub check: Option<Check>,
     pub backends: Vec<Backend>,
 }

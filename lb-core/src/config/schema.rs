@@ -13,7 +13,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::model::{CheckType, Forwarding, Protocol, Scheduler, XdpMode};
+use super::model::{CheckType, Forwarding, Observe, Protocol, Scheduler, XdpMode};
 
 pub(crate) type S<T> = Spanned<T>;
 
@@ -96,6 +96,17 @@ pub(crate) struct RawService {
     /// keepalived: backends start down and need a passing check first.
     /// Default: false (backends start up).
     pub alpha: Option<S<bool>>,
+    /// Passive health from the datapath (HAProxy's `observe layer4`):
+    /// `layer4` or `none`. Default: `layer4` with `nat`, `none` with `dr`
+    /// (dr replies bypass the LB, so there is nothing to observe).
+    pub observe: Option<S<Observe>>,
+    /// HAProxy's `error-limit`: consecutive connection errors (a RST
+    /// answering a SYN, or a SYN unanswered after `syn_timeout`) that mark a
+    /// backend down at once; active checks bring it back. Default: 10.
+    pub error_limit: Option<S<i64>>,
+    /// How long a SYN may wait for the backend's SYN-ACK before it counts as
+    /// an error. Default: "2s".
+    pub syn_timeout: Option<S<String>>,
     /// Health check of every backend. Default: none (backends are always up).
     /// Not `Spanned`: toml_edit cannot span a table written with dotted keys
     /// (`check.type = "tcp"`), and would reject that valid spelling.

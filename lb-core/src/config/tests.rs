@@ -337,7 +337,7 @@ fn config_error_unknown_keys_are_all_reported() {
         [
             "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_vips`, `max_backends`, `table_size`, `log_level`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
-            "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `check`, `backend`",
+            "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
     );
 }
@@ -361,7 +361,7 @@ weight = 70000
     assert_eq!(
         errors(text),
         [
-            "t.toml:7:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `check`, `backend`",
+            "t.toml:7:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
             "t.toml:13:10: service[0].backend[0].weight: 70000 is out of range 0..=65535",
         ]
     );
@@ -801,7 +801,7 @@ auth_pass = "much-too-long"
     assert_eq!(errs.to_string(), [
         "t.toml:3:18: daemon.metrics_listen: invalid address \"localhost\": expected \"ip:port\"",
         "t.toml:6:13: service[0].interface: interface \"lb7\" does not exist",
-        "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `check`, `backend`",
+        "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         "t.toml:9:15: service[0].tcp_timeout: must be a whole number of seconds from 1s to 4294967295s",
         "t.toml:12:10: service[0].backend[0].weight: 100000 is out of range 0..=65535",
         "t.toml:14:11: service[0].backend[1].address: duplicate backend 198.18.1.1:8080 (already listed as service[0].backend[0])",
@@ -1011,4 +1011,28 @@ fn config_error_collection_stops_after_100() {
         "t.toml:1:1: k0: unknown key; expected one of `daemon`, `service`, `vrrp_instance`"
     );
     assert_eq!(errs[100], "t.toml:151:1: stopped after 100 errors");
+}
+
+#[test]
+fn observe_defaults_to_layer4_for_nat_only_and_is_refused_with_dr() {
+    let c = ok(MINIMAL);
+    let s = &c.services[0];
+    assert_eq!(
+        (s.observe, s.error_limit, s.syn_timeout),
+        (Observe::Layer4, 10, Duration::from_secs(2))
+    );
+    let dr = ok(&MINIMAL.replace("\"nat\"", "\"dr\"").replace(":8080", ":80"));
+    assert_eq!(dr.services[0].observe, Observe::None);
+    let errs = errors(
+        &MINIMAL
+            .replace("\"nat\"", "\"dr\"\nobserve = \"layer4\"\nerror_limit = 0")
+            .replace(":8080", ":80"),
+    );
+    assert_eq!(
+        errs,
+        vec![
+            "t.toml:6:11: service[0].observe: observe = \"layer4\" needs forwarding = \"nat\": other modes' replies bypass the LB",
+            "t.toml:7:15: service[0].error_limit: 0 is out of range 1..=1000000",
+        ]
+    );
 }

@@ -15,9 +15,9 @@ use super::Environment;
 use super::error::{ConfigError, Locator};
 use super::model::{
     Backend, Check, CheckKind, CheckType, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN,
-    DEFAULT_SNAT_PORTS, Daemon, Forwarding, HttpCheck, PortRange, Protocol, Scheduler, ScriptCheck,
-    Service, ServiceKey, StatusRange, TrackInterface, TrackScript, VirtualAddress, VrrpInstance,
-    VrrpVersion, XdpMode,
+    DEFAULT_SNAT_PORTS, Daemon, Forwarding, HttpCheck, Observe, PortRange, Protocol, Scheduler,
+    ScriptCheck, Service, ServiceKey, StatusRange, TrackInterface, TrackScript, VirtualAddress,
+    VrrpInstance, VrrpVersion, XdpMode,
 };
 use super::schema::{
     RawBackend, RawCheck, RawConfig, RawDaemon, RawService, RawTrackInterface, RawTrackScript,
@@ -464,6 +464,16 @@ impl<'a> Validator<'a> {
             }
             Some(addr)
         });
+        let observe = match &r.observe {
+            Some(v) if *v.get_ref() == Observe::Layer4 && forwarding != Forwarding::Nat => {
+                let reason = "observe = \"layer4\" needs forwarding = \"nat\": other modes' replies bypass the LB";
+                self.err(&v.span(), &key(p, "observe"), reason);
+                Observe::None
+            }
+            Some(v) => *v.get_ref(),
+            None if forwarding == Forwarding::Nat => Observe::Layer4,
+            None => Observe::None,
+        };
         Service {
             name: r.name.as_ref().map(|n| n.get_ref().clone()),
             vip,
@@ -481,6 +491,13 @@ impl<'a> Validator<'a> {
             sorry_server,
             inhibit_on_failure: Self::flag(&r.inhibit_on_failure),
             alpha: Self::flag(&r.alpha),
+            observe,
+            error_limit: self.int(&r.error_limit, &key(p, "error_limit"), 1..=1_000_000, 10),
+            syn_timeout: self.duration(
+                &r.syn_timeout,
+                &key(p, "syn_timeout"),
+                Duration::from_secs(2),
+            ),
             check,
             backends,
         }

@@ -47,6 +47,9 @@ pub struct UsageQuery {
     pub backends: Vec<SocketAddrV4>,
     /// The service's idle timeout: older flows are not counted as active.
     pub idle: std::time::Duration,
+    /// Count active flows (a scan of the connection table); counters alone
+    /// are cheap.
+    pub count_flows: bool,
 }
 
 #[derive(Clone)]
@@ -120,7 +123,11 @@ impl Dataplane {
     pub async fn usage(&self, services: Vec<UsageQuery>) -> Result<UsageSnapshot, DatapathError> {
         self.call(move |b| {
             let now = monotonic_ns();
-            let flows = b.datapath().flows()?;
+            let flows = if services.iter().any(|q| q.count_flows) {
+                b.datapath().flows()?
+            } else {
+                Vec::new()
+            };
             let mut snap = UsageSnapshot {
                 unmatched: b.datapath().unmatched_counters()?,
                 ..Default::default()
@@ -131,6 +138,7 @@ impl Dataplane {
                 interface: iface,
                 backends,
                 idle,
+                count_flows: _,
             } in services
             {
                 let Some(vip_id) = b.vip_id(vip, p) else {

@@ -35,6 +35,7 @@ use crate::{
     datapath::{DatapathError, balancer::BalancerError},
     health::{
         self, BuildError,
+        passive::{Observer, Sample},
         runner::{HealthEvent, Job, Runner, Schedule},
         service::{LiveSet, Service as Policy, ServiceSpec as PolicySpec},
     },
@@ -49,6 +50,8 @@ pub const COALESCE: Duration = Duration::from_millis(50);
 pub const REMOVED_SERVICE_DRAIN: Duration = Duration::from_secs(60);
 /// Flows idle longer than this do not hold up a removed service.
 const REMOVAL_IDLE: Duration = Duration::from_secs(10);
+/// How often the datapath's passive-health counters are read.
+pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -116,6 +119,7 @@ impl DaemonHandle {
                         .filter_map(|b| convert::v4(b.address).ok())
                         .collect(),
                     idle: Duration::from_secs(s.idle_timeout_seconds),
+                    count_flows: true,
                 })
             })
             .collect();
@@ -164,6 +168,8 @@ pub struct Daemon {
     vrrp: Vec<vrrp::Running>,
     vrrp_stop: CancellationToken,
     vrrp_changed: mpsc::Receiver<()>,
+    /// Passive health per (service, backend), kept across runner restarts.
+    observers: HashMap<(ServiceKey, SocketAddr), Observer>,
 }
 
 impl Daemon {
@@ -195,6 +201,7 @@ impl Daemon {
             vrrp: Vec::new(),
             vrrp_stop: CancellationToken::new(),
             vrrp_changed,
+            observers: HashMap::new(),
         };
         for s in &cfg.services {
             d.program(s.clone(), HashMap::new(), HashMap::new()).await?;
@@ -557,6 +564,7 @@ impl Daemon {
                     interface: iface.clone(),
                     backends: Vec::new(),
                     idle: REMOVAL_IDLE,
+                    count_flows: true,
                 })
             })
             .collect();
@@ -653,6 +661,103 @@ impl Daemon {
         }));
     }
 
+    /// Reads the passive-health counters of every observed backend that is
+    /// up, and takes down at once those whose connections keep failing.
+    /// Their checks restart from "down", so `rise` passes bring them back.
+    async fn observe(&mut self) {
+        let watched: Vec<(ServiceKey, UsageQuery)> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.cfg.observe == config::Observe::Layer4 && s.removing_since.is_none())
+            .filter_map(|(k, s)| {
+                Some((
+                    *k,
+                    UsageQuery {
+                        vip: convert::v4(k.vip).ok()?,
+                        protocol: k.protocol,
+                        interface: s.cfg.interface.clone(),
+                        backends: s
+                            .cfg
+                            .backends
+                            .iter()
+                            .filter_map(|b| convert::v4(b.address).ok())
+                            .collect(),
+                        idle: Duration::ZERO,
+                        count_flows: false,
+                    },
+                ))
+            })
+            .collect();
+        self.observers
+            .retain(|(k, _), _| watched.iter().any(|(w, _)| w == k));
+        if watched.is_empty() {
+            return;
+        }
+        let Ok(usage) = self
+            .dataplane
+            .usage(watched.iter().map(|(_, q)| q.clone()).collect())
+            .await
+        else {
+            return;
+        };
+        let now = Instant::now();
+        let mut down = Vec::new();
+        for ((vip, p, be), u) in usage.backends {
+            let key = ServiceKey {
+                vip: vip.into(),
+                protocol: p,
+            };
+            let backend: SocketAddr = be.into();
+            let Some(svc) = self.services.get(&key) else {
+                continue;
+            };
+            if !svc.health.get(&backend).is_some_and(|h| h.up) {
+                // Counting starts afresh when the backend is back up.
+                self.observers.remove(&(key, backend));
+                continue;
+            }
+            let obs = self
+                .observers
+                .entry((key, backend))
+                .or_insert_with(|| Observer::new(svc.cfg.error_limit, svc.cfg.syn_timeout));
+            let sample = Sample {
+                syn: u.counters.syn,
+                syn_ack: u.counters.syn_ack,
+                syn_rst: u.counters.syn_rst,
+            };
+            if let Some(reason) = obs.observe(now, sample) {
+                down.push((key, backend, reason));
+            }
+        }
+        for (key, backend, reason) in down {
+            self.observers.remove(&(key, backend));
+            let Some(svc) = self.services.get_mut(&key) else {
+                continue;
+            };
+            tracing::warn!(service = %svc.label(), backend = %backend, reason = %reason, "backend down");
+            if let Some(h) = svc.health.get_mut(&backend) {
+                h.up = false;
+                h.reason = Some(reason);
+            }
+            let cfg = svc.cfg.clone();
+            let overrides = svc.overrides.clone();
+            let prior = cfg
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    Some((
+                        b.address,
+                        (b.check.clone(), svc.health.get(&b.address)?.clone()),
+                    ))
+                })
+                .collect();
+            if let Err(e) = self.program(cfg, prior, overrides).await {
+                tracing::error!(service = %key.vip, error = %e, "restarting checks after a passive failure");
+            }
+            self.mark_dirty(key);
+        }
+    }
+
     fn vrrp_status(&self) -> Vec<VrrpStatus> {
         self.vrrp.iter().map(|r| r.status()).collect()
     }
@@ -664,6 +769,7 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
         let mut reap = tokio::time::interval(Duration::from_secs(1));
+        let mut observe = tokio::time::interval(OBSERVE_INTERVAL);
         tokio::pin!(shutdown);
         loop {
             let flush_at = self.flush_at;
@@ -682,6 +788,7 @@ impl Daemon {
                     let _ = self.flush().await;
                 }
                 _ = reap.tick() => self.reap_removed().await,
+                _ = observe.tick() => self.observe().await,
                 Some(()) = self.vrrp_changed.recv() => self.publish(),
             }
         }

@@ -16,6 +16,7 @@
 //! Option names follow keepalived's where the concept exists.
 
 pub mod http;
+pub mod passive;
 pub mod runner;
 pub mod script;
 pub mod service;

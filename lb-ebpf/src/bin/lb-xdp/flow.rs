@@ -3,7 +3,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_ebpf::{abi::*, hash::flow_hash};
 
-use crate::{maps::*, rewrite::Packet};
+use crate::{headers::*, maps::*, rewrite::Packet};
 
 /// SNAT ports tried for a new nat flow before giving up.
 const NAT_PORT_TRIES: u32 = 8;
@@ -210,5 +210,35 @@ fn is_dead(reply: &Flow, proto: u8, now: u64, timeout: u64) -> bool {
     match unsafe { FLOWS.get(fwd) } {
         Some(f) => now.wrapping_sub(f.last_seen_ns) > timeout,
         None => true,
+    }
+}
+
+/// Passive health: a new TCP flow to `backend` began with a SYN.
+#[inline(always)]
+pub fn observe_syn(backend: u32) {
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend) {
+        // SAFETY: per-CPU value, valid for this run.
+        unsafe { (*c).syn += 1 };
+    }
+}
+
+/// Passive health: the backend's first answer on a reply entry. A SYN-ACK
+/// means it accepted the connection, a RST that it refused it; anything
+/// else first (a flow picked up mid-stream) is not counted.
+#[inline(always)]
+pub fn observe_answer(f: &mut Flow, tcp_flags: u8) {
+    if f.flags & FLOW_ANSWERED != 0 || tcp_flags == 0 {
+        return;
+    }
+    f.flags |= FLOW_ANSWERED;
+    let Some(c) = BACKEND_STATS.get_ptr_mut(f.backend) else {
+        return;
+    };
+    // SAFETY: per-CPU value, valid for this run.
+    let c = unsafe { &mut *c };
+    if tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+        c.syn_ack += 1;
+    } else if tcp_flags & TCP_RST != 0 {
+        c.syn_rst += 1;
     }
 }

@@ -64,6 +64,10 @@ pub struct Ports {
 }
 
 pub const TCP_CSUM_OFF: usize = 16;
+pub const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 pub const UDP_CSUM_OFF: usize = 6;
 
 /// Pointer to a `T` at `off` bytes into `[start, end)`, or `None` when it

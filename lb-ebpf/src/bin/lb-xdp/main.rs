@@ -75,6 +75,10 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let Some(csum) = csum else {
         return policy_drop(dst, DropReason::Malformed);
     };
+    let tcp_flags = match ptr_at::<u8>(start, end, L4_OFF + TCP_FLAGS_OFF) {
+        Some(f) if iph.proto == IPPROTO_TCP => unsafe { *f },
+        _ => 0,
+    };
     let p = unsafe { *ports };
     let key = FlowKey {
         src_addr: addr(iph.src),
@@ -90,6 +94,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         ports,
         csum,
         udp: iph.proto == IPPROTO_UDP,
+        tcp_flags,
     };
     let vip_key = VipKey {
         addr: dst,
@@ -123,6 +128,9 @@ fn to_vip(
         };
     count(&VIP_STATS, vip.id, bytes, new);
     count(&BACKEND_STATS, flow.backend, bytes, new);
+    if new && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        flow::observe_syn(flow.backend);
+    }
     if vip.mode == MODE_NAT {
         rewrite::translate(pkt, &flow);
         if flow.flags & BACKEND_LOCAL != 0 {
@@ -151,6 +159,7 @@ fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
         return xdp_action::XDP_PASS;
     }
     touch(f, now());
+    flow::observe_answer(f, pkt.tcp_flags);
     rewrite::translate(pkt, f);
     rewrite::set_macs(pkt, &f.peer_mac, &f.local_mac);
     transmit(ctx, f.ifindex)

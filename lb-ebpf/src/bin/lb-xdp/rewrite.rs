@@ -22,6 +22,8 @@ pub struct Packet {
     /// The L4 checksum field.
     pub csum: *mut u16,
     pub udp: bool,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
 }
 
 /// Rewrites addresses and ports to the flow's `rw_*` values, updating the IP
@@ -100,6 +102,9 @@ pub fn tc_unnat(ctx: &TcContext) -> Result<(), i64> {
         return Ok(());
     }
     touch(f, now());
+    if proto == IPPROTO_TCP {
+        crate::flow::observe_answer(f, ctx.load::<u8>(L4_OFF + TCP_FLAGS_OFF)?);
+    }
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0;
     for (off, old, new) in [
         (IP_SRC, key.src_addr, f.rw_src_addr),

@@ -1,0 +1,173 @@
+//! Passive health: connection errors the datapath sees in backend replies
+//! (HAProxy's `observe layer4`, done in XDP). Pure: samples in, verdicts out.
+//!
+//! In nat mode every backend reply crosses the LB, so the datapath counts,
+//! per backend, the SYNs of new flows and the backend's first answer to each:
+//! a SYN-ACK (accepted) or a RST (refused). A SYN with no answer after
+//! `syn_timeout` is an error too. `error_limit` consecutive errors (an
+//! accepted connection resets the run, as in HAProxy) mark the backend down
+//! at once instead of waiting `delay_loop × fall` for the active checks,
+//! which then need `rise` passes to bring it back.
+
+use std::{collections::VecDeque, time::Duration};
+
+use tokio::time::Instant;
+
+/// Cumulative datapath counters of one backend (summed over CPUs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sample {
+    pub syn: u64,
+    pub syn_ack: u64,
+    pub syn_rst: u64,
+}
+
+/// Watches one backend.
+#[derive(Debug)]
+pub struct Observer {
+    error_limit: u32,
+    syn_timeout: Duration,
+    /// The first sample: counts before it belong to an earlier life of the
+    /// backend (before it last came up) and are ignored.
+    base: Option<Sample>,
+    /// Recent (time, SYNs so far), to know how many SYNs are older than
+    /// `syn_timeout`.
+    syns: VecDeque<(Instant, u64)>,
+    last: Sample,
+    last_unanswered: u64,
+    consecutive: u64,
+    refused: u64,
+    timed_out: u64,
+}
+
+impl Observer {
+    pub fn new(error_limit: u32, syn_timeout: Duration) -> Self {
+        Observer {
+            error_limit,
+            syn_timeout,
+            base: None,
+            syns: VecDeque::new(),
+            last: Sample::default(),
+            last_unanswered: 0,
+            consecutive: 0,
+            refused: 0,
+            timed_out: 0,
+        }
+    }
+
+    /// Feeds the counters read at `now`. Returns why the backend must go
+    /// down when the error run reaches `error_limit`.
+    pub fn observe(&mut self, now: Instant, raw: Sample) -> Option<String> {
+        let base = *self.base.get_or_insert(raw);
+        let s = Sample {
+            syn: raw.syn.saturating_sub(base.syn),
+            syn_ack: raw.syn_ack.saturating_sub(base.syn_ack),
+            syn_rst: raw.syn_rst.saturating_sub(base.syn_rst),
+        };
+        self.syns.push_back((now, s.syn));
+        let cutoff = now.checked_sub(self.syn_timeout);
+        // SYNs sent before the cutoff should all have an answer by now.
+        let old_syns = cutoff
+            .and_then(|c| self.syns.iter().rev().find(|(t, _)| *t <= c))
+            .map_or(0, |(_, n)| *n);
+        if let Some(c) = cutoff {
+            while self.syns.len() > 1 && self.syns[1].0 <= c {
+                self.syns.pop_front();
+            }
+        }
+        let unanswered = old_syns.saturating_sub(s.syn_ack + s.syn_rst);
+        let timeouts = unanswered.saturating_sub(self.last_unanswered);
+        self.last_unanswered = self.last_unanswered.max(unanswered);
+        let refused = s.syn_rst - self.last.syn_rst;
+        let accepted = s.syn_ack - self.last.syn_ack;
+        self.last = s;
+        let errors = timeouts + refused;
+        if errors > 0 {
+            self.consecutive += errors;
+            self.refused += refused;
+            self.timed_out += timeouts;
+        } else if accepted > 0 {
+            self.consecutive = 0;
+            self.refused = 0;
+            self.timed_out = 0;
+        }
+        if self.consecutive >= u64::from(self.error_limit) {
+            let reason = format!(
+                "observe layer4: {} consecutive connection errors ({} refused with RST, {} SYNs unanswered after {:?})",
+                self.consecutive, self.refused, self.timed_out, self.syn_timeout
+            );
+            *self = Observer::new(self.error_limit, self.syn_timeout);
+            return Some(reason);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    fn s(syn: u64, syn_ack: u64, syn_rst: u64) -> Sample {
+        Sample {
+            syn,
+            syn_ack,
+            syn_rst,
+        }
+    }
+
+    #[test]
+    fn refusals_mark_down_at_the_limit_and_history_before_start_is_ignored() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(3, Duration::from_secs(2));
+        assert_eq!(o.observe(t0, s(100, 50, 50)), None, "baseline");
+        assert_eq!(o.observe(at(t0, 250), s(102, 50, 52)), None);
+        let r = o
+            .observe(at(t0, 500), s(103, 50, 53))
+            .expect("third refusal");
+        assert!(
+            r.contains("3 consecutive") && r.contains("3 refused"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn an_accepted_connection_resets_the_run() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(3, Duration::from_secs(2));
+        o.observe(t0, s(0, 0, 0));
+        assert_eq!(o.observe(at(t0, 250), s(2, 0, 2)), None);
+        assert_eq!(o.observe(at(t0, 500), s(3, 1, 2)), None);
+        assert_eq!(
+            o.observe(at(t0, 750), s(5, 1, 4)),
+            None,
+            "run restarted at 0"
+        );
+        assert!(o.observe(at(t0, 1_000), s(6, 1, 5)).is_some());
+    }
+
+    #[test]
+    fn unanswered_syns_count_only_after_the_timeout() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(4, Duration::from_secs(2));
+        o.observe(t0, s(0, 0, 0));
+        assert_eq!(o.observe(at(t0, 500), s(4, 0, 0)), None);
+        assert_eq!(o.observe(at(t0, 1_500), s(4, 0, 0)), None, "not yet old");
+        let r = o
+            .observe(at(t0, 2_600), s(4, 0, 0))
+            .expect("4 SYNs timed out");
+        assert!(r.contains("4 SYNs unanswered"), "{r}");
+    }
+
+    #[test]
+    fn answered_syns_are_not_errors() {
+        let t0 = Instant::now();
+        let mut o = Observer::new(1, Duration::from_secs(1));
+        o.observe(t0, s(0, 0, 0));
+        for i in 1..20u64 {
+            assert_eq!(o.observe(at(t0, i * 300), s(i * 10, i * 10, 0)), None);
+        }
+    }
+}
