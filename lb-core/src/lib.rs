@@ -1,4 +1,5 @@
 //! lb's control plane library.
+pub mod admin;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
