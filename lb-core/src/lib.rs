@@ -4,5 +4,6 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod health;
+pub mod metrics;
 pub mod table;
 pub mod vrrp;
