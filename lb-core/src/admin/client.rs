@@ -22,18 +22,12 @@ use crate::config::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the daemon at {}: {} (is 'lb run' running?)", path.display(), describe(source))]
-    Connect {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("talking to the daemon at {}: {source}", path.display())]
-    Http {
-        path: PathBuf,
-        #[source]
-        source: hyper::Error,
-    },
+    // The causes are part of the one-line messages rather than `#[source]`,
+    // so printing the error chain does not repeat them.
+    #[error("cannot reach the daemon at {}: {} (is 'lb run' running?)", path.display(), describe(cause))]
+    Connect { path: PathBuf, cause: io::Error },
+    #[error("talking to the daemon at {}: {cause}", path.display())]
+    Http { path: PathBuf, cause: hyper::Error },
     /// The daemon refused the request; nothing changed.
     #[error("{message}")]
     Refused { status: u16, message: String },
@@ -149,13 +143,13 @@ impl Client {
         let stream =
             UnixStream::connect(&self.path)
                 .await
-                .map_err(|source| ClientError::Connect {
+                .map_err(|cause| ClientError::Connect {
                     path: self.path.clone(),
-                    source,
+                    cause,
                 })?;
-        let http = |source| ClientError::Http {
+        let http = |cause| ClientError::Http {
             path: self.path.clone(),
-            source,
+            cause,
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
