@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use crate::{service::Service, table};
 
-/// How often `lb drain --wait` re-reads the active flows.
+/// `lb drain --wait` re-reads the active flows every second.
 const WAIT_POLL: Duration = Duration::from_secs(1);
 
 pub async fn status(client: &Client, json: bool) -> Result<()> {

@@ -4,6 +4,7 @@
 
 pub mod client;
 mod control;
+pub(crate) mod http;
 pub mod rate;
 pub mod routes;
 mod server;

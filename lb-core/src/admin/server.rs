@@ -5,7 +5,7 @@
 //! others out; this holds even if someone loosens it). Writes are logged with
 //! the caller's uid and pid.
 
-use std::{convert::Infallible, path::Path, sync::Arc, time::Duration};
+use std::{convert::Infallible, path::Path, sync::Arc};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -13,24 +13,17 @@ use hyper::{
     Method, Request, Response, StatusCode,
     body::Incoming,
     header::{ALLOW, CONTENT_TYPE, HeaderValue},
-    server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{
     control::Control,
+    http,
     routes::{Api, ApiError, MAX_BODY, Reply},
     socket::{self, SocketError, SocketFile},
 };
-
-/// A client that sends no complete request head within 10 s is dropped, so
-/// idle connections cannot pile up.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept (out of file descriptors): retrying at once
-/// would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Copy, Debug)]
@@ -72,10 +65,7 @@ impl AdminServer {
                 Ok((stream, _)) => {
                     tokio::spawn(connection(stream, api.clone(), owner));
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin socket accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
+                Err(e) => http::accept_failed("admin socket", e).await,
             }
         }
     }
@@ -96,10 +86,7 @@ async fn connection<C: Control>(stream: UnixStream, api: Arc<Api<C>>, owner: u32
         let api = api.clone();
         async move { Ok::<_, Infallible>(respond(&api, peer, owner, req).await) }
     });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+    let conn = http::http1().serve_connection(TokioIo::new(stream), service);
     if let Err(e) = conn.await {
         tracing::debug!(uid = peer.uid, error = %e, "admin connection ended with an error");
     }

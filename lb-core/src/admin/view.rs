@@ -114,7 +114,7 @@ pub struct VrrpView {
 }
 
 /// Drop counters keyed by [`DropReason::name`].
-pub fn drops(c: &Counters) -> BTreeMap<String, u64> {
+fn drops(c: &Counters) -> BTreeMap<String, u64> {
     DropReason::ALL
         .iter()
         .map(|r| (r.name().to_string(), c.drops[*r as usize]))

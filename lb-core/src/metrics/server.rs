@@ -1,28 +1,22 @@
 //! The metrics endpoint: `GET /metrics` over plain HTTP/1.1.
 
-use std::{convert::Infallible, io, net::SocketAddr, time::Duration};
+use std::{convert::Infallible, io, net::SocketAddr};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
     header::{CONTENT_TYPE, HeaderValue},
-    server::conn::http1,
     service::service_fn,
 };
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::render::scrape;
-use crate::admin::Control;
+use crate::admin::{Control, http};
 
 /// The Prometheus text exposition format.
 const CONTENT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// A client that sends no complete request head within 10 s is dropped.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept (out of file descriptors): retrying at once
-/// would spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -61,8 +55,7 @@ impl MetricsServer {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    tracing::warn!(error = %e, "metrics accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    http::accept_failed("metrics", e).await;
                     continue;
                 }
             };
@@ -72,10 +65,7 @@ impl MetricsServer {
                 async move { Ok::<_, Infallible>(respond(&control, req).await) }
             });
             tokio::spawn(async move {
-                let conn = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
+                let conn = http::http1().serve_connection(TokioIo::new(stream), service);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "metrics connection ended with an error");
                 }
