@@ -1,6 +1,12 @@
 //! The admin API: JSON over HTTP/1.1 on a unix socket (default
 //! `/run/lb/admin.sock`, mode 0600), the `lb` command's only way into the
-//! daemon. Routes are listed in [`routes`].
+//! daemon. Routes are listed in [`routes`]. By hand:
+//!
+//! ```text
+//! curl --unix-socket /run/lb/admin.sock http://lb/v1/status
+//! curl --unix-socket /run/lb/admin.sock -X PUT -d '{"weight": 0}' \
+//!     http://lb/v1/services/198.18.0.100:80/tcp/backends/198.18.1.1:8080/weight
+//! ```
 
 pub mod client;
 mod control;

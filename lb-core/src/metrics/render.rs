@@ -40,7 +40,28 @@ pub fn render(status: &Status, usage: Option<&UsageSnapshot>) -> String {
         describe();
         record(status, usage);
     });
-    handle.render()
+    sorted(&handle.render())
+}
+
+/// The exporter writes families and series in hash order; sorting them
+/// makes a scrape readable with `curl | less` and comparable between two.
+fn sorted(text: &str) -> String {
+    let mut families: Vec<Vec<&str>> = text
+        .split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let (meta, mut series): (Vec<&str>, Vec<&str>) =
+                f.lines().partition(|l| l.starts_with('#'));
+            series.sort_unstable();
+            meta.into_iter().chain(series).collect()
+        })
+        .collect();
+    families.sort_unstable_by_key(|f| f.iter().find(|l| !l.starts_with('#')).copied());
+    families
+        .iter()
+        .map(|f| f.join("\n") + "\n")
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn describe() {

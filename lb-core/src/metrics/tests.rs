@@ -158,3 +158,16 @@ async fn serves_metrics_over_http_read_only() {
     assert!(ok.contains("\nlb_service_packets_total{"), "{ok}");
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
 }
+
+#[test]
+fn scrapes_are_sorted_so_two_compare() {
+    let a = render(&status(), Some(&snapshot(2000)));
+    assert_eq!(a, render(&status(), Some(&snapshot(2000))));
+    let names: Vec<&str> = a
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+}
