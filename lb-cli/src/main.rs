@@ -1,12 +1,21 @@
 //! `lb`: the load balancer daemon and its operator commands.
 //!
 //! Exit codes: 0 ok, 1 the operation failed, 2 usage error (clap's).
-use std::{path::PathBuf, process::ExitCode};
+mod ops;
+mod run;
+mod service;
+mod table;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use lb_core::{config, daemon::Daemon};
-use tokio::signal::unix::{SignalKind, signal};
+use lb_core::{
+    admin::Client,
+    config::{self, DEFAULT_ADMIN_SOCKET},
+};
+
+use service::Service;
 
 #[derive(Parser)]
 #[command(
@@ -15,9 +24,22 @@ use tokio::signal::unix::{SignalKind, signal};
     about = "L4 load balancer (XDP datapath, keepalived-compatible VRRP)",
     long_about = "An L4 load balancer that replaces LVS/IPVS + keepalived: an XDP datapath \
                   with Maglev hashing and a connection table, health checks, and hot \
-                  table swaps that never move an established flow."
+                  table swaps that never move an established flow.\n\n\
+                  Exit codes: 0 ok, 1 the operation failed, 2 usage error."
 )]
 struct Cli {
+    /// The daemon's admin socket, for status, drain, undrain, weight and
+    /// reload (`daemon.admin_socket` in the config). Default
+    /// /run/lb/admin.sock.
+    #[arg(
+        long,
+        global = true,
+        env = "LB_ADMIN_SOCKET",
+        value_name = "PATH",
+        default_value = DEFAULT_ADMIN_SOCKET,
+        hide_default_value = true
+    )]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -28,10 +50,13 @@ enum Command {
     ///
     /// Loads the config, attaches the XDP program to every service's
     /// interface (native mode, falling back to generic) and keeps the
-    /// backend tables in step with health checks. SIGHUP reloads the config
-    /// (a bad config is rejected and the running one keeps serving);
-    /// SIGTERM/SIGINT detach the programs and exit. Needs root (or
-    /// CAP_BPF, CAP_NET_ADMIN, CAP_NET_RAW).
+    /// backend tables in step with health checks. Serves the admin API on
+    /// `daemon.admin_socket` (default /run/lb/admin.sock, mode 0600) and
+    /// Prometheus metrics on `daemon.metrics_listen` (default
+    /// 127.0.0.1:9658). SIGHUP or `lb reload` reloads the config (a bad
+    /// config is rejected and the running one keeps serving); SIGTERM/SIGINT
+    /// detach the programs and exit. Needs root (or CAP_BPF, CAP_NET_ADMIN,
+    /// CAP_NET_RAW). `--socket` does not apply: the config decides.
     Run {
         /// Config file (TOML; see configs/reference.toml).
         #[arg(short, long, value_name = "FILE")]
@@ -56,32 +81,78 @@ enum Command {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    #[command(flatten)]
+    Admin(AdminCommand),
 }
 
-async fn shutdown_signal() {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without handlers the default action (exit) still applies.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
-}
-
-async fn run(path: PathBuf) -> Result<()> {
-    let (daemon, _handle) = Daemon::start(path.clone())
-        .await
-        .with_context(|| format!("starting with {}", path.display()))?;
-    tracing::info!(
-        services = daemon.config().services.len(),
-        "lb running; SIGHUP reloads, SIGTERM exits"
-    );
-    daemon.run(shutdown_signal()).await?;
-    Ok(())
+/// Commands that talk to a running daemon through its admin socket.
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Show services, backends and VRRP instances, like `ipvsadm -Ln`.
+    ///
+    /// Per service: protocol, VIP, forwarding method, scheduler, quorum,
+    /// active flows, packets/s, packets and bytes. Per backend: health,
+    /// configured weight, admin weight (set by drain or weight), weight in
+    /// the live table (`-` when out of it), the same traffic columns, and
+    /// the last health check result. Packets/s are averaged between two
+    /// counter samples at least a second apart, so a first call may take a
+    /// second.
+    Status {
+        /// Print the admin API's JSON (GET /v1/status) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drain a backend: weight 0, so it gets no new flows while its
+    /// existing flows finish. Undo with `lb undrain`.
+    Drain {
+        /// The service: ADDRESS:PORT with an optional /tcp or /udp (default
+        /// tcp), such as 198.18.0.100:80/tcp.
+        #[arg(value_name = "VIP")]
+        service: Service,
+        /// The backend's ADDRESS:PORT, as in the config.
+        backend: SocketAddr,
+        /// Wait until the backend has no active flows, showing how many
+        /// remain every second; exit 1 if some remain at the timeout (the
+        /// backend stays drained).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, such as 90s or 10m. Default 5m.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            requires = "wait",
+            default_value = "5m",
+            hide_default_value = true,
+            value_parser = humantime::parse_duration
+        )]
+        timeout: Duration,
+    },
+    /// Return a drained (or reweighted) backend to its configured weight.
+    Undrain {
+        /// The service: ADDRESS:PORT with an optional /tcp or /udp (default
+        /// tcp).
+        #[arg(value_name = "VIP")]
+        service: Service,
+        /// The backend's ADDRESS:PORT, as in the config.
+        backend: SocketAddr,
+    },
+    /// Set a backend's weight (0..=65535) until `lb undrain` or a restart;
+    /// 0 drains it. Existing flows keep their backend.
+    Weight {
+        /// The service: ADDRESS:PORT with an optional /tcp or /udp (default
+        /// tcp).
+        #[arg(value_name = "VIP")]
+        service: Service,
+        /// The backend's ADDRESS:PORT, as in the config.
+        backend: SocketAddr,
+        /// The new weight, 0 to 65535.
+        #[arg(value_name = "N")]
+        weight: u32,
+    },
+    /// Make the daemon re-read its config, as SIGHUP does. A config with
+    /// errors is rejected (they are printed, exit 1) and the running one
+    /// keeps serving; a valid one is applied by difference.
+    Reload,
 }
 
 fn main() -> ExitCode {
@@ -118,11 +189,11 @@ fn main() -> ExitCode {
                 )
                 .with_writer(std::io::stderr)
                 .init();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")
-                .and_then(|rt| rt.block_on(run(config)))
+            runtime(true).and_then(|rt| rt.block_on(run::run(config)))
+        }
+        Command::Admin(command) => {
+            let client = Client::new(cli.socket);
+            runtime(false).and_then(|rt| rt.block_on(operate(&client, command)))
         }
     };
     match result {
@@ -131,5 +202,34 @@ fn main() -> ExitCode {
             eprintln!("lb: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// The daemon gets a thread per core; a client command needs one.
+fn runtime(daemon: bool) -> Result<tokio::runtime::Runtime> {
+    let mut b = if daemon {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    b.enable_all().build().context("starting the async runtime")
+}
+
+async fn operate(client: &Client, command: AdminCommand) -> Result<()> {
+    match command {
+        AdminCommand::Status { json } => ops::status(client, json).await,
+        AdminCommand::Drain {
+            service,
+            backend,
+            wait,
+            timeout,
+        } => ops::drain(client, service, backend, wait.then_some(timeout)).await,
+        AdminCommand::Undrain { service, backend } => ops::undrain(client, service, backend).await,
+        AdminCommand::Weight {
+            service,
+            backend,
+            weight,
+        } => ops::weight(client, service, backend, weight).await,
+        AdminCommand::Reload => ops::reload(client).await,
     }
 }

@@ -1,0 +1,238 @@
+//! `lb run` for real, in network namespaces: the admin socket, `lb status`
+//! with counters from the XDP datapath, a drain that stops new flows, the
+//! metrics endpoint checked by promtool, a second daemon refused, and the
+//! socket removed at exit. Needs root (it fails without, never skips).
+//!
+//! Layout, all in 198.18.0.0/15: client .0.1, lb .0.2 holding the VIP
+//! .0.100, backends .1.1 and .1.2 (python's http.server on :8080).
+
+// The lab helpers of lb-core's datapath tests; this test uses a subset.
+#[allow(dead_code)]
+#[path = "../../lb-core/tests/common/netns.rs"]
+mod netns;
+
+use std::{
+    io::Write,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use lb_core::admin::StatusView;
+use netns::Lab;
+
+const VIP: &str = "198.18.0.100:80";
+const BE1: &str = "198.18.1.1:8080";
+const BE2: &str = "198.18.1.2:8080";
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test creates network namespaces and loads XDP: run it as root"
+    );
+}
+
+/// The daemon, stopped with SIGTERM (then SIGKILL) when dropped.
+struct Daemon(Child);
+
+impl Daemon {
+    fn terminate(&mut self) -> Option<i32> {
+        // SAFETY: kill(2) of our own child, by its pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.0.try_wait() {
+                return s.code();
+            }
+            sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        None
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            self.terminate();
+        }
+    }
+}
+
+fn lb_in(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_lb")])
+        .args(args);
+    c
+}
+
+fn lb(socket: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("running lb")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn status(socket: &Path) -> StatusView {
+    let out = lb(socket, &["status", "--json"]);
+    assert!(out.status.success(), "lb status: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Bodies of `n` requests from the client through the VIP.
+fn requests(lab: &Lab, client: &str, n: usize) -> Vec<String> {
+    let out = lab.sh(
+        client,
+        &format!("for i in $(seq {n}); do curl -s --max-time 2 http://{VIP}/; echo; done"),
+    );
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn lb_run_serves_the_admin_api_and_metrics() {
+    require_root();
+    let mut lab = Lab::new("admin");
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    for (i, be) in [BE1, BE2].iter().enumerate() {
+        let ns = lab.host(&format!("be{}", i + 1), &format!("198.18.1.{}/15", i + 1));
+        let (addr, port) = be.split_once(':').unwrap();
+        lab.http_backend(&ns, addr, port.parse().unwrap(), &format!("be{}", i + 1));
+    }
+
+    // Under the lab's tag, so the lab removes it whatever happens.
+    let dir = std::env::temp_dir().join(format!("{}-run", lab.ns("admin")));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A socket directory that does not exist yet: the daemon creates it.
+    let socket = dir.join("run/admin.sock");
+    let config = dir.join("lb.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    write!(
+        f,
+        r#"[daemon]
+xdp_mode = "generic"
+admin_socket = "{}"
+
+[[service]]
+name = "e2e"
+vip = "{VIP}"
+interface = "eth0"
+forwarding = "nat"
+
+[[service.backend]]
+address = "{BE1}"
+
+[[service.backend]]
+address = "{BE2}"
+"#,
+        socket.display()
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("lb.log")).unwrap();
+    let config_arg = config.display().to_string();
+    let mut daemon = Daemon(
+        lb_in(&lb_ns, &["run", "--config", &config_arg])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting lb run"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !lb(&socket, &["status"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "lb run did not answer on {}; log:\n{}",
+            socket.display(),
+            std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default()
+        );
+        sleep(Duration::from_millis(200));
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    let before = requests(&lab, &client, 20);
+    assert!(
+        before.iter().all(|b| b == "be1" || b == "be2"),
+        "{before:?}"
+    );
+    let v = status(&socket);
+    let svc = &v.services[0];
+    let u = svc.usage.as_ref().expect("service counters");
+    assert!(u.packets >= 20 && u.new_flows >= 20, "{u:?}");
+    let per_backend: u64 = svc
+        .backends
+        .iter()
+        .map(|b| b.usage.as_ref().expect("backend counters").new_flows)
+        .sum();
+    assert_eq!(per_backend, u.new_flows);
+    assert!(text(&lb(&socket, &["status"]).stdout).contains(&format!("TCP  {VIP} (e2e)")));
+
+    // A drained backend takes no new flows.
+    let out = lb(&socket, &["drain", VIP, BE1]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = requests(&lab, &client, 20);
+    assert!(after.iter().all(|b| b == "be2"), "{after:?}");
+    let b1 = &status(&socket).services[0].backends[0];
+    assert_eq!((b1.admin_weight, b1.live_weight), (Some(0), Some(0)));
+
+    let metrics = lab.sh(&lb_ns, "curl -s http://127.0.0.1:9658/metrics");
+    let metrics = text(&metrics.stdout);
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "{}{}\n{metrics}",
+        text(&checked.stdout),
+        text(&checked.stderr)
+    );
+    let be1 = format!(r#"lb_backend_admin_weight{{vip="{VIP}",protocol="tcp",backend="{BE1}"}} 0"#);
+    assert!(metrics.lines().any(|l| l == be1), "{metrics}");
+    assert!(metrics.contains("\nlb_datapath_readable 1\n"), "{metrics}");
+
+    // A second daemon on the same socket gives up before touching the datapath.
+    let second = lb_in(&lb_ns, &["run", "--config", &config_arg])
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    assert!(
+        text(&second.stderr).contains("another daemon answers on the admin socket"),
+        "{}",
+        text(&second.stderr)
+    );
+    assert_eq!(requests(&lab, &client, 2), ["be2", "be2"]);
+
+    assert_eq!(daemon.terminate(), Some(0));
+    assert!(!socket.exists(), "the socket is removed at exit");
+}

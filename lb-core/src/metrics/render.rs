@@ -1,0 +1,231 @@
+//! One scrape: the daemon's status and datapath counters as metrics.
+//!
+//! Names follow Prometheus conventions: an `lb_` prefix, `_total` on
+//! counters, base units (seconds, bytes). Labels never churn: a service is
+//! `vip` + `protocol`, a backend adds `backend`, a VRRP instance is
+//! `instance` + `interface` + `vrid`.
+
+use lb_ebpf::abi::{Counters, DropReason};
+use metrics::{Label, counter, describe_counter, describe_gauge, gauge, with_local_recorder};
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::{
+    admin::{Control, view},
+    daemon::{Status, Usage, UsageSnapshot},
+};
+
+/// keepalived's VRRP states, each a series of `lb_vrrp_state`.
+const VRRP_STATES: [&str; 4] = ["INIT", "BACKUP", "MASTER", "FAULT"];
+
+/// Reads the daemon and renders the Prometheus text format. A datapath that
+/// cannot be read leaves the traffic metrics out and sets
+/// `lb_datapath_readable` to 0.
+pub async fn scrape<C: Control>(control: &C) -> String {
+    let status = control.status();
+    let usage = control.usage().await;
+    if let Err(e) = &usage {
+        tracing::warn!(error = %e, "metrics: reading the datapath counters failed");
+    }
+    render(&status, usage.as_ref().ok())
+}
+
+/// Renders one snapshot in the Prometheus text format.
+pub fn render(status: &Status, usage: Option<&UsageSnapshot>) -> String {
+    // A new recorder per scrape: every value comes from the daemon, and the
+    // series of a removed service or backend disappear with it instead of
+    // lingering at their last value.
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    with_local_recorder(&recorder, || {
+        describe();
+        record(status, usage);
+    });
+    sorted(&handle.render())
+}
+
+/// The exporter writes families and series in hash order; sorting them
+/// makes a scrape readable with `curl | less` and comparable between two.
+fn sorted(text: &str) -> String {
+    let mut families: Vec<Vec<&str>> = text
+        .split("\n\n")
+        .filter(|f| !f.trim().is_empty())
+        .map(|f| {
+            let (meta, mut series): (Vec<&str>, Vec<&str>) =
+                f.lines().partition(|l| l.starts_with('#'));
+            series.sort_unstable();
+            meta.into_iter().chain(series).collect()
+        })
+        .collect();
+    families.sort_unstable_by_key(|f| f.iter().find(|l| !l.starts_with('#')).copied());
+    families
+        .iter()
+        .map(|f| f.join("\n") + "\n")
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn describe() {
+    describe_counter!("lb_config_reloads_total", "Successful config reloads.");
+    describe_counter!(
+        "lb_config_reload_failures_total",
+        "Rejected config reloads (the previous config kept serving)."
+    );
+    describe_gauge!(
+        "lb_datapath_readable",
+        "1 if this scrape read the datapath counters, 0 if not (traffic metrics are then absent)."
+    );
+    for (scope, what) in [("service", "the service"), ("backend", "the backend")] {
+        let name = |m: &str| format!("lb_{scope}_{m}");
+        describe_counter!(name("packets_total"), format!("Packets to {what}."));
+        describe_counter!(name("bytes_total"), format!("Bytes to {what}."));
+        describe_counter!(
+            name("new_flows_total"),
+            format!("Flows scheduled to {what}.")
+        );
+        describe_counter!(
+            name("drops_total"),
+            format!("Packets to {what} dropped by the datapath, by reason.")
+        );
+        describe_gauge!(
+            name("active_flows"),
+            format!("Flows of {what} seen within the service's idle timeout.")
+        );
+    }
+    describe_counter!(
+        "lb_unmatched_drops_total",
+        "Packets to a VIP address dropped before matching a service, by reason."
+    );
+    describe_gauge!(
+        "lb_service_quorum_up",
+        "1 if the service has quorum (keepalived's quorum)."
+    );
+    describe_gauge!(
+        "lb_service_sorry_active",
+        "1 if the sorry server serves instead of the backends."
+    );
+    describe_counter!(
+        "lb_service_table_swaps_total",
+        "Maglev table swaps of the service (its table generation)."
+    );
+    describe_gauge!(
+        "lb_backend_healthy",
+        "1 if the backend passes its health check."
+    );
+    describe_gauge!(
+        "lb_backend_probe_latency_seconds",
+        "Latency of the backend's last successful health probe."
+    );
+    describe_gauge!("lb_backend_weight", "Weight of the backend in the config.");
+    describe_gauge!(
+        "lb_backend_admin_weight",
+        "Weight set by lb weight / lb drain (0 = drained); absent when not set."
+    );
+    describe_gauge!(
+        "lb_backend_live_weight",
+        "Weight of the backend in the live table (0 when out of it)."
+    );
+    describe_gauge!(
+        "lb_vrrp_state",
+        "1 for the VRRP instance's current state, 0 for the others."
+    );
+    describe_gauge!(
+        "lb_vrrp_priority",
+        "Effective VRRP priority of the instance."
+    );
+    describe_counter!(
+        "lb_vrrp_transitions_total",
+        "VRRP state changes of the instance."
+    );
+    describe_counter!(
+        "lb_vrrp_adverts_rejected_total",
+        "VRRP adverts the instance rejected, by reason."
+    );
+}
+
+fn record(status: &Status, usage: Option<&UsageSnapshot>) {
+    counter!("lb_config_reloads_total").absolute(status.reloads);
+    counter!("lb_config_reload_failures_total").absolute(status.reload_failures);
+    gauge!("lb_datapath_readable").set(if usage.is_some() { 1.0 } else { 0.0 });
+    if let Some(u) = usage {
+        drops("lb_unmatched_drops_total", &[], &u.unmatched);
+    }
+    for s in &status.services {
+        let key = view::service_key(s);
+        let svc = vec![
+            Label::new("vip", s.vip.to_string()),
+            Label::new("protocol", s.protocol.clone()),
+        ];
+        gauge!("lb_service_quorum_up", svc.clone()).set(flag(s.quorum_up));
+        gauge!("lb_service_sorry_active", svc.clone()).set(flag(s.sorry));
+        counter!("lb_service_table_swaps_total", svc.clone()).absolute(s.table_generation.into());
+        if let (Some(k), Some(u)) = (key, usage)
+            && let Some((_, vu)) = u.vips.iter().find(|(vk, _)| *vk == k)
+        {
+            traffic("service", &svc, vu);
+        }
+        for b in &s.backends {
+            let mut labels = svc.clone();
+            labels.push(Label::new("backend", b.address.to_string()));
+            gauge!("lb_backend_live_weight", labels.clone())
+                .set(f64::from(b.live_weight.unwrap_or(0)));
+            if !b.sorry_server {
+                gauge!("lb_backend_healthy", labels.clone()).set(flag(b.healthy));
+                gauge!("lb_backend_weight", labels.clone()).set(f64::from(b.weight));
+                if let Some(w) = b.admin_weight {
+                    gauge!("lb_backend_admin_weight", labels.clone()).set(f64::from(w));
+                }
+                if let Some(l) = b.probe_latency_seconds {
+                    gauge!("lb_backend_probe_latency_seconds", labels.clone()).set(l);
+                }
+            }
+            let std::net::SocketAddr::V4(addr) = b.address else {
+                continue;
+            };
+            if let (Some((vip, p)), Some(u)) = (key, usage)
+                && let Some((_, bu)) = u.backends.iter().find(|(bk, _)| *bk == (vip, p, addr))
+            {
+                traffic("backend", &labels, bu);
+            }
+        }
+    }
+    for v in &status.vrrp {
+        let inst = vec![
+            Label::new("instance", v.name.clone()),
+            Label::new("interface", v.interface.clone()),
+            Label::new("vrid", v.virtual_router_id.to_string()),
+        ];
+        for state in VRRP_STATES {
+            let mut labels = inst.clone();
+            labels.push(Label::new("state", state));
+            gauge!("lb_vrrp_state", labels).set(flag(v.state == state));
+        }
+        gauge!("lb_vrrp_priority", inst.clone()).set(f64::from(v.priority));
+        counter!("lb_vrrp_transitions_total", inst.clone()).absolute(v.transitions);
+        for (reason, n) in &v.rejected {
+            let mut labels = inst.clone();
+            labels.push(Label::new("reason", reason.clone()));
+            counter!("lb_vrrp_adverts_rejected_total", labels).absolute(*n);
+        }
+    }
+}
+
+fn flag(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+fn traffic(scope: &str, labels: &[Label], u: &Usage) {
+    let name = |m: &str| format!("lb_{scope}_{m}");
+    counter!(name("packets_total"), labels.to_vec()).absolute(u.counters.packets);
+    counter!(name("bytes_total"), labels.to_vec()).absolute(u.counters.bytes);
+    counter!(name("new_flows_total"), labels.to_vec()).absolute(u.counters.new_flows);
+    gauge!(name("active_flows"), labels.to_vec()).set(u.active_flows as f64);
+    drops(&name("drops_total"), labels, &u.counters);
+}
+
+fn drops(name: &str, labels: &[Label], c: &Counters) {
+    for r in DropReason::ALL {
+        let mut l = labels.to_vec();
+        l.push(Label::new("reason", r.name()));
+        counter!(name.to_string(), l).absolute(c.drops[r as usize]);
+    }
+}

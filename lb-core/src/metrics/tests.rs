@@ -1,0 +1,173 @@
+//! A scrape rendered from fixed daemon state, checked by `promtool check
+//! metrics` and for the values operators alert on.
+
+use std::{
+    io::{Read, Write},
+    process::{Command, Stdio},
+    sync::Arc,
+};
+
+use super::*;
+use crate::{
+    admin::{
+        Control,
+        testutil::{snapshot, status},
+    },
+    daemon::{AdminError, AdminRequest, Status, UsageSnapshot},
+    datapath::DatapathError,
+};
+
+fn promtool(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (/usr/bin/promtool)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n--- scrape:\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn has(text: &str, line: &str) {
+    assert!(
+        text.lines().any(|l| l == line),
+        "missing `{line}` in:\n{text}"
+    );
+}
+
+#[test]
+fn scrape_passes_promtool_and_carries_the_values() {
+    let mut st = status();
+    st.services[0].backends[1].admin_weight = Some(0);
+    st.services[0].backends[1].live_weight = None;
+    st.vrrp[0].rejected.insert("bad_checksum".into(), 4);
+    let text = render(&st, Some(&snapshot(2000)));
+    promtool(&text);
+    let svc = r#"vip="198.18.0.100:80",protocol="tcp""#;
+    let b1 = format!(r#"{svc},backend="198.18.1.1:8080""#);
+    let b2 = format!(r#"{svc},backend="198.18.1.2:8080""#);
+    has(&text, "lb_config_reloads_total 2");
+    has(&text, "lb_config_reload_failures_total 1");
+    has(&text, "lb_datapath_readable 1");
+    has(&text, &format!("lb_service_packets_total{{{svc}}} 2000"));
+    has(&text, &format!("lb_service_bytes_total{{{svc}}} 200000"));
+    has(&text, &format!("lb_service_new_flows_total{{{svc}}} 200"));
+    has(&text, &format!("lb_service_active_flows{{{svc}}} 7"));
+    has(
+        &text,
+        &format!(r#"lb_service_drops_total{{{svc},reason="no_backend"}} 1"#),
+    );
+    has(
+        &text,
+        &format!(r#"lb_service_drops_total{{{svc},reason="fragment"}} 0"#),
+    );
+    has(&text, &format!("lb_service_table_swaps_total{{{svc}}} 3"));
+    has(&text, &format!("lb_service_quorum_up{{{svc}}} 1"));
+    has(&text, &format!("lb_backend_packets_total{{{b1}}} 1000"));
+    has(&text, &format!("lb_backend_active_flows{{{b1}}} 7"));
+    has(&text, &format!("lb_backend_healthy{{{b1}}} 1"));
+    has(
+        &text,
+        &format!("lb_backend_probe_latency_seconds{{{b1}}} 0.0012"),
+    );
+    has(&text, &format!("lb_backend_weight{{{b1}}} 100"));
+    has(&text, &format!("lb_backend_live_weight{{{b1}}} 100"));
+    has(&text, &format!("lb_backend_admin_weight{{{b2}}} 0"));
+    has(&text, &format!("lb_backend_live_weight{{{b2}}} 0"));
+    has(&text, r#"lb_unmatched_drops_total{reason="malformed"} 0"#);
+    let vi = r#"instance="VI_1",interface="eth0",vrid="51""#;
+    has(&text, &format!(r#"lb_vrrp_state{{{vi},state="MASTER"}} 1"#));
+    has(&text, &format!(r#"lb_vrrp_state{{{vi},state="BACKUP"}} 0"#));
+    has(&text, &format!("lb_vrrp_priority{{{vi}}} 150"));
+    has(&text, &format!("lb_vrrp_transitions_total{{{vi}}} 1"));
+    has(
+        &text,
+        &format!(r#"lb_vrrp_adverts_rejected_total{{{vi},reason="bad_checksum"}} 4"#),
+    );
+    assert!(!text.contains("lb_backend_admin_weight{vip=\"198.18.0.100:80\",protocol=\"tcp\",backend=\"198.18.1.1:8080\"}"));
+}
+
+#[test]
+fn unreadable_datapath_is_visible_and_the_rest_still_renders() {
+    let text = render(&status(), None);
+    promtool(&text);
+    has(&text, "lb_datapath_readable 0");
+    assert!(!text.contains("lb_service_packets_total{"), "{text}");
+    assert!(text.contains("lb_backend_healthy{"), "{text}");
+}
+
+/// A daemon that never changes.
+#[derive(Clone)]
+struct Fixed(Arc<Status>);
+
+impl Control for Fixed {
+    fn status(&self) -> Arc<Status> {
+        self.0.clone()
+    }
+
+    async fn request(&self, _: AdminRequest) -> Result<String, AdminError> {
+        Err(AdminError::Datapath("read-only fixture".into()))
+    }
+
+    async fn usage(&self) -> Result<UsageSnapshot, DatapathError> {
+        Ok(snapshot(10))
+    }
+}
+
+fn get(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serves_metrics_over_http_read_only() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let task = tokio::spawn(server.serve(Fixed(Arc::new(status()))));
+    let (ok, post) = tokio::task::spawn_blocking(move || {
+        (
+            get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            get(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        )
+    })
+    .await
+    .unwrap();
+    task.abort();
+    assert!(ok.starts_with("HTTP/1.1 200 OK"), "{ok}");
+    assert!(
+        ok.contains("content-type: text/plain; version=0.0.4"),
+        "{ok}"
+    );
+    assert!(ok.contains("\nlb_service_packets_total{"), "{ok}");
+    assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+}
+
+#[test]
+fn scrapes_are_sorted_so_two_compare() {
+    let a = render(&status(), Some(&snapshot(2000)));
+    assert_eq!(a, render(&status(), Some(&snapshot(2000))));
+    let names: Vec<&str> = a
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    assert_eq!(names, sorted);
+}
