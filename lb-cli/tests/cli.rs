@@ -339,18 +339,9 @@ async fn no_daemon_is_one_clear_line() {
     assert!(text(&out.stderr).contains(&socket.display().to_string()));
 }
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test needs root: it runs lb as uid {NOBODY} with setpriv"
-    );
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn other_users_are_refused() {
-    require_root();
+    lb_testlab::require_root();
     let d = daemon().await;
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);

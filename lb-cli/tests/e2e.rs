@@ -6,11 +6,6 @@
 //! Layout, all in 198.18.0.0/15: client .0.1, lb .0.2 holding the VIP
 //! .0.100, backends .1.1 and .1.2 (python's http.server on :8080).
 
-// The lab helpers of lb-core's datapath tests; this test uses a subset.
-#[allow(dead_code)]
-#[path = "../../lb-core/tests/common/netns.rs"]
-mod netns;
-
 use std::{
     io::Write,
     path::Path,
@@ -20,20 +15,11 @@ use std::{
 };
 
 use lb_core::admin::StatusView;
-use netns::Lab;
+use lb_testlab::{Lab, require_root};
 
 const VIP: &str = "198.18.0.100:80";
 const BE1: &str = "198.18.1.1:8080";
 const BE2: &str = "198.18.1.2:8080";
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test creates network namespaces and loads XDP: run it as root"
-    );
-}
 
 /// The daemon, stopped with SIGTERM (then SIGKILL) when dropped.
 struct Daemon(Child);
