@@ -586,3 +586,32 @@ fn nat_counts_syns_and_their_answers_per_backend() {
     let c = dp.backend_counters(0).unwrap();
     assert_eq!((c.syn, c.syn_ack, c.syn_rst), (3, 1, 1), "{c:?}");
 }
+
+/// A FIN or RST marks a flow as ending; a new SYN on the same 5-tuple is
+/// then scheduled afresh instead of following the old connection's backend.
+#[test]
+fn ended_flows_are_marked_and_a_new_syn_reschedules() {
+    let mut dp = setup(abi::MODE_DR, TCP);
+    let (_, out) = run(&dp, &client_pkt(49_000, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    table(&mut dp, &[1]);
+    let mut fin = client_pkt(49_000, TCP);
+    fin[47] = 0x11; // FIN|ACK
+    let (_, out) = run(&dp, &fin);
+    assert_eq!(
+        &out[0..6],
+        &BE_MAC[0],
+        "the FIN belongs to the old connection"
+    );
+    let f = dp.flows().unwrap();
+    assert!(
+        f.iter().any(|(_, f)| f.flags & abi::FLOW_CLOSING != 0),
+        "{f:?}"
+    );
+    let (_, out) = run(&dp, &client_pkt(49_000, TCP));
+    assert_eq!(
+        &out[0..6],
+        &BE_MAC[1],
+        "a new SYN followed the ended connection"
+    );
+}

@@ -61,6 +61,15 @@ pub const FLOW_REPLY: u8 = 1;
 /// client's SYN (SYN-ACK or RST) has been seen and counted.
 pub const FLOW_ANSWERED: u8 = 1 << 1;
 
+/// `Flow::flags`: a FIN or RST went this way. The connection is ending: it
+/// no longer counts as active, it expires after `CLOSING_TIMEOUT_S` idle,
+/// and a new SYN on its 5-tuple is scheduled afresh.
+pub const FLOW_CLOSING: u8 = 1 << 2;
+
+/// Idle timeout of a closing TCP flow (LVS's `tcp fin` timeout is 120 s;
+/// lower here because a reused 5-tuple is rescheduled on SYN anyway).
+pub const CLOSING_TIMEOUT_S: u32 = 10;
+
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -226,7 +235,8 @@ pub struct Flow {
     /// `FLOW_FORWARD` or `FLOW_REPLY`.
     pub kind: u8,
     /// Forward entries: `BACKEND_LOCAL` when the backend is this node (nat:
-    /// pass to the stack). Reply entries: `FLOW_ANSWERED`.
+    /// pass to the stack). Reply entries: `FLOW_ANSWERED`. Both:
+    /// `FLOW_CLOSING`.
     pub flags: u8,
     pub _pad: [u8; 2],
 }

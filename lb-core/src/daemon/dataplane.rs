@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddrV4, sync::mpsc, thread};
 
-use lb_ebpf::abi::{Counters, FLOW_FORWARD};
+use lb_ebpf::abi::{Counters, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -25,7 +25,8 @@ type Job = Box<dyn FnOnce(&mut Balancer) + Send>;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub counters: Counters,
-    /// Forward flows seen within their idle timeout.
+    /// Connections in progress: forward flows seen within their idle
+    /// timeout with no FIN or RST in either direction.
     pub active_flows: u64,
 }
 
@@ -128,6 +129,24 @@ impl Dataplane {
             } else {
                 Vec::new()
             };
+            let closing: std::collections::HashSet<FlowKey> = flows
+                .iter()
+                .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
+                .map(|(k, _)| *k)
+                .collect();
+            // In nat mode a connection also ends when the backend closes it,
+            // which only its reply entry sees.
+            let ended = |k: &FlowKey, f: &Flow| {
+                closing.contains(k)
+                    || closing.contains(&FlowKey {
+                        src_addr: f.rw_dst_addr,
+                        dst_addr: f.rw_src_addr,
+                        src_port: f.rw_dst_port,
+                        dst_port: f.rw_src_port,
+                        proto: k.proto,
+                        _pad: [0; 3],
+                    })
+            };
             let mut snap = UsageSnapshot {
                 unmatched: b.datapath().unmatched_counters()?,
                 ..Default::default()
@@ -148,11 +167,12 @@ impl Dataplane {
                 let live = |pred: &dyn Fn(u32) -> bool| {
                     flows
                         .iter()
-                        .filter(|(_, f)| {
+                        .filter(|(k, f)| {
                             f.kind == FLOW_FORWARD
                                 && f.vip == vip_id
                                 && pred(f.backend)
                                 && now.saturating_sub(f.last_seen_ns) <= idle
+                                && !ended(k, f)
                         })
                         .count() as u64
                 };

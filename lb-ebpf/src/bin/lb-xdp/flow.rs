@@ -9,13 +9,23 @@ use crate::{headers::*, maps::*, rewrite::Packet};
 const NAT_PORT_TRIES: u32 = 8;
 
 #[inline(always)]
-fn timeout_ns(vip: &VipMeta, proto: u8) -> u64 {
-    let s = if proto == IPPROTO_TCP {
-        vip.tcp_timeout_s
-    } else {
+fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
+    let s = if proto != IPPROTO_TCP {
         vip.udp_timeout_s
+    } else if closing && vip.tcp_timeout_s > CLOSING_TIMEOUT_S {
+        CLOSING_TIMEOUT_S
+    } else {
+        vip.tcp_timeout_s
     };
     s as u64 * 1_000_000_000
+}
+
+/// A FIN or RST marks the flow as ending.
+#[inline(always)]
+pub fn observe_close(f: &mut Flow, tcp_flags: u8) {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        f.flags |= FLOW_CLOSING;
+    }
 }
 
 /// The flow's entry if it is live, else a new one from the VIP's table.
@@ -31,11 +41,16 @@ pub fn lookup_or_schedule(
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer stays valid for the program's run.
         let f = unsafe { &mut *f };
+        let closing = f.flags & FLOW_CLOSING != 0;
+        // A fresh SYN on an ended connection's 5-tuple is a new connection.
+        let reopened = closing && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
         if f.kind == FLOW_FORWARD
             && f.vip == vip.id
-            && now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto)
+            && !reopened
+            && now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto, closing)
         {
             touch(f, now);
+            observe_close(f, pkt.tcp_flags);
             return Ok((*f, false));
         }
     }
@@ -131,6 +146,7 @@ fn schedule(
             flow.rw_src_port = alloc_port(key, vip, be, &reply, now)?;
         }
     }
+    observe_close(&mut flow, pkt.tcp_flags);
     // A full LRU evicts its oldest entry, so this only fails on a kernel
     // error; the packet is still forwarded, the flow just is not pinned.
     let _ = FLOWS.insert(key, flow, 0);
@@ -163,7 +179,7 @@ fn alloc_port(
         key.proto,
     )
     .rotate_right(16);
-    let timeout = timeout_ns(vip, key.proto);
+    let timeout = timeout_ns(vip, key.proto, false);
     let mut i = 0;
     while i < NAT_PORT_TRIES {
         let port = ((min + h.wrapping_add(i.wrapping_mul(7919)) % range) as u16).to_be();

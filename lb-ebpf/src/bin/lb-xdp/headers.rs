@@ -65,6 +65,7 @@ pub struct Ports {
 
 pub const TCP_CSUM_OFF: usize = 16;
 pub const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;

@@ -160,6 +160,7 @@ fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
     }
     touch(f, now());
     flow::observe_answer(f, pkt.tcp_flags);
+    flow::observe_close(f, pkt.tcp_flags);
     rewrite::translate(pkt, f);
     rewrite::set_macs(pkt, &f.peer_mac, &f.local_mac);
     transmit(ctx, f.ifindex)

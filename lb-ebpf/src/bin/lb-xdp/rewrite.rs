@@ -103,7 +103,9 @@ pub fn tc_unnat(ctx: &TcContext) -> Result<(), i64> {
     }
     touch(f, now());
     if proto == IPPROTO_TCP {
-        crate::flow::observe_answer(f, ctx.load::<u8>(L4_OFF + TCP_FLAGS_OFF)?);
+        let flags = ctx.load::<u8>(L4_OFF + TCP_FLAGS_OFF)?;
+        crate::flow::observe_answer(f, flags);
+        crate::flow::observe_close(f, flags);
     }
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0;
     for (off, old, new) in [
