@@ -180,6 +180,79 @@ address = "{BE2}"
     assert!(after.iter().all(|b| b == "be2"), "{after:?}");
     let b1 = &status(&socket).services[0].backends[0];
     assert_eq!((b1.admin_weight, b1.live_weight), (Some(0), Some(0)));
+    let out = lb(&socket, &["undrain", VIP, BE1]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // drain --wait returns once the last connection to the backend closes.
+    let active = |s: &StatusView| -> Vec<u64> {
+        s.services[0]
+            .backends
+            .iter()
+            .map(|b| b.usage.as_ref().map_or(0, |u| u.active_flows))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active(&status(&socket)).iter().any(|n| *n > 0) {
+        assert!(
+            Instant::now() < deadline,
+            "closed HTTP/1.0 connections still count as active"
+        );
+        sleep(Duration::from_millis(200));
+    }
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let (open_tx, open_rx) = std::sync::mpsc::channel();
+    let client_ns = client.clone();
+    let holder = std::thread::spawn(move || {
+        lb_testlab::enter(&client_ns);
+        let conn = std::net::TcpStream::connect(VIP).expect("long-lived connection");
+        open_tx.send(()).unwrap();
+        let _ = close_rx.recv();
+        drop(conn);
+    });
+    open_rx.recv().unwrap();
+    sleep(Duration::from_millis(300));
+    let counts = active(&status(&socket));
+    let held = counts
+        .iter()
+        .position(|n| *n == 1)
+        .expect("one active flow");
+    let held_be = [BE1, BE2][held];
+    let mut waiter = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("--socket")
+        .arg(&socket)
+        .args(["drain", VIP, held_be, "--wait", "--timeout", "30s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_secs(2));
+    assert!(
+        waiter.try_wait().unwrap().is_none(),
+        "drain --wait returned while a connection was open"
+    );
+    close_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status_code = loop {
+        if let Some(s) = waiter.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "drain --wait did not return after the connection closed"
+        );
+        sleep(Duration::from_millis(100));
+    };
+    let out = waiter.wait_with_output().unwrap();
+    assert!(
+        status_code.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let _ = lb(&socket, &["undrain", VIP, held_be]);
+    let out = lb(&socket, &["drain", VIP, BE1]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 
     let metrics = lab.sh(&lb_ns, "curl -s http://127.0.0.1:9658/metrics");
     let metrics = text(&metrics.stdout);
