@@ -294,14 +294,19 @@ fn lab_up() -> Result<()> {
             }
         );
     }
+    let lb = lb.display();
     println!(
         "\nThe lab is up ({PREFIX}* namespaces; logs, pids and lb2's config in {STATE}).\n\
-         Drive it:\n\
-         \x20 ip netns exec {PREFIX}client curl http://198.18.0.100/   # one request through the VIP\n\
-         \x20 tail -f {STATE}/lb1.log {STATE}/lb2.log                  # the daemons' logs\n\
-         \x20 kill $(cat {STATE}/be2.pid)                              # kill a backend: it leaves rotation\n\
-         \x20 kill $(cat {STATE}/lb1.pid)                              # stop the master: lb2 takes the VIP\n\
-         \x20 kill -HUP $(cat {STATE}/lb1.pid)                         # reload configs/lab.toml on lb1\n\
+         Drive it (as root):\n\
+         \x20 ip netns exec {PREFIX}client curl http://198.18.0.100/      # a request through the VIP\n\
+         \x20 export LB_ADMIN_SOCKET={STATE}/lb1.sock                     # talk to lb1 (lb2: lb2.sock)\n\
+         \x20 {lb} status                                                 # services, backends, VRRP, counters\n\
+         \x20 {lb} drain 198.18.0.100:80 198.18.1.2:8080 --wait           # drain be2 until its flows end\n\
+         \x20 {lb} undrain 198.18.0.100:80 198.18.1.2:8080\n\
+         \x20 kill $(cat {STATE}/be3.pid)                                 # kill a backend: it leaves rotation\n\
+         \x20 kill $(cat {STATE}/lb1.pid)                                 # stop the master: lb2 takes the VIP\n\
+         \x20 tail -f {STATE}/lb1.log {STATE}/lb2.log                     # the daemons' logs\n\
+         \x20 ip netns exec {PREFIX}lb1 curl -s 127.0.0.1:9658/metrics    # Prometheus metrics of lb1\n\
          Tear it down:\n\
          \x20 cargo xtask lab down"
     );

@@ -263,7 +263,7 @@ impl Daemon {
                 reason: Some(if cfg.alpha {
                     "alpha: down until a check passes".into()
                 } else {
-                    "not checked yet".into()
+                    "up until checks fail (no alpha)".into()
                 }),
                 latency: None,
             });

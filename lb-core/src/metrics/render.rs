@@ -92,6 +92,14 @@ fn describe() {
         );
     }
     describe_counter!(
+        "lb_backend_syns_total",
+        "New TCP flows to the backend that began with a SYN (nat: passive health)."
+    );
+    describe_counter!(
+        "lb_backend_syn_answers_total",
+        "The backend's first answer to those SYNs: answer=\"syn_ack\" (accepted) or \"rst\" (refused)."
+    );
+    describe_counter!(
         "lb_unmatched_drops_total",
         "Packets to a VIP address dropped before matching a service, by reason."
     );
@@ -220,6 +228,14 @@ fn traffic(scope: &str, labels: &[Label], u: &Usage) {
     counter!(name("new_flows_total"), labels.to_vec()).absolute(u.counters.new_flows);
     gauge!(name("active_flows"), labels.to_vec()).set(u.active_flows as f64);
     drops(&name("drops_total"), labels, &u.counters);
+    if scope == "backend" {
+        counter!("lb_backend_syns_total", labels.to_vec()).absolute(u.counters.syn);
+        for (answer, n) in [("syn_ack", u.counters.syn_ack), ("rst", u.counters.syn_rst)] {
+            let mut l = labels.to_vec();
+            l.push(Label::new("answer", answer));
+            counter!("lb_backend_syn_answers_total", l).absolute(n);
+        }
+    }
 }
 
 fn drops(name: &str, labels: &[Label], c: &Counters) {
