@@ -99,12 +99,15 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
         VipMeta {
             id: 0,
             mode,
-            _pad: [0; 3],
             snat_addr: ip(LB),
             snat_port_min: 1_024,
             snat_port_max: 32_767,
             tcp_timeout_s: timeout_s,
             udp_timeout_s: timeout_s,
+            tun_src: ip([198, 19, 0, 0]),
+            tun_src_bits: 8,
+            mtu: 1_500,
+            ..Default::default()
         },
     )?;
     let members: Vec<Member> = (0..8u32)
@@ -192,6 +195,12 @@ fn cases() -> Result<Vec<Case>> {
             false,
             true,
         ),
+        (
+            "tun, VIP hit, established TCP flow (IPIP encap)",
+            abi::MODE_TUN,
+            false,
+            false,
+        ),
     ] {
         out.push(Case {
             name,
@@ -199,7 +208,7 @@ fn cases() -> Result<Vec<Case>> {
             dp: datapath(mode, 900, udp)?,
             frame: frame(CLIENT, VIP, 40_000, 80, udp)?,
             verdict: TX,
-            one_shot_only: mode == abi::MODE_NAT || new_flows,
+            one_shot_only: mode != abi::MODE_DR || new_flows,
             new_flows,
         });
     }

@@ -62,6 +62,24 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// On a tun-mode backend: strip the IPIP header of packets from the LB.
+    ///
+    /// For backends without an IPIP device (or whose kernel has none):
+    /// attaches lb's decapsulation XDP program to INTERFACE and keeps it
+    /// there until SIGTERM/SIGINT. IPIP packets lose their outer header and
+    /// reach the stack as the client sent them, to the VIP, which the backend
+    /// must hold on a loopback (with arp_ignore=1, arp_announce=2, as for
+    /// dr). Other packets pass untouched. Needs root (or CAP_BPF,
+    /// CAP_PERFMON, CAP_NET_ADMIN).
+    Decap {
+        /// The interface the LB's packets arrive on.
+        #[arg(long, value_name = "INTERFACE")]
+        interface: String,
+        /// XDP mode: auto (native, falling back to generic), native or
+        /// generic.
+        #[arg(long, value_name = "MODE", default_value = "auto")]
+        xdp_mode: DecapMode,
+    },
     /// Validate a config file and exit: 0 if valid, 1 with every error as
     /// `file:line:col: key: reason` otherwise.
     CheckConfig {
@@ -181,14 +199,15 @@ fn main() -> ExitCode {
                 print!("{}", i.toml);
             })
             .with_context(|| format!("importing {}", file.display())),
+        Command::Decap {
+            interface,
+            xdp_mode,
+        } => {
+            init_logging();
+            runtime(false).and_then(|rt| rt.block_on(run::decap(&interface, xdp_mode.into())))
+        }
         Command::Run { config } => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .with_writer(std::io::stderr)
-                .init();
+            init_logging();
             runtime(true).and_then(|rt| rt.block_on(run::run(config)))
         }
         Command::Admin(command) => {
@@ -201,6 +220,32 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("lb: {e:#}");
             ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum DecapMode {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<DecapMode> for lb_core::datapath::AttachMode {
+    fn from(m: DecapMode) -> Self {
+        match m {
+            DecapMode::Auto => Self::Auto,
+            DecapMode::Native => Self::Native,
+            DecapMode::Generic => Self::Generic,
         }
     }
 }

@@ -7,6 +7,7 @@ use lb_core::{
     admin::{AdminServer, Api},
     config,
     daemon::Daemon,
+    datapath::{AttachMode, Datapath, Limits},
     metrics::MetricsServer,
 };
 use tokio::signal::unix::{SignalKind, signal};
@@ -53,5 +54,23 @@ pub async fn run(path: PathBuf) -> Result<()> {
         let _ = task.await;
     }
     result?;
+    Ok(())
+}
+
+/// `lb decap`: the tun-mode helper on a backend, attached until a signal.
+pub async fn decap(interface: &str, mode: AttachMode) -> Result<()> {
+    // Only the decap program runs; the maps it never uses stay minimal.
+    let mut dp = Datapath::load(Limits {
+        max_vips: 1,
+        max_backends: 1,
+        ring_stride: 2,
+        flow_capacity: 16,
+    })
+    .context("loading the datapath")?;
+    let got = dp
+        .attach_decap(interface, mode)
+        .with_context(|| format!("attaching the decap helper to {interface}"))?;
+    tracing::info!(interface, mode = %got, "IPIP decap attached; SIGTERM detaches");
+    shutdown_signal().await;
     Ok(())
 }

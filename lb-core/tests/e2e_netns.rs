@@ -53,6 +53,7 @@ fn spec(forwarding: Forwarding) -> ServiceSpec {
         table_size: 65_537,
         snat_address: None,
         snat_ports: (1_024, 32_767),
+        tun_source: (forwarding == Forwarding::Tun).then(|| (Ipv4Addr::new(198, 19, 0, 0), 24)),
         tcp_timeout: Duration::from_secs(900),
         udp_timeout: Duration::from_secs(300),
     }
@@ -63,6 +64,8 @@ struct Setup {
     lb: NsWorker<Balancer>,
     /// Keeps the XDP_PASS program on the LB's bridge port in native mode.
     _peer: Option<NsWorker<Datapath>>,
+    /// tun: the decap helpers on the backends.
+    _decaps: Vec<NsWorker<Datapath>>,
     client: String,
 }
 
@@ -81,14 +84,29 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         "dev",
         "eth0",
     ]);
-    let port = if forwarding == Forwarding::Dr {
-        80
-    } else {
+    let port = if forwarding == Forwarding::Nat {
         8033
+    } else {
+        80
     };
+    let mut decaps = Vec::new();
     for (i, be) in BACKENDS.iter().enumerate() {
         let ns = lab.host(&format!("be{}", i + 1), &format!("{be}/15"));
-        if forwarding == Forwarding::Dr {
+        if forwarding == Forwarding::Tun {
+            // This kernel has no IPIP device: lb's decap helper stands in.
+            decaps.push(NsWorker::start(&ns, || {
+                let mut dp = Datapath::load(Limits {
+                    max_vips: 1,
+                    max_backends: 1,
+                    ring_stride: 2,
+                    flow_capacity: 16,
+                })
+                .expect("load");
+                dp.attach_decap("eth0", AttachMode::Generic).expect("decap");
+                dp
+            }));
+        }
+        if forwarding != Forwarding::Nat {
             // LVS-DR backend: the VIP on loopback, never answered for in ARP.
             lab.ip(&["-n", &ns, "addr", "add", "198.18.0.100/32", "dev", "lo"]);
             lab.sh(
@@ -96,7 +114,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
                 "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
             );
         }
-        let bind = if forwarding == Forwarding::Dr {
+        let bind = if forwarding != Forwarding::Nat {
             "0.0.0.0".to_string()
         } else {
             be.to_string()
@@ -142,6 +160,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         lab,
         lb,
         _peer: peer,
+        _decaps: decaps,
         client,
     }
 }
@@ -179,7 +198,13 @@ fn assert_spread(s: &Setup, n: usize) {
 /// The XDP program must be gone from the LB's interface after the datapath
 /// is dropped.
 fn assert_detaches(s: Setup) {
-    let Setup { lab, lb, _peer, .. } = s;
+    let Setup {
+        lab,
+        lb,
+        _peer,
+        _decaps,
+        ..
+    } = s;
     let ns = lab.ns("lb");
     let shown = |lab: &Lab| {
         String::from_utf8_lossy(&lab.ip(&["-n", &ns, "link", "show", "eth0"]).stdout).to_string()
@@ -200,6 +225,15 @@ fn dr_generic_spreads_http_over_backends() {
 #[test]
 fn dr_native_spreads_http_over_backends() {
     let s = setup("drn", Forwarding::Dr, AttachMode::Native);
+    assert_spread(&s, 30);
+    assert_detaches(s);
+}
+
+/// tun: IPIP to backends that answer the client directly; the backends run
+/// lb's decap helper (no IPIP device here).
+#[test]
+fn tun_generic_spreads_http_over_backends() {
+    let s = setup("tung", Forwarding::Tun, AttachMode::Generic);
     assert_spread(&s, 30);
     assert_detaches(s);
 }

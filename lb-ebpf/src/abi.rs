@@ -28,6 +28,9 @@ pub mod prog {
     /// A trivial XDP_PASS: the benchmark baseline, and the program native-mode
     /// veth peers need so XDP_TX frames are not dropped.
     pub const XDP_PASS: &str = "lb_xdp_pass";
+    /// Backend-side helper for tun mode: strips the outer IPv4 header of IPIP
+    /// packets, for hosts without an IPIP device.
+    pub const XDP_DECAP: &str = "lb_xdp_decap";
 }
 
 /// Names of the read-only globals (`.rodata`) the loader sets before load.
@@ -48,6 +51,10 @@ pub const DEFAULT_FLOW_CAPACITY: u32 = 262_144;
 /// Forwarding modes (`VipMeta::mode`).
 pub const MODE_DR: u8 = 0;
 pub const MODE_NAT: u8 = 1;
+/// IPIP: the packet is wrapped in an outer IPv4 header to the backend, which
+/// strips it (`lb_xdp_decap` or an IPIP device) and answers the client
+/// directly, as in dr.
+pub const MODE_TUN: u8 = 2;
 
 /// `Backend::flags`: the backend address is one of the LB node's own, so the
 /// packet is handed to the local stack instead of transmitted (nat mode).
@@ -91,9 +98,12 @@ pub enum DropReason {
     NatPortsExhausted = 4,
     /// The chosen backend id has no entry (should not happen; a control bug).
     BadBackend = 5,
+    /// tun: the packet plus the 20-byte outer header exceeds the MTU. Dropped
+    /// and counted rather than answered with ICMP frag-needed (not yet).
+    TunTooBig = 6,
 }
 
-pub const DROP_REASONS: usize = 6;
+pub const DROP_REASONS: usize = 7;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -103,6 +113,7 @@ impl DropReason {
         DropReason::NoBackend,
         DropReason::NatPortsExhausted,
         DropReason::BadBackend,
+        DropReason::TunTooBig,
     ];
 
     /// Label used in metrics and `lb status`.
@@ -114,6 +125,7 @@ impl DropReason {
             DropReason::NoBackend => "no_backend",
             DropReason::NatPortsExhausted => "nat_ports_exhausted",
             DropReason::BadBackend => "bad_backend",
+            DropReason::TunTooBig => "tun_too_big",
         }
     }
 }
@@ -136,9 +148,14 @@ pub struct VipKey {
 pub struct VipMeta {
     /// Index into `TABLE_STATE`, `VIP_STATS` and the VIP's part of `RING`.
     pub id: u32,
-    /// `MODE_DR` or `MODE_NAT`.
+    /// `MODE_DR`, `MODE_NAT` or `MODE_TUN`.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// tun: low bits of `tun_src` taken from the flow hash, so backends'
+    /// NICs (which hash IPIP on the outer addresses) spread flows across
+    /// their receive queues. 0 = always `tun_src`.
+    pub tun_src_bits: u8,
+    /// tun: largest outer packet (IP total length) the egress link carries.
+    pub mtu: u16,
     /// nat: source address of packets sent to a remote backend (network order).
     pub snat_addr: u32,
     /// nat: SNAT port range, inclusive, host order. Keep it outside the node's
@@ -149,6 +166,9 @@ pub struct VipMeta {
     pub tcp_timeout_s: u32,
     /// Idle time after which a UDP flow is forgotten and rescheduled.
     pub udp_timeout_s: u32,
+    /// tun: outer source address (network order), see `tun_src_bits`.
+    pub tun_src: u32,
+    pub _pad: u32,
 }
 
 /// Value of `TABLE_STATE[vip.id]`: which half of the VIP's double-buffered
@@ -297,7 +317,7 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VipKey>(), 8);
-        assert_eq!(size_of::<VipMeta>(), 24);
+        assert_eq!(size_of::<VipMeta>(), 32);
         assert_eq!(size_of::<TableState>(), 16);
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<FlowKey>(), 16);

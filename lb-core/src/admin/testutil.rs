@@ -70,7 +70,7 @@ pub fn usage(packets: u64) -> Usage {
             packets,
             bytes: packets * 100,
             new_flows: packets / 10,
-            drops: [0, 0, 0, 1, 0, 0],
+            drops: [0, 0, 0, 1, 0, 0, 0],
             ..Counters::default()
         },
         active_flows: 7,

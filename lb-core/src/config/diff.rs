@@ -130,6 +130,7 @@ fn service_changes(o: &Service, n: &Service) -> Vec<&'static str> {
         ("table_size", o.table_size != n.table_size),
         ("snat_address", o.snat_address != n.snat_address),
         ("snat_ports", o.snat_ports != n.snat_ports),
+        ("tun_source", o.tun_source != n.tun_source),
         ("tcp_timeout", o.tcp_timeout != n.tcp_timeout),
         ("udp_timeout", o.udp_timeout != n.udp_timeout),
         ("quorum", o.quorum != n.quorum),

@@ -114,6 +114,9 @@ pub struct Service {
     /// `None`: the interface's primary address, resolved at runtime.
     pub snat_address: Option<IpAddr>,
     pub snat_ports: PortRange,
+    /// tun: outer source address and prefix length; `None`: the interface's
+    /// primary address.
+    pub tun_source: Option<(Ipv4Addr, u8)>,
     pub tcp_timeout: Duration,
     pub udp_timeout: Duration,
     pub quorum: u32,

@@ -77,6 +77,11 @@ pub(crate) struct RawService {
     pub snat_address: Option<S<String>>,
     /// nat only: source ports, "first-last" inclusive. Default: "1024-32767".
     pub snat_ports: Option<S<String>>,
+    /// tun only: outer source of the IPIP packets, an address or a prefix
+    /// (/16 to /32) whose host bits are taken from the flow hash so backend
+    /// NICs spread flows over their queues. Default: the interface's primary
+    /// IPv4 address.
+    pub tun_source: Option<S<String>>,
     /// Idle time before a TCP flow is forgotten. Default: "900s".
     pub tcp_timeout: Option<S<String>>,
     /// Idle time before a UDP flow is forgotten. Default: "300s".

@@ -337,7 +337,7 @@ fn config_error_unknown_keys_are_all_reported() {
         [
             "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_vips`, `max_backends`, `table_size`, `log_level`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
-            "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
+            "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
     );
 }
@@ -361,7 +361,7 @@ weight = 70000
     assert_eq!(
         errors(text),
         [
-            "t.toml:7:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
+            "t.toml:7:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
             "t.toml:13:10: service[0].backend[0].weight: 70000 is out of range 0..=65535",
         ]
     );
@@ -477,14 +477,30 @@ fn config_error_bad_value_is_not_also_reported_missing() {
 }
 
 #[test]
-fn config_error_unimplemented_modes() {
-    let text = MINIMAL.replace("\"nat\"", "\"tun\"\nscheduler = \"wlc\"");
+fn config_error_unimplemented_scheduler_and_tun_settings() {
+    let text = MINIMAL.replace(
+        "\"nat\"",
+        "\"tun\"\nscheduler = \"wlc\"\ntun_source = \"198.19.0.0/8\"",
+    );
     assert_eq!(
         errors(&text),
         [
-            "t.toml:5:14: service[0].forwarding: forwarding \"tun\" is not implemented yet",
             "t.toml:6:13: service[0].scheduler: scheduler \"wlc\" is not implemented yet; use \"mh\"",
+            "t.toml:7:14: service[0].tun_source: invalid \"198.19.0.0/8\": expected an IPv4 address or prefix from /16 to /32, like \"198.19.0.0/24\"",
+            "t.toml:10:11: service[0].backend[0].address: tun forwarding cannot change ports: backend port 8080 differs from the VIP port 80 (use forwarding = \"nat\")",
         ]
+    );
+    let c = ok(&MINIMAL
+        .replace("\"nat\"", "\"tun\"\ntun_source = \"198.19.0.0/24\"")
+        .replace(":8080", ":80"));
+    assert_eq!(
+        c.services[0].tun_source,
+        Some(("198.19.0.0".parse().unwrap(), 24))
+    );
+    let errs = errors(&MINIMAL.replace("forwarding", "tun_source = \"198.19.0.1\"\nforwarding"));
+    assert_eq!(
+        errs,
+        ["t.toml:5:14: service[0].tun_source: only valid with forwarding = \"tun\""]
     );
 }
 
@@ -801,7 +817,7 @@ auth_pass = "much-too-long"
     assert_eq!(errs.to_string(), [
         "t.toml:3:18: daemon.metrics_listen: invalid address \"localhost\": expected \"ip:port\"",
         "t.toml:6:13: service[0].interface: interface \"lb7\" does not exist",
-        "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
+        "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         "t.toml:9:15: service[0].tcp_timeout: must be a whole number of seconds from 1s to 4294967295s",
         "t.toml:12:10: service[0].backend[0].weight: 100000 is out of range 0..=65535",
         "t.toml:14:11: service[0].backend[1].address: duplicate backend 198.18.1.1:8080 (already listed as service[0].backend[0])",

@@ -373,16 +373,9 @@ impl<'a> Validator<'a> {
         let fwd_key = key(p, "forwarding");
         // `None` (missing, already reported) must not set off the checks
         // that depend on the mode.
-        let mode = self.required(&r.forwarding, &span, &fwd_key).map(|v| {
-            if *v.get_ref() == Forwarding::Tun {
-                self.err(
-                    &v.span(),
-                    &fwd_key,
-                    "forwarding \"tun\" is not implemented yet",
-                );
-            }
-            *v.get_ref()
-        });
+        let mode = self
+            .required(&r.forwarding, &span, &fwd_key)
+            .map(|v| *v.get_ref());
         let forwarding = mode.unwrap_or(Forwarding::Nat);
         let scheduler = match &r.scheduler {
             Some(v) if *v.get_ref() != Scheduler::Mh => {
@@ -404,6 +397,25 @@ impl<'a> Validator<'a> {
                 return None;
             }
             self.ipv4(v, &k)
+        });
+        let tun_source = r.tun_source.as_ref().and_then(|v| {
+            let k = key(p, "tun_source");
+            if mode.is_some_and(|m| m != Forwarding::Tun) {
+                self.err(&v.span(), &k, "only valid with forwarding = \"tun\"");
+                return None;
+            }
+            let text = v.get_ref();
+            let (addr, len) = text.split_once('/').unwrap_or((text, "32"));
+            match (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) {
+                (Ok(a), Ok(l)) if (16..=32).contains(&l) => Some((a, l)),
+                _ => {
+                    let reason = format!(
+                        "invalid {text:?}: expected an IPv4 address or prefix from /16 to /32, like \"198.19.0.0/24\""
+                    );
+                    self.err(&v.span(), &k, reason);
+                    None
+                }
+            }
         });
         let snat_ports = match &r.snat_ports {
             Some(v) => {
@@ -484,6 +496,7 @@ impl<'a> Validator<'a> {
             table_size,
             snat_address,
             snat_ports,
+            tun_source,
             tcp_timeout: self.whole_seconds(&r.tcp_timeout, &key(p, "tcp_timeout"), 900),
             udp_timeout: self.whole_seconds(&r.udp_timeout, &key(p, "udp_timeout"), 300),
             quorum,
@@ -561,10 +574,17 @@ impl<'a> Validator<'a> {
                     } else {
                         seen.insert(addr, bp.clone());
                     }
-                    if mode == Some(Forwarding::Dr) && vip.port() != 0 && addr.port() != vip.port()
+                    if matches!(mode, Some(Forwarding::Dr | Forwarding::Tun))
+                        && vip.port() != 0
+                        && addr.port() != vip.port()
                     {
+                        let m = if mode == Some(Forwarding::Dr) {
+                            "dr"
+                        } else {
+                            "tun"
+                        };
                         let reason = format!(
-                            "dr forwarding cannot change ports: backend port {} differs from the VIP port {} (use forwarding = \"nat\")",
+                            "{m} forwarding cannot change ports: backend port {} differs from the VIP port {} (use forwarding = \"nat\")",
                             addr.port(),
                             vip.port()
                         );

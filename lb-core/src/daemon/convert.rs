@@ -65,6 +65,7 @@ pub fn service_spec(s: &config::Service) -> Result<ServiceSpec, ConvertError> {
             None => None,
         },
         snat_ports: (s.snat_ports.first, s.snat_ports.last),
+        tun_source: s.tun_source,
         tcp_timeout: s.tcp_timeout,
         udp_timeout: s.udp_timeout,
     })

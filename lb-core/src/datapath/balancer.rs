@@ -40,6 +40,9 @@ pub struct ServiceSpec {
     pub snat_address: Option<Ipv4Addr>,
     /// nat source ports, inclusive.
     pub snat_ports: (u16, u16),
+    /// tun outer source and prefix length (host bits vary per flow);
+    /// `None` = the interface's first IPv4 address.
+    pub tun_source: Option<(Ipv4Addr, u8)>,
     pub tcp_timeout: Duration,
     pub udp_timeout: Duration,
 }
@@ -72,13 +75,11 @@ pub enum BalancerError {
     VipsFull(SocketAddrV4, u32),
     #[error("VIP {0}: all {1} backend slots are in use (raise max_backends)")]
     BackendsFull(SocketAddrV4, u32),
-    #[error("VIP {vip}: dr mode cannot translate ports, backend {backend} must use port {}", vip.port())]
+    #[error("VIP {vip}: dr and tun modes cannot translate ports, backend {backend} must use port {}", vip.port())]
     DrPort {
         vip: SocketAddrV4,
         backend: SocketAddrV4,
     },
-    #[error("VIP {0}: forwarding mode {1:?} is not implemented by the datapath yet")]
-    Unsupported(SocketAddrV4, Forwarding),
     #[error("VIP {0}: table size {1} exceeds the loaded ring stride {2}")]
     TableSize(SocketAddrV4, u32, u32),
 }
@@ -161,9 +162,14 @@ impl Balancer {
                 TableError::NotPrime(spec.table_size),
             ));
         }
-        if spec.forwarding == Forwarding::Tun {
-            return Err(BalancerError::Unsupported(spec.vip, spec.forwarding));
-        }
+        let primary =
+            || neigh::primary_ipv4(&spec.interface).map_err(|e| BalancerError::Neigh(spec.vip, e));
+        let (tun_src, tun_prefix) = match (spec.forwarding, spec.tun_source) {
+            (Forwarding::Tun, Some(s)) => s,
+            (Forwarding::Tun, None) => (primary()?, 32),
+            _ => (Ipv4Addr::UNSPECIFIED, 32),
+        };
+        let mtu = neigh::mtu(&spec.interface).map_err(|e| BalancerError::Neigh(spec.vip, e))?;
         let snat = match (spec.forwarding, spec.snat_address) {
             (Forwarding::Nat, None) => neigh::primary_ipv4(&spec.interface)
                 .map_err(|e| BalancerError::Neigh(spec.vip, e))?,
@@ -181,17 +187,20 @@ impl Balancer {
         }
         let meta = VipMeta {
             id,
-            mode: if spec.forwarding == Forwarding::Nat {
-                abi::MODE_NAT
-            } else {
-                abi::MODE_DR
+            mode: match spec.forwarding {
+                Forwarding::Dr => abi::MODE_DR,
+                Forwarding::Nat => abi::MODE_NAT,
+                Forwarding::Tun => abi::MODE_TUN,
             },
-            _pad: [0; 3],
+            tun_src_bits: 32u8.saturating_sub(tun_prefix).min(16),
+            mtu,
             snat_addr: u32::from_ne_bytes(snat.octets()),
             snat_port_min: spec.snat_ports.0,
             snat_port_max: spec.snat_ports.1,
             tcp_timeout_s: spec.tcp_timeout.as_secs().min(u32::MAX as u64) as u32,
             udp_timeout_s: spec.udp_timeout.as_secs().min(u32::MAX as u64) as u32,
+            tun_src: u32::from_ne_bytes(tun_src.octets()),
+            _pad: 0,
         };
         if existing.is_none() {
             self.dp.swap_table(id, &[])?;
@@ -242,7 +251,7 @@ impl Balancer {
         let spec = svc.spec.clone();
         let vip_id = svc.id;
         let old: Vec<SocketAddrV4> = svc.backends.iter().map(|b| b.addr).collect();
-        if spec.forwarding == Forwarding::Dr
+        if spec.forwarding != Forwarding::Nat
             && let Some(b) = backends.iter().find(|b| b.addr.port() != vip.port())
         {
             return Err(BalancerError::DrPort {

@@ -179,7 +179,7 @@ impl Datapath {
             .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(describe(&e)))?;
-        for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS] {
+        for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS, abi::prog::XDP_DECAP] {
             let p: &mut Xdp = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
@@ -236,6 +236,11 @@ impl Datapath {
     /// frames unless the peer has an XDP program too; this is that program.
     pub fn attach_pass(&mut self, iface: &str, mode: AttachMode) -> Result<XdpRunMode> {
         self.attach_xdp(abi::prog::XDP_PASS, iface, mode)
+    }
+
+    /// Attaches the tun-mode decapsulation helper (on a backend host).
+    pub fn attach_decap(&mut self, iface: &str, mode: AttachMode) -> Result<XdpRunMode> {
+        self.attach_xdp(abi::prog::XDP_DECAP, iface, mode)
     }
 
     fn attach_xdp(

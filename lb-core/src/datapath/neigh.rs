@@ -21,7 +21,7 @@ use std::{
 pub enum NeighError {
     #[error("interface {0}: no such interface")]
     NoInterface(String),
-    #[error("interface {iface}: reading its MAC: {error}")]
+    #[error("interface {iface}: {error}")]
     Mac { iface: String, error: io::Error },
     #[error("interface {0} has no IPv4 address")]
     NoAddress(String),
@@ -79,6 +79,26 @@ pub fn mac(iface: &str) -> Result<[u8; 6], NeighError> {
         *o = *d as u8;
     }
     Ok(out)
+}
+
+/// The interface's MTU (tun mode drops what would not fit once wrapped).
+pub fn mtu(iface: &str) -> Result<u16, NeighError> {
+    let name = ifname(iface).ok_or_else(|| NeighError::NoInterface(iface.to_string()))?;
+    let err = |error| NeighError::Mac {
+        iface: iface.to_string(),
+        error,
+    };
+    let sock = ioctl_socket().map_err(err)?;
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    req.ifr_name = name;
+    // SAFETY: SIOCGIFMTU reads ifr_name and fills ifru_mtu.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    // SAFETY: the ioctl succeeded, so the union holds the MTU.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.clamp(0, u16::MAX as i32) as u16)
 }
 
 /// IPv4 addresses per interface name, in the kernel's order.
@@ -209,6 +229,7 @@ mod tests {
         assert_eq!(ifindex("lo"), Some(1));
         assert!(ifindex("no-such-if0").is_none());
         assert_eq!(mac("lo").unwrap(), [0; 6]);
+        assert!(mtu("lo").unwrap() >= 1500);
         assert!(matches!(mac("no-such-if0"), Err(NeighError::Mac { .. })));
     }
 }

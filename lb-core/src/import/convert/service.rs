@@ -194,13 +194,9 @@ fn forwarding_mode(ctx: &mut Ctx, node: &Node, cx: &str, kind: &str) -> Option<&
     match kind.to_ascii_uppercase().as_str() {
         "NAT" => Some("nat"),
         "DR" => Some("dr"),
-        "TUN" => {
-            ctx.warn(
-                node,
-                format!("{cx}: lb_kind TUN maps to forwarding \"tun\", which lb does not implement yet; choose dr or nat before use"),
-            );
-            Some("tun")
-        }
+        // Backends keep their IPIP devices; `lb decap` is only for hosts
+        // without one.
+        "TUN" => Some("tun"),
         other => {
             ctx.warn(
                 node,

@@ -105,6 +105,10 @@ fn schedule(
         flags: be.flags,
         ..Default::default()
     };
+    if vip.mode == MODE_TUN {
+        flow.rw_dst_addr = be.addr;
+        flow.rw_src_addr = crate::tun::source(vip, key);
+    }
     if vip.mode == MODE_NAT {
         flow.rw_dst_addr = be.addr;
         flow.rw_dst_port = be.port;

@@ -15,6 +15,7 @@ mod flow;
 mod headers;
 mod maps;
 mod rewrite;
+mod tun;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -24,7 +25,8 @@ use aya_ebpf::{
 };
 use headers::*;
 use lb_ebpf::abi::{
-    BACKEND_LOCAL, DropReason, FLOW_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_NAT, VipKey,
+    BACKEND_LOCAL, DropReason, FLOW_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_NAT, MODE_TUN,
+    VipKey,
 };
 use maps::*;
 
@@ -103,7 +105,7 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
         _pad: 0,
     };
     match unsafe { VIPS.get(vip_key) } {
-        Some(vip) => to_vip(&ctx, &pkt, &key, vip, (end - start) as u64),
+        Some(vip) => to_vip(&ctx, &pkt, &key, vip, &iph, (end - start) as u64),
         None => from_backend(&ctx, &pkt, &key),
     }
 }
@@ -115,6 +117,7 @@ fn to_vip(
     pkt: &rewrite::Packet,
     key: &FlowKey,
     vip: &lb_ebpf::abi::VipMeta,
+    iph: &Ipv4Hdr,
     bytes: u64,
 ) -> u32 {
     let now = now();
@@ -130,6 +133,9 @@ fn to_vip(
     count(&BACKEND_STATS, flow.backend, bytes, new);
     if new && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         flow::observe_syn(flow.backend);
+    }
+    if vip.mode == MODE_TUN {
+        return tun::encap(ctx, &flow, vip, iph, flow.ifindex);
     }
     if vip.mode == MODE_NAT {
         rewrite::translate(pkt, &flow);
@@ -204,6 +210,12 @@ fn drop_unmatched(reason: DropReason) -> u32 {
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
     let _ = rewrite::tc_unnat(&ctx);
     TC_ACT_OK
+}
+
+/// Backend-side helper for tun mode (see `tun::decap`).
+#[xdp]
+pub fn lb_xdp_decap(ctx: XdpContext) -> u32 {
+    tun::decap(&ctx)
 }
 
 /// The baseline for benchmarks, and the peer program native-mode veth needs.
