@@ -14,7 +14,7 @@ use crate::{
     config::Protocol,
     datapath::{
         AttachMode, Datapath, DatapathError, Limits,
-        balancer::{BackendSpec, Balancer, BalancerError, ServiceSpec},
+        balancer::{BackendSpec, Balancer, BalancerError, ServiceSpec, Swap},
         monotonic_ns,
     },
 };
@@ -115,7 +115,7 @@ impl Dataplane {
         vip: SocketAddrV4,
         p: Protocol,
         backends: Vec<BackendSpec>,
-    ) -> Result<u32, BalancerError> {
+    ) -> Result<Swap, BalancerError> {
         self.call(move |b| b.set_backends(vip, p, &backends)).await
     }
 

@@ -48,6 +48,9 @@ pub const COALESCE: Duration = Duration::from_millis(50);
 /// A service removed from the config stops taking new flows at once and is
 /// unprogrammed when its flows are gone, or after this long.
 pub const REMOVED_SERVICE_DRAIN: Duration = Duration::from_secs(60);
+/// A backend left out of a table for want of an ARP answer is tried again
+/// after this long.
+const UNRESOLVED_RETRY: Duration = Duration::from_secs(5);
 /// Flows idle longer than this do not hold up a removed service.
 const REMOVAL_IDLE: Duration = Duration::from_secs(10);
 /// How often the datapath's passive-health counters are read.
@@ -143,6 +146,8 @@ struct Svc {
     live: Option<LiveSet>,
     generation: u32,
     removing_since: Option<Instant>,
+    /// Some backends could not be resolved: rebuild the table at this time.
+    retry_at: Option<Instant>,
 }
 
 impl Svc {
@@ -312,6 +317,7 @@ impl Daemon {
                 live: None,
                 generation,
                 removing_since: None,
+                retry_at: None,
             },
         );
         self.dirty.insert(key);
@@ -337,7 +343,9 @@ impl Daemon {
             if live.quorum_changed {
                 tracing::warn!(service = %svc.label(), quorum_up = live.quorum_up, sorry = live.sorry, "quorum changed");
             }
-            if svc.live.as_ref().map(|l| &l.backends) == Some(&live.backends) {
+            if svc.retry_at.is_none()
+                && svc.live.as_ref().map(|l| &l.backends) == Some(&live.backends)
+            {
                 svc.live = Some(live);
                 continue;
             }
@@ -354,8 +362,22 @@ impl Daemon {
                 continue;
             };
             match self.dataplane.set_backends(vip4, p, specs).await {
-                Ok(generation) => {
-                    svc.generation = generation;
+                Ok(swap) => {
+                    svc.generation = swap.generation;
+                    let mut live = live;
+                    live.backends.retain(|(a, _)| {
+                        !swap
+                            .unresolved
+                            .iter()
+                            .any(|(u, _)| SocketAddr::V4(*u) == *a)
+                    });
+                    svc.retry_at =
+                        (!swap.unresolved.is_empty()).then(|| Instant::now() + UNRESOLVED_RETRY);
+                    for (backend, error) in &swap.unresolved {
+                        if let Some(h) = svc.health.get_mut(&SocketAddr::V4(*backend)) {
+                            h.reason = Some(format!("not in the table: {error}"));
+                        }
+                    }
                     svc.live = Some(live);
                 }
                 Err(e) => {
@@ -787,7 +809,19 @@ impl Daemon {
                 _ = async { sleep_until(flush_at.unwrap_or_else(Instant::now)).await }, if flush_at.is_some() => {
                     let _ = self.flush().await;
                 }
-                _ = reap.tick() => self.reap_removed().await,
+                _ = reap.tick() => {
+                    self.reap_removed().await;
+                    let now = Instant::now();
+                    let due: Vec<ServiceKey> = self
+                        .services
+                        .iter()
+                        .filter(|(_, s)| s.retry_at.is_some_and(|t| t <= now))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for key in due {
+                        self.mark_dirty(key);
+                    }
+                }
                 _ = observe.tick() => self.observe().await,
                 Some(()) = self.vrrp_changed.recv() => self.publish(),
             }

@@ -61,12 +61,6 @@ pub enum BalancerError {
     Datapath(#[from] DatapathError),
     #[error("VIP {0}: {1}")]
     Neigh(SocketAddrV4, neigh::NeighError),
-    #[error("VIP {vip}: backend {backend}: {error}")]
-    Backend {
-        vip: SocketAddrV4,
-        backend: SocketAddrV4,
-        error: neigh::NeighError,
-    },
     #[error("VIP {0}: {1}")]
     Table(SocketAddrV4, TableError),
     #[error("VIP {0}/{1:?} is not programmed")]
@@ -92,6 +86,15 @@ struct Service {
     backends: Vec<BackendSpec>,
 }
 
+/// What a table swap did.
+#[derive(Debug)]
+pub struct Swap {
+    /// Generation of the live table after the swap.
+    pub generation: u32,
+    /// Backends left out because their MAC could not be resolved.
+    pub unresolved: Vec<(SocketAddrV4, neigh::NeighError)>,
+}
+
 /// Programs services into a [`Datapath`].
 pub struct Balancer {
     dp: Datapath,
@@ -102,6 +105,8 @@ pub struct Balancer {
     /// backend keeps its entry as long as possible.
     free_backend_ids: VecDeque<u32>,
     next_backend_id: u32,
+    /// Last MAC learnt per (interface, backend address).
+    macs: HashMap<(String, Ipv4Addr), [u8; 6]>,
     pub resolve_timeout: Duration,
 }
 
@@ -123,6 +128,7 @@ impl Balancer {
             backend_ids: HashMap::new(),
             free_backend_ids: VecDeque::new(),
             next_backend_id: 0,
+            macs: HashMap::new(),
             resolve_timeout: Duration::from_secs(1),
         }
     }
@@ -238,12 +244,17 @@ impl Balancer {
     /// builds the weighted Maglev table and swaps it in. Returns the table
     /// generation. Flows already pinned keep their backend, including one
     /// that left the set.
+    ///
+    /// A backend whose MAC cannot be resolved (no ARP answer) is left out of
+    /// the table and reported in [`Swap::unresolved`]: one silent host must
+    /// not keep the others out. A MAC learnt before is used again if the
+    /// neighbour entry has gone meanwhile.
     pub fn set_backends(
         &mut self,
         vip: SocketAddrV4,
         p: Protocol,
         backends: &[BackendSpec],
-    ) -> Result<u32> {
+    ) -> Result<Swap> {
         let svc = self
             .services
             .get(&(vip, p))
@@ -262,20 +273,42 @@ impl Balancer {
         let ifindex = neigh::ifindex(&spec.interface)
             .ok_or_else(|| DatapathError::NoInterface(spec.interface.clone()))?;
         let src_mac = neigh::mac(&spec.interface).map_err(|e| BalancerError::Neigh(vip, e))?;
+        let local: Vec<bool> = backends
+            .iter()
+            .map(|b| neigh::is_local(*b.addr.ip()))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| BalancerError::Neigh(vip, e))?;
+        let remote: Vec<Ipv4Addr> = backends
+            .iter()
+            .zip(&local)
+            .filter(|(_, l)| !**l)
+            .map(|(b, _)| *b.addr.ip())
+            .collect();
+        let mut resolved =
+            neigh::resolve_all(&remote, &spec.interface, self.resolve_timeout).into_iter();
         let mut prepared = Vec::new();
-        for b in backends {
+        let mut unresolved = Vec::new();
+        for (b, local) in backends.iter().zip(local) {
             let ip = *b.addr.ip();
-            let local = neigh::is_local(ip).map_err(|e| BalancerError::Neigh(vip, e))?;
+            let cache_key = (spec.interface.clone(), ip);
             let mac = if local {
                 [0; 6]
             } else {
-                neigh::resolve(ip, &spec.interface, self.resolve_timeout).map_err(|error| {
-                    BalancerError::Backend {
-                        vip,
-                        backend: b.addr,
-                        error,
+                match resolved.next() {
+                    Some(Ok(mac)) => {
+                        self.macs.insert(cache_key, mac);
+                        mac
                     }
-                })?
+                    Some(Err(error)) => match self.macs.get(&cache_key) {
+                        Some(mac) => *mac,
+                        None => {
+                            tracing::error!(vip = %vip, backend = %b.addr, %error, "backend left out of the table");
+                            unresolved.push((b.addr, error));
+                            continue;
+                        }
+                    },
+                    None => continue,
+                }
             };
             prepared.push((
                 *b,
@@ -324,10 +357,13 @@ impl Balancer {
             self.release_backend(&spec.interface, a);
         }
         if let Some(s) = self.services.get_mut(&(vip, p)) {
-            s.backends = backends.to_vec();
+            s.backends = prepared.iter().map(|(b, _)| *b).collect();
         }
-        tracing::info!(vip = %vip, generation, backends = backends.len(), "table swapped");
-        Ok(generation)
+        tracing::info!(vip = %vip, generation, backends = prepared.len(), "table swapped");
+        Ok(Swap {
+            generation,
+            unresolved,
+        })
     }
 
     /// Takes a reference on each backend's id (allocating new ones). The old

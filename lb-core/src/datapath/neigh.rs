@@ -173,30 +173,42 @@ fn arp_lookup(ip: Ipv4Addr, iface: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
-/// The MAC of `ip` on `iface`, asking the kernel to ARP for it if needed.
-pub fn resolve(ip: Ipv4Addr, iface: &str, timeout: Duration) -> Result<[u8; 6], NeighError> {
-    if let Some(m) = arp_lookup(ip, iface) {
-        return Ok(m);
-    }
+/// The MACs of `ips` on `iface`, asking the kernel to ARP for the missing
+/// ones, all at once: a few silent hosts cost one `timeout`, not one each.
+pub fn resolve_all(
+    ips: &[Ipv4Addr],
+    iface: &str,
+    timeout: Duration,
+) -> Vec<Result<[u8; 6], NeighError>> {
+    let mut out: Vec<Option<[u8; 6]>> = ips.iter().map(|ip| arp_lookup(*ip, iface)).collect();
     let deadline = Instant::now() + timeout;
     let mut nudged = Instant::now() - Duration::from_secs(1);
-    loop {
+    while out.iter().any(Option::is_none) && Instant::now() < deadline {
         if nudged.elapsed() >= Duration::from_millis(200) {
-            nudge(ip, iface);
+            for (ip, m) in ips.iter().zip(&out) {
+                if m.is_none() {
+                    nudge(*ip, iface);
+                }
+            }
             nudged = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(10));
-        if let Some(m) = arp_lookup(ip, iface) {
-            return Ok(m);
-        }
-        if Instant::now() >= deadline {
-            return Err(NeighError::Unresolved {
-                ip,
-                iface: iface.to_string(),
-                timeout,
-            });
+        for (ip, m) in ips.iter().zip(out.iter_mut()) {
+            if m.is_none() {
+                *m = arp_lookup(*ip, iface);
+            }
         }
     }
+    ips.iter()
+        .zip(out)
+        .map(|(ip, m)| {
+            m.ok_or_else(|| NeighError::Unresolved {
+                ip: *ip,
+                iface: iface.to_string(),
+                timeout,
+            })
+        })
+        .collect()
 }
 
 /// A datagram to the discard port makes the kernel resolve the neighbour.
