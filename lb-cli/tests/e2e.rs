@@ -292,6 +292,72 @@ address = "{BE2}"
     );
     assert_eq!(requests(&lab, &client, 2), ["be2", "be2"]);
 
+    // weight, reload, and bad input for each, against the real daemon.
+    let out = lb(&socket, &["weight", VIP, BE2, "7"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let b2 = &status(&socket).services[0].backends[1];
+    assert_eq!((b2.admin_weight, b2.live_weight), (Some(7), Some(7)));
+    for (args, code, needle) in [
+        (vec!["weight", VIP, BE2, "70000"], 1, "out of range"),
+        (
+            vec!["weight", "198.18.0.99:80", BE2, "1"],
+            1,
+            "no service 198.18.0.99:80/tcp",
+        ),
+        (
+            vec!["drain", VIP, "198.18.1.9:8080"],
+            1,
+            "has no backend 198.18.1.9:8080",
+        ),
+        (vec!["undrain", "not-an-address", BE2], 2, "not-an-address"),
+        (vec!["weight", VIP, BE2, "-1"], 2, "-1"),
+    ] {
+        let out = lb(&socket, &args);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    let b2 = &status(&socket).services[0].backends[1];
+    assert_eq!(
+        b2.admin_weight,
+        Some(7),
+        "a refused change changed something"
+    );
+    let out = lb(&socket, &["reload"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("config reloaded"),
+        "{}",
+        text(&out.stdout)
+    );
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        good.replace("[[service]]", "[[service]]\ncolour = \"red\""),
+    )
+    .unwrap();
+    let out = lb(&socket, &["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("service[0].colour: unknown key"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        requests(&lab, &client, 2).len(),
+        2,
+        "a rejected reload stopped the service"
+    );
+    std::fs::write(&config, good).unwrap();
+
     assert_eq!(daemon.terminate(), Some(0));
     assert!(!socket.exists(), "the socket is removed at exit");
 }
