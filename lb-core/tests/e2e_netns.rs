@@ -54,6 +54,7 @@ fn spec(forwarding: Forwarding) -> ServiceSpec {
         snat_address: None,
         snat_ports: (1_024, 32_767),
         tun_source: (forwarding == Forwarding::Tun).then(|| (Ipv4Addr::new(198, 19, 0, 0), 24)),
+        persistence: None,
         tcp_timeout: Duration::from_secs(900),
         udp_timeout: Duration::from_secs(300),
     }

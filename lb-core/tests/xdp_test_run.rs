@@ -694,3 +694,85 @@ fn tun_drops_what_would_exceed_the_mtu_once_wrapped() {
     tun_vip(&mut dp, (pkt.len() - 14 + 20) as u16);
     assert_eq!(run(&dp, &client_pkt(50_101, TCP)).0, XDP_TX);
 }
+
+/// Persistence (keepalived's persistence_timeout/granularity): a client's
+/// new connections follow its first backend while the template is fresh and
+/// the backend still in the table.
+#[test]
+fn persistence_keeps_a_client_on_its_backend_across_connections() {
+    let mut dp = load();
+    dp.set_vip(
+        VipKey {
+            addr: ip(VIP),
+            port: 80u16.to_be(),
+            proto: TCP,
+            _pad: 0,
+        },
+        VipMeta {
+            id: 0,
+            mode: abi::MODE_DR,
+            tcp_timeout_s: 900,
+            udp_timeout_s: 300,
+            persist_timeout_s: 1,
+            persist_mask: ip([255, 255, 255, 0]),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    backend(&mut dp, 0, BE[0], 0);
+    backend(&mut dp, 1, BE[1], 0);
+    dp.set_members(0, &[0, 1]).unwrap();
+    table(&mut dp, &[0]);
+    let (_, out) = run(&dp, &client_pkt(52_000, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    // The table now says backend 1, but the client (and its /24) stays.
+    dp.swap_table(0, &vec![1; TABLE as usize]).unwrap();
+    let (_, out) = run(&dp, &client_pkt(52_001, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0], "a new connection left its backend");
+    let neighbour = frame(
+        CLIENT_MAC,
+        LB_MAC,
+        [198, 18, 0, 9],
+        VIP,
+        52_002,
+        80,
+        TCP,
+        b"",
+    );
+    assert_eq!(
+        &run(&dp, &neighbour).1[0..6],
+        &BE_MAC[0],
+        "granularity /24 ignored"
+    );
+    let stranger = frame(
+        CLIENT_MAC,
+        LB_MAC,
+        [198, 18, 7, 9],
+        VIP,
+        52_003,
+        80,
+        TCP,
+        b"",
+    );
+    assert_eq!(&run(&dp, &stranger).1[0..6], &BE_MAC[1]);
+    // Backend 0 leaves the table: the template is not followed any more.
+    dp.set_members(0, &[1]).unwrap();
+    let (_, out) = run(&dp, &client_pkt(52_004, TCP));
+    assert_eq!(
+        &out[0..6],
+        &BE_MAC[1],
+        "template followed to a backend out of the table"
+    );
+    // Templates expire after the timeout without new connections.
+    dp.set_members(0, &[0, 1]).unwrap();
+    table(&mut dp, &[0]);
+    let (_, out) = run(&dp, &client_pkt(52_005, TCP));
+    assert_eq!(
+        &out[0..6],
+        &BE_MAC[1],
+        "fresh template (to backend 1) not followed"
+    );
+    std::thread::sleep(Duration::from_millis(2_100));
+    let (_, out) = run(&dp, &client_pkt(52_006, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0], "expired template still followed");
+}

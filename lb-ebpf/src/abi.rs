@@ -13,6 +13,8 @@ pub mod map {
     pub const RING: &str = "RING";
     pub const BACKENDS: &str = "BACKENDS";
     pub const FLOWS: &str = "FLOWS";
+    pub const PERSIST: &str = "PERSIST";
+    pub const MEMBERS: &str = "MEMBERS";
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -39,6 +41,8 @@ pub mod global {
     pub const RING_STRIDE: &str = "RING_STRIDE";
     /// Number of VIP slots; also the index of the "matched no VIP" counters.
     pub const MAX_VIPS: &str = "MAX_VIPS";
+    /// 64-bit words per VIP in `MEMBERS` (max_backends / 64, rounded up).
+    pub const MEMBER_WORDS: &str = "MEMBER_WORDS";
 }
 
 /// Default capacities. Each can be changed at load time (`set_max_entries`).
@@ -168,6 +172,30 @@ pub struct VipMeta {
     pub udp_timeout_s: u32,
     /// tun: outer source address (network order), see `tun_src_bits`.
     pub tun_src: u32,
+    /// keepalived's `persistence_timeout`: a client (its address masked by
+    /// `persist_mask`) keeps its backend across connections until it has
+    /// opened none for this long. 0 = off.
+    pub persist_timeout_s: u32,
+    /// keepalived's `persistence_granularity`, network order.
+    pub persist_mask: u32,
+    pub _pad: u32,
+}
+
+/// Key of `PERSIST`: a VIP and a client address masked by `persist_mask`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey {
+    pub vip: u32,
+    pub client: u32,
+}
+
+/// Value of `PERSIST` (LVS's persistence template).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Persist {
+    /// Refreshed by every new connection of the client.
+    pub last_seen_ns: u64,
+    pub backend: u32,
     pub _pad: u32,
 }
 
@@ -305,6 +333,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for Flow {}
     unsafe impl aya::Pod for Counters {}
+    unsafe impl aya::Pod for PersistKey {}
+    unsafe impl aya::Pod for Persist {}
 }
 
 #[cfg(test)]
@@ -317,7 +347,9 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(size_of::<VipKey>(), 8);
-        assert_eq!(size_of::<VipMeta>(), 32);
+        assert_eq!(size_of::<VipMeta>(), 40);
+        assert_eq!(size_of::<PersistKey>(), 8);
+        assert_eq!(size_of::<Persist>(), 16);
         assert_eq!(size_of::<TableState>(), 16);
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<FlowKey>(), 16);

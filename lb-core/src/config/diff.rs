@@ -131,6 +131,7 @@ fn service_changes(o: &Service, n: &Service) -> Vec<&'static str> {
         ("snat_address", o.snat_address != n.snat_address),
         ("snat_ports", o.snat_ports != n.snat_ports),
         ("tun_source", o.tun_source != n.tun_source),
+        ("persistence", o.persistence != n.persistence),
         ("tcp_timeout", o.tcp_timeout != n.tcp_timeout),
         ("udp_timeout", o.udp_timeout != n.udp_timeout),
         ("quorum", o.quorum != n.quorum),

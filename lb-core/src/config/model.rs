@@ -117,6 +117,8 @@ pub struct Service {
     /// tun: outer source address and prefix length; `None`: the interface's
     /// primary address.
     pub tun_source: Option<(Ipv4Addr, u8)>,
+    /// keepalived's persistence_timeout and persistence_granularity.
+    pub persistence: Option<(Duration, Ipv4Addr)>,
     pub tcp_timeout: Duration,
     pub udp_timeout: Duration,
     pub quorum: u32,

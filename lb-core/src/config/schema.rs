@@ -77,6 +77,12 @@ pub(crate) struct RawService {
     pub snat_address: Option<S<String>>,
     /// nat only: source ports, "first-last" inclusive. Default: "1024-32767".
     pub snat_ports: Option<S<String>>,
+    /// keepalived: a client keeps its backend across connections until it
+    /// has opened none for this long. Default: none (off).
+    pub persistence_timeout: Option<S<String>>,
+    /// keepalived: the netmask applied to client addresses for persistence.
+    /// Default: "255.255.255.255" (each client address on its own).
+    pub persistence_granularity: Option<S<String>>,
     /// tun only: outer source of the IPIP packets, an address or a prefix
     /// (/16 to /32) whose host bits are taken from the flow hash so backend
     /// NICs spread flows over their queues. Default: the interface's primary

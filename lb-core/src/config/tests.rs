@@ -337,7 +337,7 @@ fn config_error_unknown_keys_are_all_reported() {
         [
             "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_vips`, `max_backends`, `table_size`, `log_level`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
-            "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
+            "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
     );
 }
@@ -361,7 +361,7 @@ weight = 70000
     assert_eq!(
         errors(text),
         [
-            "t.toml:7:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
+            "t.toml:7:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
             "t.toml:13:10: service[0].backend[0].weight: 70000 is out of range 0..=65535",
         ]
     );
@@ -817,7 +817,7 @@ auth_pass = "much-too-long"
     assert_eq!(errs.to_string(), [
         "t.toml:3:18: daemon.metrics_listen: invalid address \"localhost\": expected \"ip:port\"",
         "t.toml:6:13: service[0].interface: interface \"lb7\" does not exist",
-        "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
+        "t.toml:8:1: service[0].colour: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         "t.toml:9:15: service[0].tcp_timeout: must be a whole number of seconds from 1s to 4294967295s",
         "t.toml:12:10: service[0].backend[0].weight: 100000 is out of range 0..=65535",
         "t.toml:14:11: service[0].backend[1].address: duplicate backend 198.18.1.1:8080 (already listed as service[0].backend[0])",
@@ -1050,5 +1050,40 @@ fn observe_defaults_to_layer4_for_nat_only_and_is_refused_with_dr() {
             "t.toml:6:11: service[0].observe: observe = \"layer4\" needs forwarding = \"nat\": other modes' replies bypass the LB",
             "t.toml:7:15: service[0].error_limit: 0 is out of range 1..=1000000",
         ]
+    );
+}
+
+#[test]
+fn persistence_keys_follow_keepalived() {
+    let c = ok(&MINIMAL.replace(
+        "forwarding",
+        "persistence_timeout = \"300s\"\npersistence_granularity = \"255.255.255.0\"\nforwarding",
+    ));
+    assert_eq!(
+        c.services[0].persistence,
+        Some((Duration::from_secs(300), "255.255.255.0".parse().unwrap()))
+    );
+    assert_eq!(ok(MINIMAL).services[0].persistence, None);
+    assert_eq!(
+        ok(&MINIMAL.replace("forwarding", "persistence_timeout = \"0s\"\nforwarding")).services[0]
+            .persistence,
+        None,
+        "keepalived reads 0 as off"
+    );
+    assert_eq!(
+        errors(&MINIMAL.replace(
+            "forwarding",
+            "persistence_timeout = \"60s\"\npersistence_granularity = \"255.0.255.0\"\nforwarding"
+        )),
+        [
+            "t.toml:6:27: service[0].persistence_granularity: invalid netmask \"255.0.255.0\": expected a contiguous netmask like \"255.255.255.0\""
+        ]
+    );
+    assert_eq!(
+        errors(&MINIMAL.replace(
+            "forwarding",
+            "persistence_granularity = \"255.255.0.0\"\nforwarding"
+        )),
+        ["t.toml:5:27: service[0].persistence_granularity: needs persistence_timeout"]
     );
 }

@@ -417,6 +417,35 @@ impl<'a> Validator<'a> {
                 }
             }
         });
+        let persistence = r.persistence_timeout.as_ref().map(|v| {
+            let t = self.duration(&Some(v.clone()), &key(p, "persistence_timeout"), Duration::ZERO);
+            let mask = r.persistence_granularity.as_ref().map_or(Ipv4Addr::BROADCAST, |g| {
+                let k = key(p, "persistence_granularity");
+                match g.get_ref().parse::<Ipv4Addr>() {
+                    Ok(m) if (!u32::from(m)).wrapping_add(1).is_power_of_two() || u32::from(m) == 0 => m,
+                    _ => {
+                        let reason = format!(
+                            "invalid netmask {:?}: expected a contiguous netmask like \"255.255.255.0\"",
+                            g.get_ref()
+                        );
+                        self.err(&g.span(), &k, reason);
+                        Ipv4Addr::BROADCAST
+                    }
+                }
+            });
+            (t, mask)
+        });
+        // keepalived reads a timeout of 0 as "no persistence".
+        let persistence = persistence.filter(|(t, _)| !t.is_zero());
+        if r.persistence_timeout.is_none()
+            && let Some(g) = &r.persistence_granularity
+        {
+            self.err(
+                &g.span(),
+                &key(p, "persistence_granularity"),
+                "needs persistence_timeout",
+            );
+        }
         let snat_ports = match &r.snat_ports {
             Some(v) => {
                 let k = key(p, "snat_ports");
@@ -497,6 +526,7 @@ impl<'a> Validator<'a> {
             snat_address,
             snat_ports,
             tun_source,
+            persistence,
             tcp_timeout: self.whole_seconds(&r.tcp_timeout, &key(p, "tcp_timeout"), 900),
             udp_timeout: self.whole_seconds(&r.udp_timeout, &key(p, "udp_timeout"), 300),
             quorum,

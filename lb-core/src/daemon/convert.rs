@@ -66,6 +66,7 @@ pub fn service_spec(s: &config::Service) -> Result<ServiceSpec, ConvertError> {
         },
         snat_ports: (s.snat_ports.first, s.snat_ports.last),
         tun_source: s.tun_source,
+        persistence: s.persistence,
         tcp_timeout: s.tcp_timeout,
         udp_timeout: s.udp_timeout,
     })

@@ -43,6 +43,9 @@ pub struct ServiceSpec {
     /// tun outer source and prefix length (host bits vary per flow);
     /// `None` = the interface's first IPv4 address.
     pub tun_source: Option<(Ipv4Addr, u8)>,
+    /// keepalived's `persistence_timeout` and `persistence_granularity`
+    /// (netmask); `None` = no persistence.
+    pub persistence: Option<(Duration, Ipv4Addr)>,
     pub tcp_timeout: Duration,
     pub udp_timeout: Duration,
 }
@@ -206,6 +209,12 @@ impl Balancer {
             tcp_timeout_s: spec.tcp_timeout.as_secs().min(u32::MAX as u64) as u32,
             udp_timeout_s: spec.udp_timeout.as_secs().min(u32::MAX as u64) as u32,
             tun_src: u32::from_ne_bytes(tun_src.octets()),
+            persist_timeout_s: spec
+                .persistence
+                .map_or(0, |(t, _)| t.as_secs().clamp(1, u32::MAX as u64) as u32),
+            persist_mask: spec
+                .persistence
+                .map_or(u32::MAX, |(_, m)| u32::from_ne_bytes(m.octets())),
             _pad: 0,
         };
         if existing.is_none() {
@@ -345,6 +354,16 @@ impl Balancer {
                 self.unreserve(&spec.interface, &prepared);
                 return Err(e.into());
             }
+        }
+        let members: Vec<u32> = prepared
+            .iter()
+            .zip(&ids)
+            .filter(|((b, _), _)| b.weight > 0)
+            .map(|(_, id)| *id)
+            .collect();
+        if let Err(e) = self.dp.set_members(vip_id, &members) {
+            self.unreserve(&spec.interface, &prepared);
+            return Err(e.into());
         }
         let generation = match self.dp.swap_table(vip_id, &table) {
             Ok(g) => g,

@@ -165,8 +165,12 @@ impl Datapath {
             len: ring as usize,
             stride: limits.ring_stride,
         })?;
+        let member_words = limits.max_backends.div_ceil(64);
         let mut ebpf = EbpfLoader::new()
             .override_global(abi::global::RING_STRIDE, &limits.ring_stride, true)
+            .override_global(abi::global::MEMBER_WORDS, &member_words, true)
+            .map_max_entries(abi::map::MEMBERS, limits.max_vips * member_words)
+            .map_max_entries(abi::map::PERSIST, limits.flow_capacity)
             .override_global(abi::global::MAX_VIPS, &limits.max_vips, true)
             .map_max_entries(abi::map::VIPS, limits.max_vips)
             .map_max_entries(abi::map::VIP_ADDRS, limits.max_vips)
@@ -360,6 +364,28 @@ impl Datapath {
         let mut m: Array<_, Backend> = self.typed(abi::map::BACKENDS)?;
         m.set(id, backend, 0)
             .map_err(write_err(format!("backend id {id}")))
+    }
+
+    /// Records which backends are in the VIP's table (persistence templates
+    /// are only followed to those).
+    pub fn set_members(&mut self, vip_id: u32, ids: &[u32]) -> Result<()> {
+        if vip_id >= self.limits.max_vips {
+            return Err(DatapathError::VipIdRange {
+                id: vip_id,
+                max: self.limits.max_vips,
+            });
+        }
+        let words = self.limits.max_backends.div_ceil(64);
+        let mut bits = vec![0u64; words as usize];
+        for id in ids.iter().filter(|id| **id < self.limits.max_backends) {
+            bits[(*id / 64) as usize] |= 1 << (id % 64);
+        }
+        let mut m: Array<_, u64> = self.typed(abi::map::MEMBERS)?;
+        for (i, w) in bits.into_iter().enumerate() {
+            m.set(vip_id * words + i as u32, w, 0)
+                .map_err(write_err(format!("members of VIP id {vip_id}")))?;
+        }
+        Ok(())
     }
 
     /// Installs `table` as the VIP's live Maglev table: written into the

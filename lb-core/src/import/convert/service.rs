@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::check::{self, CHECKERS, Defaults};
-use super::values::{arg, flag, int};
+use super::values::{arg, flag, int, timer};
 use super::{Ctx, VipInterfaces};
 use crate::import::emit::{Table, Value};
 use crate::import::parser::Node;
@@ -74,15 +74,9 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
                 }
                 None => None,
             },
-            "persistence_timeout" | "persistence_granularity" => {
-                ctx.warn(
-                    c,
-                    format!(
-                        "{cx}: {} is not supported by lb yet: a client's new connections may reach another backend",
-                        c.keyword
-                    ),
-                );
-                None
+            "persistence_timeout" => timer(ctx, c, &cx).map(|v| ("persistence_timeout", v)),
+            "persistence_granularity" => {
+                arg(ctx, c, &cx).map(|g| ("persistence_granularity", Value::Str(g.to_string())))
             }
             "quorum" => int(ctx, c, &cx).map(|v| ("quorum", v)),
             "hysteresis" => int(ctx, c, &cx).map(|v| ("hysteresis", v)),

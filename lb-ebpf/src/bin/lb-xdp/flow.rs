@@ -92,7 +92,11 @@ fn schedule(
     ifindex: u32,
     now: u64,
 ) -> Result<Flow, DropReason> {
-    let id = pick(key, vip.id)?;
+    let id = if vip.persist_timeout_s > 0 {
+        persistent_pick(key, vip, now)?
+    } else {
+        pick(key, vip.id)?
+    };
     let be = BACKENDS.get(id).ok_or(DropReason::BadBackend)?;
     let mut flow = Flow {
         last_seen_ns: now,
@@ -155,6 +159,42 @@ fn schedule(
     // error; the packet is still forwarded, the flow just is not pinned.
     let _ = FLOWS.insert(key, flow, 0);
     Ok(flow)
+}
+
+/// Persistence: the client's template backend while the template is fresh
+/// and the backend still in the table, else a Maglev pick that becomes the
+/// template. Every new connection refreshes it.
+#[inline(always)]
+fn persistent_pick(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<u32, DropReason> {
+    let pkey = PersistKey {
+        vip: vip.id,
+        client: key.src_addr & vip.persist_mask,
+    };
+    let timeout = vip.persist_timeout_s as u64 * 1_000_000_000;
+    if let Some(t) = PERSIST.get_ptr_mut(pkey) {
+        // SAFETY: a map value pointer stays valid for the program's run.
+        let t = unsafe { &mut *t };
+        if now.wrapping_sub(t.last_seen_ns) <= timeout && is_member(vip.id, t.backend) {
+            t.last_seen_ns = now;
+            return Ok(t.backend);
+        }
+    }
+    let id = pick(key, vip.id)?;
+    let t = Persist {
+        last_seen_ns: now,
+        backend: id,
+        _pad: 0,
+    };
+    let _ = PERSIST.insert(pkey, t, 0);
+    Ok(id)
+}
+
+#[inline(always)]
+fn is_member(vip: u32, backend: u32) -> bool {
+    let words = unsafe { core::ptr::read_volatile(&MEMBER_WORDS) };
+    MEMBERS
+        .get(vip * words + backend / 64)
+        .is_some_and(|w| *w & (1u64 << (backend % 64)) != 0)
 }
 
 /// Finds a SNAT port (network order) whose reply 5-tuple is free or belongs to

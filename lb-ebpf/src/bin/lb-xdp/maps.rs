@@ -51,6 +51,21 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 pub static FLOWS: LruHashMap<FlowKey, Flow> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
 
+/// Persistence templates (`persistence_timeout`): client → backend per VIP.
+#[map(name = "PERSIST")]
+pub static PERSIST: LruHashMap<PersistKey, Persist> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Which backends are in each VIP's live table, a bit per backend id
+/// (`MEMBER_WORDS` words per VIP): a persistence template is only followed
+/// to a backend that is still in the table (not drained, not down).
+#[map(name = "MEMBERS")]
+pub static MEMBERS: Array<u64> =
+    Array::with_max_entries(DEFAULT_MAX_VIPS * DEFAULT_MAX_BACKENDS.div_ceil(64), 0);
+
+#[unsafe(no_mangle)]
+pub static MEMBER_WORDS: u32 = DEFAULT_MAX_BACKENDS.div_ceil(64);
+
 /// Our SNAT source addresses: replies to them may be nat flows.
 #[map(name = "SNAT_ADDRS")]
 pub static SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
