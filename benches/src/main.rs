@@ -84,6 +84,7 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
         max_backends: 16,
         ring_stride: 65_537,
         flow_capacity: 65_536,
+        new_flow_cap: 0,
     })?;
     dp.set_vip(
         VipKey {

@@ -65,6 +65,7 @@ pub async fn decap(interface: &str, mode: AttachMode) -> Result<()> {
         max_backends: 1,
         ring_stride: 2,
         flow_capacity: 16,
+        new_flow_cap: 0,
     })
     .context("loading the datapath")?;
     let got = dp

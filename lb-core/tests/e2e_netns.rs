@@ -41,6 +41,7 @@ fn limits() -> Limits {
         max_backends: 64,
         ring_stride: 65_537,
         flow_capacity: 65_536,
+        new_flow_cap: 0,
     }
 }
 
@@ -101,6 +102,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
                     max_backends: 1,
                     ring_stride: 2,
                     flow_capacity: 16,
+                    new_flow_cap: 0,
                 })
                 .expect("load");
                 dp.attach_decap("eth0", AttachMode::Generic).expect("decap");
@@ -130,6 +132,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
                 max_backends: 1,
                 ring_stride: 2,
                 flow_capacity: 16,
+                new_flow_cap: 0,
             })
             .expect("load");
             dp.attach_pass(&p, AttachMode::Native)
@@ -438,6 +441,7 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
             max_backends: 4,
             ring_stride: 65_537,
             flow_capacity: 4_096,
+            new_flow_cap: 0,
         };
         Balancer::new(Datapath::load(limits).expect("load"), AttachMode::Generic)
     });

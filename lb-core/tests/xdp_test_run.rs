@@ -40,6 +40,7 @@ fn load() -> Datapath {
         max_backends: 16,
         ring_stride: TABLE,
         flow_capacity: 4_096,
+        new_flow_cap: 0,
     })
     .expect("loading the datapath")
 }
@@ -775,4 +776,41 @@ fn persistence_keeps_a_client_on_its_backend_across_connections() {
     std::thread::sleep(Duration::from_millis(2_100));
     let (_, out) = run(&dp, &client_pkt(52_006, TCP));
     assert_eq!(&out[0..6], &BE_MAC[0], "expired template still followed");
+}
+
+/// SYN-flood guard: past the per-CPU new-flow cap, dr flows are still
+/// forwarded to their Maglev backend but not recorded, so the connection
+/// table (and the established flows in it) is left alone.
+#[test]
+fn new_flows_over_the_cap_are_forwarded_unrecorded() {
+    require_root();
+    let mut dp = Datapath::load(Limits {
+        max_vips: 4,
+        max_backends: 16,
+        ring_stride: TABLE,
+        flow_capacity: 4_096,
+        new_flow_cap: 3,
+    })
+    .unwrap();
+    vip(&mut dp, abi::MODE_DR, TCP, 900);
+    backend(&mut dp, 0, BE[0], 0);
+    table(&mut dp, &[0]);
+    // The cap is per CPU: keep this thread (and so the test runs) on one.
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+    for p in 0..5u16 {
+        let (v, out) = run(&dp, &client_pkt(53_000 + p, TCP));
+        assert_eq!(v, XDP_TX);
+        assert_eq!(&out[0..6], &BE_MAC[0]);
+    }
+    assert_eq!(dp.flows().unwrap().len(), 3);
+    let c = dp.vip_counters(0).unwrap();
+    assert_eq!((c.new_flows, c.unpinned), (5, 2));
 }

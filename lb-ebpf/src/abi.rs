@@ -15,6 +15,7 @@ pub mod map {
     pub const FLOWS: &str = "FLOWS";
     pub const PERSIST: &str = "PERSIST";
     pub const MEMBERS: &str = "MEMBERS";
+    pub const NEW_FLOW_RATE: &str = "NEW_FLOW_RATE";
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -43,6 +44,9 @@ pub mod global {
     pub const MAX_VIPS: &str = "MAX_VIPS";
     /// 64-bit words per VIP in `MEMBERS` (max_backends / 64, rounded up).
     pub const MEMBER_WORDS: &str = "MEMBER_WORDS";
+    /// SYN-flood guard: new flows per CPU per second that may enter the
+    /// connection table (dr, tun); 0 = no limit.
+    pub const NEW_FLOW_CAP: &str = "NEW_FLOW_CAP";
 }
 
 /// Default capacities. Each can be changed at load time (`set_max_entries`).
@@ -181,6 +185,15 @@ pub struct VipMeta {
     pub _pad: u32,
 }
 
+/// Value of the per-CPU `NEW_FLOW_RATE[0]`: new flows in the current
+/// one-second window.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct FlowRate {
+    pub window_start_ns: u64,
+    pub count: u64,
+}
+
 /// Key of `PERSIST`: a VIP and a client address masked by `persist_mask`.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
@@ -304,6 +317,9 @@ pub struct Counters {
     pub syn: u64,
     pub syn_ack: u64,
     pub syn_rst: u64,
+    /// New flows forwarded but not recorded in the connection table because
+    /// the CPU was over its new-flow rate (SYN-flood guard, dr and tun).
+    pub unpinned: u64,
 }
 
 impl Counters {
@@ -318,6 +334,7 @@ impl Counters {
         self.syn += other.syn;
         self.syn_ack += other.syn_ack;
         self.syn_rst += other.syn_rst;
+        self.unpinned += other.unpinned;
     }
 }
 
@@ -335,6 +352,7 @@ mod pod {
     unsafe impl aya::Pod for Counters {}
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for Persist {}
+    unsafe impl aya::Pod for FlowRate {}
 }
 
 #[cfg(test)]
@@ -354,6 +372,6 @@ mod tests {
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 48);
-        assert_eq!(size_of::<Counters>(), 8 * (6 + DROP_REASONS));
+        assert_eq!(size_of::<Counters>(), 8 * (7 + DROP_REASONS));
     }
 }

@@ -114,6 +114,10 @@ fn daemon_changes(o: &Daemon, n: &Daemon) -> Vec<&'static str> {
         ("metrics_listen", o.metrics_listen != n.metrics_listen),
         ("xdp_mode", o.xdp_mode != n.xdp_mode),
         ("flow_capacity", o.flow_capacity != n.flow_capacity),
+        (
+            "max_new_flows_per_cpu",
+            o.max_new_flows_per_cpu != n.max_new_flows_per_cpu,
+        ),
         ("max_vips", o.max_vips != n.max_vips),
         ("max_backends", o.max_backends != n.max_backends),
         ("table_size", o.table_size != n.table_size),

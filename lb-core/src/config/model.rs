@@ -36,6 +36,7 @@ pub struct Daemon {
     pub metrics_listen: SocketAddr,
     pub xdp_mode: XdpMode,
     pub flow_capacity: u32,
+    pub max_new_flows_per_cpu: u32,
     pub max_vips: u32,
     pub max_backends: u32,
     pub table_size: u32,

@@ -43,6 +43,10 @@ pub(crate) struct RawDaemon {
     pub xdp_mode: Option<S<XdpMode>>,
     /// Connection-table entries. Default: 262144.
     pub flow_capacity: Option<S<i64>>,
+    /// SYN-flood guard: new dr/tun flows per CPU per second recorded in the
+    /// connection table; more are forwarded unrecorded. Default: 125000
+    /// (Katran's MAX_CONN_RATE); 0 = no limit.
+    pub max_new_flows_per_cpu: Option<S<i64>>,
     /// VIP slots in the datapath maps. Default: 64.
     pub max_vips: Option<S<i64>>,
     /// Backend slots in the datapath maps, all services together. Default: 4096.

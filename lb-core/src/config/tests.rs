@@ -184,6 +184,7 @@ fn config_defaults_are_applied() {
             metrics_listen: addr("127.0.0.1:9658"),
             xdp_mode: XdpMode::Auto,
             flow_capacity: 262_144,
+            max_new_flows_per_cpu: 125_000,
             max_vips: 64,
             max_backends: 4096,
             table_size: 65_537,
@@ -335,7 +336,7 @@ fn config_error_unknown_keys_are_all_reported() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_vips`, `max_backends`, `table_size`, `log_level`",
+            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
             "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]

@@ -280,6 +280,12 @@ impl<'a> Validator<'a> {
                 u32_range.clone(),
                 lb_ebpf::abi::DEFAULT_FLOW_CAPACITY,
             ),
+            max_new_flows_per_cpu: self.int(
+                &raw.max_new_flows_per_cpu,
+                &key(p, "max_new_flows_per_cpu"),
+                0..=i64::from(u32::MAX),
+                125_000,
+            ),
             max_vips: self.int(
                 &raw.max_vips,
                 &key(p, "max_vips"),

@@ -41,6 +41,7 @@ pub fn limits(c: &config::Config) -> Limits {
         max_backends: c.daemon.max_backends,
         ring_stride: c.daemon.table_size.max(largest),
         flow_capacity: c.daemon.flow_capacity,
+        new_flow_cap: c.daemon.max_new_flows_per_cpu,
     }
 }
 

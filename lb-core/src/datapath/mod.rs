@@ -96,6 +96,10 @@ pub struct Limits {
     pub ring_stride: u32,
     /// Connection table entries (LRU). Default 262144; a nat flow takes two.
     pub flow_capacity: u32,
+    /// SYN-flood guard: new dr/tun flows per CPU per second recorded in the
+    /// connection table; beyond it they are forwarded unrecorded. Default
+    /// 125000 (Katran's MAX_CONN_RATE); 0 = no limit.
+    pub new_flow_cap: u32,
 }
 
 impl Default for Limits {
@@ -105,6 +109,7 @@ impl Default for Limits {
             max_backends: abi::DEFAULT_MAX_BACKENDS,
             ring_stride: abi::DEFAULT_RING_SIZE,
             flow_capacity: abi::DEFAULT_FLOW_CAPACITY,
+            new_flow_cap: 125_000,
         }
     }
 }
@@ -169,6 +174,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .override_global(abi::global::RING_STRIDE, &limits.ring_stride, true)
             .override_global(abi::global::MEMBER_WORDS, &member_words, true)
+            .override_global(abi::global::NEW_FLOW_CAP, &limits.new_flow_cap, true)
             .map_max_entries(abi::map::MEMBERS, limits.max_vips * member_words)
             .map_max_entries(abi::map::PERSIST, limits.flow_capacity)
             .override_global(abi::global::MAX_VIPS, &limits.max_vips, true)

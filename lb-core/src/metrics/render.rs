@@ -83,6 +83,12 @@ fn describe() {
             format!("Flows scheduled to {what}.")
         );
         describe_counter!(
+            name("unpinned_flows_total"),
+            format!(
+                "New flows to {what} forwarded without a connection-table entry (SYN-flood guard over its per-CPU rate)."
+            )
+        );
+        describe_counter!(
             name("drops_total"),
             format!("Packets to {what} dropped by the datapath, by reason.")
         );
@@ -227,6 +233,7 @@ fn traffic(scope: &str, labels: &[Label], u: &Usage) {
     counter!(name("bytes_total"), labels.to_vec()).absolute(u.counters.bytes);
     counter!(name("new_flows_total"), labels.to_vec()).absolute(u.counters.new_flows);
     gauge!(name("active_flows"), labels.to_vec()).set(u.active_flows as f64);
+    counter!(name("unpinned_flows_total"), labels.to_vec()).absolute(u.counters.unpinned);
     drops(&name("drops_total"), labels, &u.counters);
     if scope == "backend" {
         counter!("lb_backend_syns_total", labels.to_vec()).absolute(u.counters.syn);

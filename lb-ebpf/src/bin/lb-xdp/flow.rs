@@ -155,10 +155,36 @@ fn schedule(
         }
     }
     observe_close(&mut flow, pkt.tcp_flags);
+    // nat flows need their entries (the reply is matched by them), so the
+    // guard only applies to modes that can forward without state.
+    if vip.mode != MODE_NAT && over_new_flow_cap(now) {
+        count_unpinned(vip.id);
+        return Ok(flow);
+    }
     // A full LRU evicts its oldest entry, so this only fails on a kernel
     // error; the packet is still forwarded, the flow just is not pinned.
     let _ = FLOWS.insert(key, flow, 0);
     Ok(flow)
+}
+
+/// Counts a new flow on this CPU; true when the CPU is over its cap.
+#[inline(always)]
+fn over_new_flow_cap(now: u64) -> bool {
+    let cap = unsafe { core::ptr::read_volatile(&NEW_FLOW_CAP) } as u64;
+    if cap == 0 {
+        return false;
+    }
+    let Some(r) = NEW_FLOW_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: per-CPU value, valid for this run.
+    let r = unsafe { &mut *r };
+    if now.wrapping_sub(r.window_start_ns) >= 1_000_000_000 {
+        r.window_start_ns = now;
+        r.count = 0;
+    }
+    r.count += 1;
+    r.count > cap
 }
 
 /// Persistence: the client's template backend while the template is fresh

@@ -66,6 +66,16 @@ pub static MEMBERS: Array<u64> =
 #[unsafe(no_mangle)]
 pub static MEMBER_WORDS: u32 = DEFAULT_MAX_BACKENDS.div_ceil(64);
 
+/// SYN-flood guard (Katran's MAX_CONN_RATE): per-CPU new-flow count in the
+/// current second. Over `NEW_FLOW_CAP`, dr and tun flows are still forwarded
+/// (Maglev gives the same backend) but not recorded, so a flood of new
+/// flows cannot evict established ones from the LRU.
+#[map(name = "NEW_FLOW_RATE")]
+pub static NEW_FLOW_RATE: PerCpuArray<FlowRate> = PerCpuArray::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+pub static NEW_FLOW_CAP: u32 = 0;
+
 /// Our SNAT source addresses: replies to them may be nat flows.
 #[map(name = "SNAT_ADDRS")]
 pub static SNAT_ADDRS: HashMap<u32, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
@@ -86,6 +96,14 @@ pub fn count(map: &PerCpuArray<Counters>, idx: u32, bytes: u64, new_flow: bool) 
         c.packets += 1;
         c.bytes += bytes;
         c.new_flows += new_flow as u64;
+    }
+}
+
+#[inline(always)]
+pub fn count_unpinned(vip: u32) {
+    if let Some(c) = VIP_STATS.get_ptr_mut(vip) {
+        // SAFETY: per-CPU value, valid for this run.
+        unsafe { (*c).unpinned += 1 };
     }
 }
 
