@@ -814,3 +814,62 @@ fn new_flows_over_the_cap_are_forwarded_unrecorded() {
     let c = dp.vip_counters(0).unwrap();
     assert_eq!((c.new_flows, c.unpinned), (5, 2));
 }
+
+fn echo(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], request: bool) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64);
+    let b = if request {
+        b.icmpv4_echo_request(7, 1)
+    } else {
+        b.icmpv4_echo_reply(7, 1)
+    };
+    let mut out = Vec::new();
+    b.write(&mut out, b"ping").unwrap();
+    out
+}
+
+/// ICMP echo to a VIP address is answered by the LB, whatever the VIP's
+/// ports; echo to other addresses is the kernel's.
+#[test]
+fn echo_to_a_vip_is_answered() {
+    let dp = setup(abi::MODE_NAT, TCP);
+    let (v, out) = run(&dp, &echo(CLIENT_MAC, LB_MAC, CLIENT, VIP, true));
+    assert_eq!(v, XDP_TX);
+    assert_eq!(out, echo(LB_MAC, CLIENT_MAC, VIP, CLIENT, false));
+    let other = echo(CLIENT_MAC, LB_MAC, CLIENT, OTHER, true);
+    assert_eq!(run(&dp, &other), (XDP_PASS, other.clone()));
+}
+
+/// "Fragmentation needed" about a dr flow (the backend's reply, from the
+/// VIP, was too big for a router) goes to that flow's backend unchanged.
+#[test]
+fn frag_needed_goes_to_the_flows_backend() {
+    let dp = setup(abi::MODE_DR, TCP);
+    run(&dp, &client_pkt(54_000, TCP));
+    // What the backend sent: VIP:80 → client:54000, quoted by a router.
+    let quoted = frame(
+        BE_MAC[0], CLIENT_MAC, VIP, CLIENT, 80, 54_000, TCP, &[0u8; 64],
+    );
+    let mut icmp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv4([198, 18, 0, 254], VIP, 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                next_hop_mtu: 1_400,
+            },
+        ))
+        .write(&mut icmp, &quoted[14..14 + 28])
+        .unwrap();
+    let (v, out) = run(&dp, &icmp);
+    assert_eq!(v, XDP_TX);
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    assert_eq!(&out[6..12], &LB_MAC_OUT);
+    assert_eq!(
+        &out[12..],
+        &icmp[12..],
+        "the ICMP packet itself must not change"
+    );
+    // Unknown flow: the kernel's business.
+    let mut stray = icmp.clone();
+    stray[14 + 20 + 8 + 22] ^= 0xff;
+    assert_eq!(run(&dp, &stray).0, XDP_PASS);
+}

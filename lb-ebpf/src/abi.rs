@@ -85,6 +85,7 @@ pub const FLOW_CLOSING: u8 = 1 << 2;
 /// lower here because a reused 5-tuple is rescheduled on SYN anyway).
 pub const CLOSING_TIMEOUT_S: u32 = 10;
 
+pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 

@@ -13,6 +13,7 @@
 
 mod flow;
 mod headers;
+mod icmp;
 mod maps;
 mod rewrite;
 mod tun;
@@ -25,8 +26,8 @@ use aya_ebpf::{
 };
 use headers::*;
 use lb_ebpf::abi::{
-    BACKEND_LOCAL, DropReason, FLOW_REPLY, FlowKey, IPPROTO_TCP, IPPROTO_UDP, MODE_NAT, MODE_TUN,
-    VipKey,
+    BACKEND_LOCAL, DropReason, FLOW_REPLY, FlowKey, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    MODE_NAT, MODE_TUN, VipKey,
 };
 use maps::*;
 
@@ -57,6 +58,9 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     }
     if iph.frag_off & IP_FRAG_MASK_BE != 0 {
         return policy_drop(dst, DropReason::Fragment);
+    }
+    if iph.proto == IPPROTO_ICMP {
+        return icmp::handle(&ctx, start, end, &iph);
     }
     let l4_min = match iph.proto {
         IPPROTO_TCP => TCP_HLEN,
@@ -173,7 +177,7 @@ fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
 }
 
 #[inline(always)]
-fn transmit(ctx: &XdpContext, ifindex: u32) -> u32 {
+pub(crate) fn transmit(ctx: &XdpContext, ifindex: u32) -> u32 {
     if ifindex == 0 || ifindex == ctx.ingress_ifindex() as u32 {
         xdp_action::XDP_TX
     } else {
@@ -194,7 +198,7 @@ fn policy_drop(dst: u32, reason: DropReason) -> u32 {
 }
 
 #[inline(always)]
-fn drop_unmatched(reason: DropReason) -> u32 {
+pub(crate) fn drop_unmatched(reason: DropReason) -> u32 {
     count_drop(unsafe { core::ptr::read_volatile(&MAX_VIPS) }, reason);
     xdp_action::XDP_DROP
 }
