@@ -94,6 +94,7 @@ fn table(dp: &mut Datapath, ids: &[u32]) -> u32 {
         })
         .collect();
     let t = build_maglev(&members, TABLE).expect("maglev");
+    dp.set_members(0, ids).expect("members");
     dp.swap_table(0, &t).expect("swap")
 }
 
@@ -122,6 +123,13 @@ fn client_pkt(sport: u16, proto: u8) -> Vec<u8> {
         proto,
         b"GET / HTTP/1.0\r\n\r\n",
     )
+}
+
+/// A packet of an established TCP connection (ACK, no SYN).
+fn ack_pkt(sport: u16) -> Vec<u8> {
+    let mut f = client_pkt(sport, TCP);
+    f[47] = 0x10;
+    f
 }
 
 fn nat_port(out: &[u8]) -> u16 {
@@ -294,7 +302,7 @@ fn established_flow_keeps_backend_across_table_swap() {
     assert_eq!(&out[0..6], &BE_MAC[0]);
     let g = table(&mut dp, &[1]);
     assert_eq!(dp.table_state(0).unwrap().generation, g);
-    let (_, out) = run(&dp, &client_pkt(41_000, TCP));
+    let (_, out) = run(&dp, &ack_pkt(41_000));
     assert_eq!(&out[0..6], &BE_MAC[0], "existing flow moved after swap");
     let (_, out) = run(&dp, &client_pkt(41_001, TCP));
     assert_eq!(&out[0..6], &BE_MAC[1], "new flow ignored the new table");
@@ -310,7 +318,7 @@ fn established_flow_keeps_backend_across_table_swap() {
         },
     )
     .unwrap();
-    let (_, out) = run(&dp, &client_pkt(41_000, TCP));
+    let (_, out) = run(&dp, &ack_pkt(41_000));
     assert_eq!(
         &out[0..6],
         &BE_MAC[0],
@@ -325,10 +333,15 @@ fn idle_flows_are_rescheduled_after_timeout() {
         vip(&mut dp, abi::MODE_DR, proto, 1);
         run(&dp, &client_pkt(42_000, proto));
         table(&mut dp, &[1]);
-        let (_, out) = run(&dp, &client_pkt(42_000, proto));
+        let again = if proto == TCP {
+            ack_pkt(42_000)
+        } else {
+            client_pkt(42_000, proto)
+        };
+        let (_, out) = run(&dp, &again);
         assert_eq!(&out[0..6], &BE_MAC[0]);
         sleep(Duration::from_millis(2_100));
-        let (_, out) = run(&dp, &client_pkt(42_000, proto));
+        let (_, out) = run(&dp, &again);
         assert_eq!(
             &out[0..6],
             &BE_MAC[1],
@@ -766,7 +779,7 @@ fn persistence_keeps_a_client_on_its_backend_across_connections() {
     );
     // Templates expire after the timeout without new connections.
     dp.set_members(0, &[0, 1]).unwrap();
-    table(&mut dp, &[0]);
+    dp.swap_table(0, &vec![0; TABLE as usize]).unwrap();
     let (_, out) = run(&dp, &client_pkt(52_005, TCP));
     assert_eq!(
         &out[0..6],
@@ -872,4 +885,25 @@ fn frag_needed_goes_to_the_flows_backend() {
     let mut stray = icmp.clone();
     stray[14 + 20 + 8 + 22] ^= 0xff;
     assert_eq!(run(&dp, &stray).0, XDP_PASS);
+}
+
+/// A new SYN on the 5-tuple of a flow whose backend left the table (its end
+/// never seen: a refused connection, a backend RST in dr mode) is scheduled
+/// afresh instead of going back to the dead backend.
+#[test]
+fn a_new_syn_for_a_flow_of_a_departed_backend_is_rescheduled() {
+    let mut dp = setup(abi::MODE_DR, TCP);
+    dp.set_members(0, &[0, 1]).unwrap();
+    let (_, out) = run(&dp, &client_pkt(55_000, TCP));
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    dp.set_members(0, &[1]).unwrap();
+    table(&mut dp, &[1]);
+    let mut ack = client_pkt(55_000, TCP);
+    ack[47] = 0x10;
+    assert_eq!(
+        &run(&dp, &ack).1[0..6],
+        &BE_MAC[0],
+        "established packets stay"
+    );
+    assert_eq!(&run(&dp, &client_pkt(55_000, TCP)).1[0..6], &BE_MAC[1]);
 }

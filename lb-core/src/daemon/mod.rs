@@ -827,9 +827,26 @@ impl Daemon {
             }
         }
         tracing::info!("shutting down");
+        // A master's priority-0 advert hands the VIP over after the backup's
+        // skew (≤ 1 s in v2, ≤ advert_int in v3); clients keep sending here
+        // until the new master's gratuitous ARP. The datapath forwards
+        // without the address, so it stays until then.
+        let handover = self
+            .vrrp
+            .iter()
+            .filter(|r| r.status().state == "MASTER")
+            .map(|r| r.config().advert_int.max(Duration::from_secs(1)) + Duration::from_millis(250))
+            .max();
         self.vrrp_stop.cancel();
         for r in std::mem::take(&mut self.vrrp) {
             r.join().await;
+        }
+        if let Some(wait) = handover {
+            tracing::info!(
+                ?wait,
+                "VIP released; forwarding until the new master has taken over"
+            );
+            tokio::time::sleep(wait).await;
         }
         for svc in self.services.values_mut() {
             if let Some(r) = svc.runner.take() {

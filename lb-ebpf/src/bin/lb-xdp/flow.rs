@@ -42,8 +42,11 @@ pub fn lookup_or_schedule(
         // SAFETY: a map value pointer stays valid for the program's run.
         let f = unsafe { &mut *f };
         let closing = f.flags & FLOW_CLOSING != 0;
-        // A fresh SYN on an ended connection's 5-tuple is a new connection.
-        let reopened = closing && pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+        // A fresh SYN on the 5-tuple of an ended connection, or of one whose
+        // backend has left the table (refused, down, drained: its end was
+        // not seen, e.g. a backend RST in dr mode), is a new connection.
+        let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+            && (closing || !is_member(vip.id, f.backend));
         if f.kind == FLOW_FORWARD
             && f.vip == vip.id
             && !reopened
