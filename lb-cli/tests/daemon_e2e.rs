@@ -91,6 +91,9 @@ fn get() -> Result<String, String> {
         .ok_or_else(|| format!("bad response {resp:?}"))
 }
 
+/// A request's start time and its outcome.
+type Record = (Instant, Result<String, String>);
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -141,7 +144,7 @@ fn a_stopped_backend_leaves_rotation_in_time_and_comes_back() {
     // Bounded load: at most 3000 requests or 40 s, recorded with their
     // start time relative to `t0` set by the main thread.
     let stop = Arc::new(AtomicBool::new(false));
-    let records: Arc<Mutex<Vec<(Instant, Result<String, String>)>>> = Arc::default();
+    let records: Arc<Mutex<Vec<Record>>> = Arc::default();
     wait_until("the VIP to answer", Duration::from_secs(15), || {
         in_ns(&client, get).is_ok()
     });
