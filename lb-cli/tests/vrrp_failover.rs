@@ -133,6 +133,10 @@ fn crash_return_and_clean_stop(test: &str, version: u8, master: Speaker, backup:
         d
     });
     println!("SIGTERM: node 1 has the VIP {takeover:?} after the signal");
+    assert!(
+        fl.wait_stopped(0, 10 * SEC),
+        "node 0 still running 10 s after SIGTERM"
+    );
     assert!(!fl.has_vip(0), "node 0 kept the VIP after SIGTERM");
     // Skew time, not 3 × advert_int: node 1 heard priority 0.
     assert!(

@@ -6,7 +6,12 @@
 //! the service) or keepalived. A keepalived node also runs `lb run` with the
 //! service only, as a site migrating from keepalived would: the VIP then
 //! answers through lb's datapath whoever owns it, and what differs between
-//! the cases is only who moves the address and how fast.
+//! the cases is who moves the address and how fast.
+//!
+//! A crash (`kill`) takes the whole node's stack down: `lb run`, or
+//! keepalived and its service daemon. A clean stop (`term`) stops the VRRP
+//! speaker only, as `systemctl stop` of that unit would: for an lb node
+//! that is its datapath too, for a keepalived node it is not.
 
 use std::{
     io::{Read, Write},
@@ -16,6 +21,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
+        mpsc,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -88,6 +94,8 @@ struct Node {
     vrrp_pid: Option<u32>,
     /// A keepalived node's `lb run` for the service.
     service_pid: Option<u32>,
+    /// Sent SIGTERM, not yet reaped.
+    stopping: Option<u32>,
     starts: u32,
 }
 
@@ -100,8 +108,8 @@ pub struct FailoverLab {
 }
 
 impl FailoverLab {
-    /// Client, backend and two nodes on one bridge; keepalived nodes get
-    /// their service daemon at once, no node speaks VRRP until `start`.
+    /// Client, backend and two nodes on one bridge; nothing runs on the
+    /// nodes until `start`.
     pub fn new(test: &str, lb_bin: &Path, vrrp: Vrrp, a: NodeSpec, b: NodeSpec) -> FailoverLab {
         let mut lab = Lab::new(test);
         let client = lab.host("client", CLIENT);
@@ -113,24 +121,17 @@ impl FailoverLab {
             spec,
             vrrp_pid: None,
             service_pid: None,
+            stopping: None,
             starts: 0,
         };
         let nodes = [node(&mut lab, 0, "a", a), node(&mut lab, 1, "b", b)];
-        let mut fl = FailoverLab {
+        FailoverLab {
             lab,
             client,
             lb_bin: lb_bin.to_path_buf(),
             vrrp,
             nodes,
-        };
-        for i in 0..2 {
-            if fl.nodes[i].spec.speaker == Speaker::Keepalived {
-                let cfg = fl.lb_config(i, false);
-                let pid = fl.spawn_lb(i, &cfg, "service");
-                fl.nodes[i].service_pid = Some(pid);
-            }
         }
-        fl
     }
 
     pub fn spec(&self, i: usize) -> NodeSpec {
@@ -228,16 +229,48 @@ virtual_ipaddress = ["{VIP}/32"]
         self.lab.spawn_logged(&ns, &cmd, Some(&log))
     }
 
-    /// Starts node `i`'s VRRP speaker with its current spec.
+    /// Starts node `i`'s VRRP speaker with its current spec (after its
+    /// service daemon, for keepalived, as a unit ordering would).
     pub fn start(&mut self, i: usize) {
         assert!(self.nodes[i].vrrp_pid.is_none(), "node {i} already running");
+        assert!(
+            self.wait_stopped(i, Duration::from_secs(10)),
+            "node {i} still running 10 s after SIGTERM"
+        );
         self.nodes[i].starts += 1;
+        if self.nodes[i].spec.speaker == Speaker::Keepalived && self.nodes[i].service_pid.is_none()
+        {
+            let log = self.file(i, "service.log");
+            let runs = || {
+                std::fs::read_to_string(&log)
+                    .map(|l| l.matches("lb running").count())
+                    .unwrap_or(0)
+            };
+            let before = runs();
+            let cfg = self.lb_config(i, false);
+            let pid = self.spawn_lb(i, &cfg, "service");
+            self.nodes[i].service_pid = Some(pid);
+            let t0 = Instant::now();
+            while runs() == before {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "node {i}'s service daemon did not come up\n{}",
+                    self.logs()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
         let pid = match self.nodes[i].spec.speaker {
             Speaker::Lb => {
                 let cfg = self.lb_config(i, true);
                 self.spawn_lb(i, &cfg, "vrrp")
             }
             Speaker::Keepalived => {
+                // A crashed keepalived leaves its pid files; one naming a pid
+                // not yet reaped makes the next keepalived refuse to start.
+                for f in ["keepalived.pid", "vrrp.pid"] {
+                    let _ = std::fs::remove_file(self.file(i, f));
+                }
                 let conf = self.file(i, "keepalived.conf");
                 std::fs::write(&conf, self.keepalived_config(i)).expect("keepalived.conf");
                 let log = self.file(i, "keepalived.log");
@@ -262,10 +295,10 @@ virtual_ipaddress = ["{VIP}/32"]
         self.nodes[i].vrrp_pid = Some(pid);
     }
 
-    /// A crash: no priority-0 advert, the VIP stays where it was.
-    /// keepalived's VRRP child would get SIGTERM from its dying parent (and
-    /// leave cleanly) or be respawned by it, so both are stopped first and
-    /// then killed.
+    /// A crash of the node: no priority-0 advert, the VIP stays where it
+    /// was, nothing forwards. keepalived's VRRP child would get SIGTERM from
+    /// its dying parent (and leave cleanly) or be respawned by it, so both
+    /// are stopped first and then killed.
     pub fn kill(&mut self, i: usize) {
         let pid = self.nodes[i].vrrp_pid.take().expect("node not running");
         if self.nodes[i].spec.speaker == Speaker::Keepalived {
@@ -277,18 +310,31 @@ virtual_ipaddress = ["{VIP}/32"]
                 self.lab.signal(p, libc::SIGSTOP);
             }
             self.lab.signal(child, libc::SIGKILL);
+            if let Some(service) = self.nodes[i].service_pid.take() {
+                self.lab.kill(service);
+            }
         }
         self.lab.kill(pid);
     }
 
-    /// A clean stop; waits for the process to exit.
+    /// A clean stop of the VRRP speaker; returns at once (see
+    /// `wait_stopped`).
     pub fn term(&mut self, i: usize) {
         let pid = self.nodes[i].vrrp_pid.take().expect("node not running");
         self.lab.signal(pid, libc::SIGTERM);
-        assert!(
-            self.lab.wait_exit(pid, Duration::from_secs(10)),
-            "node {i} did not exit within 10 s of SIGTERM"
-        );
+        self.nodes[i].stopping = Some(pid);
+    }
+
+    /// Waits for a speaker sent SIGTERM to exit; false if it is still
+    /// running after `timeout`.
+    pub fn wait_stopped(&mut self, i: usize, timeout: Duration) -> bool {
+        match self.nodes[i].stopping {
+            Some(pid) if !self.lab.wait_exit(pid, timeout) => false,
+            _ => {
+                self.nodes[i].stopping = None;
+                true
+            }
+        }
     }
 
     pub fn has_vip(&self, i: usize) -> bool {
@@ -406,8 +452,11 @@ fn http_get(timeout: Duration) -> Result<String, String> {
     }
 }
 
-/// A client sending one HTTP GET to the VIP every 50 ms (200 ms timeout),
-/// for at most 60 s or 1200 probes.
+/// A client sending one HTTP GET to the VIP every 50 ms, each from a
+/// thread of its own with a 200 ms timeout, for at most 60 s or 1200
+/// probes. Probes overlap so that one stuck on a vanished address does not
+/// delay the next: the gap is then measured to within the 50 ms interval,
+/// not the timeout.
 pub struct Prober {
     stop: Arc<AtomicBool>,
     handle: JoinHandle<Probed>,
@@ -431,40 +480,48 @@ impl Prober {
         let s = stop.clone();
         let ns = client.to_string();
         let handle = thread::spawn(move || {
-            enter(&ns);
             let started = Instant::now();
-            let mut last_ok: Option<Instant> = None;
-            let mut longest = Duration::ZERO;
-            let (mut attempts, mut failures) = (0, 0);
-            let mut recovered = true;
+            let (tx, rx) = mpsc::channel();
+            let mut probes = Vec::new();
             while !s.load(Ordering::Relaxed)
-                && attempts < 1_200
+                && probes.len() < 1_200
                 && started.elapsed() < Duration::from_secs(60)
             {
                 let next = Instant::now() + PROBE_EVERY;
-                attempts += 1;
-                match http_get(PROBE_TIMEOUT) {
-                    Ok(_) => {
-                        let now = Instant::now();
-                        if let Some(prev) = last_ok {
-                            longest = longest.max(now - prev);
-                        }
-                        last_ok = Some(now);
-                        recovered = true;
-                    }
-                    Err(_) => {
-                        failures += 1;
-                        recovered = false;
-                    }
-                }
+                let (ns, tx) = (ns.clone(), tx.clone());
+                let sent = Instant::now();
+                probes.push(thread::spawn(move || {
+                    enter(&ns);
+                    let ok = http_get(PROBE_TIMEOUT).is_ok();
+                    let _ = tx.send((sent, Instant::now(), ok));
+                }));
                 thread::sleep(next.saturating_duration_since(Instant::now()));
             }
+            let ended = Instant::now();
+            for p in probes {
+                let _ = p.join();
+            }
+            drop(tx);
+            let mut results: Vec<(Instant, Instant, bool)> = rx.iter().collect();
+            results.sort_by_key(|r| r.0);
+            let answers: Vec<Instant> = {
+                let mut a: Vec<Instant> = results.iter().filter(|r| r.2).map(|r| r.1).collect();
+                a.sort();
+                a
+            };
+            let mut longest = answers
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or_default();
+            // The last probe sent decides whether the VIP came back.
+            let recovered = results.last().is_some_and(|r| r.2);
             if !recovered {
-                longest = longest.max(last_ok.map_or(started.elapsed(), |t| t.elapsed()));
+                longest = longest.max(ended - answers.last().copied().unwrap_or(started));
             }
             Probed {
-                attempts,
-                failures,
+                attempts: results.len(),
+                failures: results.iter().filter(|r| !r.2).count(),
                 longest_gap: longest,
                 recovered,
             }
