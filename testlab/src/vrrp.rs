@@ -224,7 +224,12 @@ virtual_ipaddress = ["{VIP}/32"]
         let path = self.file(i, &format!("{what}.toml"));
         std::fs::write(&path, config).expect("lb config");
         let ns = self.nodes[i].ns.clone();
-        let cmd = format!("{} run --config {}", self.lb_bin.display(), path.display());
+        // Rejected adverts are logged at debug: `lb_log` shows them.
+        let cmd = format!(
+            "env RUST_LOG=info,lb_core::vrrp=debug {} run --config {}",
+            self.lb_bin.display(),
+            path.display()
+        );
         let log = self.file(i, &format!("{what}.log"));
         self.lab.spawn_logged(&ns, &cmd, Some(&log))
     }
@@ -410,6 +415,11 @@ virtual_ipaddress = ["{VIP}/32"]
     /// keepalived's log of node `i` (empty for an lb node).
     pub fn keepalived_log(&self, i: usize) -> String {
         std::fs::read_to_string(self.file(i, "keepalived.log")).unwrap_or_default()
+    }
+
+    /// The log of node `i`'s `lb run` with VRRP (empty for keepalived).
+    pub fn lb_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.file(i, "vrrp.log")).unwrap_or_default()
     }
 
     /// Every log of both nodes, for failure messages.
