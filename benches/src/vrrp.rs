@@ -115,6 +115,9 @@ pub fn bench(reps: usize, lb: Option<PathBuf>) -> Result<()> {
         (Speaker::Keepalived, Speaker::Keepalived),
         (Speaker::Lb, Speaker::Keepalived),
     ];
+    // The gaps are wall-clock figures on a possibly shared machine: the load
+    // goes with the table so that a noisy run can be told apart.
+    let load_before = loadavg();
     let mut rows = Vec::new();
     for (si, vrrp) in settings.iter().enumerate() {
         for (pi, (master, backup)) in pairs.iter().enumerate() {
@@ -155,7 +158,17 @@ pub fn bench(reps: usize, lb: Option<PathBuf>) -> Result<()> {
             ms(g_max),
         );
     }
+    println!(
+        "\nLoad average (1, 5, 15 min) before: {load_before}; after: {}.",
+        loadavg()
+    );
     Ok(())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn measure_pair(
