@@ -138,15 +138,6 @@ impl FailoverLab {
         self.nodes[i].spec
     }
 
-    /// Takes effect at the node's next `start`.
-    pub fn set_nopreempt(&mut self, i: usize, nopreempt: bool) {
-        self.nodes[i].spec.nopreempt = nopreempt;
-    }
-
-    pub fn ns(&self, i: usize) -> &str {
-        &self.nodes[i].ns
-    }
-
     fn file(&self, i: usize, what: &str) -> PathBuf {
         self.lab
             .dir()
