@@ -467,8 +467,11 @@ pub struct Probed {
     pub attempts: usize,
     pub failures: usize,
     /// The longest time between two successful answers, or from the last
-    /// success to the end if the answers never came back.
+    /// success to the last probe sent.
     pub longest_gap: Duration,
+    /// The VIP answered within the last 250 ms of probing. Not just "the
+    /// last probe succeeded": on a loaded machine a single probe can miss
+    /// its 200 ms while the VIP is fine.
     pub recovered: bool,
 }
 
@@ -490,11 +493,10 @@ impl Prober {
             {
                 let next = Instant::now() + PROBE_EVERY;
                 let (ns, tx) = (ns.clone(), tx.clone());
-                let sent = Instant::now();
                 probes.push(thread::spawn(move || {
                     enter(&ns);
                     let ok = http_get(PROBE_TIMEOUT).is_ok();
-                    let _ = tx.send((sent, Instant::now(), ok));
+                    let _ = tx.send((Instant::now(), ok));
                 }));
                 thread::sleep(next.saturating_duration_since(Instant::now()));
             }
@@ -503,28 +505,24 @@ impl Prober {
                 let _ = p.join();
             }
             drop(tx);
-            let mut results: Vec<(Instant, Instant, bool)> = rx.iter().collect();
-            results.sort_by_key(|r| r.0);
+            let results: Vec<(Instant, bool)> = rx.iter().collect();
             let answers: Vec<Instant> = {
-                let mut a: Vec<Instant> = results.iter().filter(|r| r.2).map(|r| r.1).collect();
+                let mut a: Vec<Instant> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
                 a.sort();
                 a
             };
-            let mut longest = answers
+            let tail = ended.saturating_duration_since(answers.last().copied().unwrap_or(started));
+            let longest = answers
                 .windows(2)
                 .map(|w| w[1] - w[0])
+                .chain(std::iter::once(tail))
                 .max()
                 .unwrap_or_default();
-            // The last probe sent decides whether the VIP came back.
-            let recovered = results.last().is_some_and(|r| r.2);
-            if !recovered {
-                longest = longest.max(ended - answers.last().copied().unwrap_or(started));
-            }
             Probed {
                 attempts: results.len(),
-                failures: results.iter().filter(|r| !r.2).count(),
+                failures: results.iter().filter(|r| !r.1).count(),
                 longest_gap: longest,
-                recovered,
+                recovered: tail <= Duration::from_millis(250),
             }
         });
         Prober { stop, handle }
