@@ -27,16 +27,20 @@ fn spec(speaker: Speaker, priority: u8) -> NodeSpec {
     }
 }
 
-fn lab(test: &str, version: u8, master: NodeSpec, backup: NodeSpec) -> FailoverLab {
-    let vrrp = Vrrp {
+/// advert_int 1 s, the keepalived default the bounds below are stated for.
+fn vrrp(version: u8) -> Vrrp {
+    Vrrp {
         version,
         advert_int: SEC,
-    };
-    FailoverLab::new(test, Path::new(LB_BIN), vrrp, master, backup)
+    }
+}
+
+fn lab(test: &str, v: Vrrp, master: NodeSpec, backup: NodeSpec) -> FailoverLab {
+    FailoverLab::new(test, Path::new(LB_BIN), v, master, backup)
 }
 
 /// Runs `act` while the client probes: half a second of steady answers
-/// before, and half a second after `settled` returns.
+/// before, and half a second after `act` returns.
 fn probed<T>(fl: &mut FailoverLab, act: impl FnOnce(&mut FailoverLab) -> T) -> (T, Probed) {
     let prober = fl.probe();
     thread::sleep(SEC / 2);
@@ -111,11 +115,8 @@ fn assert_no_complaints(fl: &FailoverLab) {
 /// preempts, then leaves cleanly and node 1 takes over after its skew only.
 fn crash_return_and_clean_stop(test: &str, version: u8, master: Speaker, backup: Speaker) {
     let _serial = serial();
-    let mut fl = lab(test, version, spec(master, 150), spec(backup, 100));
-    let v = Vrrp {
-        version,
-        advert_int: SEC,
-    };
+    let v = vrrp(version);
+    let mut fl = lab(test, v, spec(master, 150), spec(backup, 100));
     fl.start(0);
     fl.start(1);
     ok(fl.wait_sole_master(0, 15 * SEC));
@@ -189,11 +190,8 @@ fn nopreempt_return_stays_backup(test: &str, returning: Speaker, other: Speaker)
     let _serial = serial();
     let mut a = spec(returning, 150);
     a.nopreempt = true;
-    let mut fl = lab(test, 2, a, spec(other, 100));
-    let v = Vrrp {
-        version: 2,
-        advert_int: SEC,
-    };
+    let v = vrrp(2);
+    let mut fl = lab(test, v, a, spec(other, 100));
     // A nopreempt node wins only if it is first: lb loads its datapath
     // before it speaks VRRP, so starting both at once would let keepalived
     // win the race half the time.
