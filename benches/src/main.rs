@@ -13,8 +13,8 @@
 //! - `vrrp`: the failover gap a client sees with lb and keepalived as VRRP
 //!   speakers (see `vrrp.rs`); needs root and the `lb` binary.
 //!
-//! `cargo xtask bench` builds it in release mode and runs the first two (as
-//! root).
+//! `cargo xtask bench` builds it (and `lb`) in release mode and runs all
+//! three (as root).
 mod vrrp;
 
 use std::{net::SocketAddr, path::PathBuf, time::Instant};
