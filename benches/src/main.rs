@@ -10,9 +10,14 @@
 //!   the kernel's timer overhead.
 //! - `maglev`: build time of a weighted Maglev table for 10/100/1000
 //!   backends at M = 65537.
+//! - `vrrp`: the failover gap a client sees with lb and keepalived as VRRP
+//!   speakers (see `vrrp.rs`); needs root and the `lb` binary.
 //!
-//! `cargo xtask bench` builds it in release mode and runs both (as root).
-use std::{net::SocketAddr, time::Instant};
+//! `cargo xtask bench` builds it (and `lb`) in release mode and runs all
+//! three (as root).
+mod vrrp;
+
+use std::{net::SocketAddr, path::PathBuf, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -50,6 +55,16 @@ enum What {
         size: u32,
         #[arg(long, default_value_t = 20)]
         rounds: usize,
+    },
+    /// Failover gap seen by a client, lb and keepalived as VRRP speakers
+    /// (needs root; takes a few minutes).
+    Vrrp {
+        /// Repetitions per case (SIGKILL and SIGTERM of the master).
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        /// The `lb` binary; default: `lb` next to this one.
+        #[arg(long)]
+        lb: Option<PathBuf>,
     },
 }
 
@@ -328,5 +343,6 @@ fn main() -> Result<()> {
             singles,
         } => bench_datapath(repeat, rounds, singles),
         What::Maglev { size, rounds } => bench_maglev(size, rounds),
+        What::Vrrp { reps, lb } => vrrp::bench(reps, lb),
     }
 }

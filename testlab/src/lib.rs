@@ -18,8 +18,10 @@ use std::{
         mpsc,
     },
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+pub mod vrrp;
 
 /// Tests that load eBPF or create namespaces need root. They fail loudly
 /// without it; they never pass by skipping.
@@ -184,6 +186,24 @@ impl Lab {
     pub fn signal(&self, pid: u32, sig: i32) {
         // SAFETY: kill(2) on a child we own.
         unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// Waits up to `timeout` for a process started with `spawn` to exit
+    /// (and reaps it); false if it is still running.
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> bool {
+        let Some(i) = self.children.iter().position(|c| c.id() == pid) else {
+            return true;
+        };
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if !matches!(self.children[i].try_wait(), Ok(None)) {
+                // Already reaped by try_wait; wait only returns its status.
+                let _ = self.children.remove(i).wait();
+                return true;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        false
     }
 
     pub fn kill(&mut self, pid: u32) {

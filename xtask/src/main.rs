@@ -38,7 +38,7 @@ enum Task {
         #[arg(value_enum, default_value = "up")]
         action: LabAction,
     },
-    /// Benchmarks: datapath ns/packet and Maglev build time.
+    /// Benchmarks: datapath ns/packet, Maglev build time, VRRP failover gap.
     Bench,
 }
 
@@ -133,12 +133,15 @@ fn lint() -> Result<()> {
 
 fn bench() -> Result<()> {
     require_root("cargo xtask bench")?;
-    run(cargo().args(["build", "--release", "-p", "lb-benches"]))?;
+    // lb-cli too: the VRRP bench runs the `lb` binary beside lb-bench.
+    run(cargo().args(["build", "--release", "-p", "lb-benches", "-p", "lb-cli"]))?;
     let bin = root().join("target/release/lb-bench");
     println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
     run(Command::new(&bin).arg("datapath"))?;
     println!("\n## Maglev table build\n");
-    run(Command::new(&bin).arg("maglev"))
+    run(Command::new(&bin).arg("maglev"))?;
+    println!("\n## VRRP failover gap\n");
+    run(Command::new(&bin).arg("vrrp"))
 }
 
 /// Lab layout. Namespaces are prefixed so `down` finds all of them.

@@ -1,0 +1,535 @@
+//! Two LB nodes sharing a VIP through VRRP, a client probing the VIP and an
+//! HTTP backend behind it: the failover lab of the VRRP interop tests and of
+//! `lb-bench vrrp`.
+//!
+//! Each node speaks VRRP with either `lb run` (a `[[vrrp_instance]]` beside
+//! the service) or keepalived. A keepalived node also runs `lb run` with the
+//! service only, as a site migrating from keepalived would: the VIP then
+//! answers through lb's datapath whoever owns it, and what differs between
+//! the cases is who moves the address and how fast.
+//!
+//! A crash (`kill`) takes the whole node's stack down: `lb run`, or
+//! keepalived and its service daemon. A clean stop (`term`) stops the VRRP
+//! speaker only, as `systemctl stop` of that unit would: for an lb node
+//! that is its datapath too, for a keepalived node it is not.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use crate::{Lab, enter};
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 100);
+const VIP_PORT: u16 = 80;
+const VRID: u8 = 51;
+const CLIENT: &str = "198.18.0.1/15";
+const NODE_ADDRS: [&str; 2] = ["198.18.0.2/15", "198.18.0.3/15"];
+const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+const BACKEND_PORT: u16 = 8080;
+const KEEPALIVED: &str = "/usr/sbin/keepalived";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Speaker {
+    Lb,
+    Keepalived,
+}
+
+impl Speaker {
+    pub fn name(self) -> &'static str {
+        match self {
+            Speaker::Lb => "lb",
+            Speaker::Keepalived => "keepalived",
+        }
+    }
+}
+
+/// The settings both nodes share.
+#[derive(Clone, Copy, Debug)]
+pub struct Vrrp {
+    /// 2 or 3.
+    pub version: u8,
+    pub advert_int: Duration,
+}
+
+impl Vrrp {
+    /// RFC 3768 skew for v2 (whole seconds whatever the interval), RFC 5798
+    /// for v3 (a share of the interval).
+    pub fn skew(&self, priority: u8) -> Duration {
+        let share = f64::from(256 - u16::from(priority)) / 256.0;
+        if self.version == 2 {
+            Duration::from_secs_f64(share)
+        } else {
+            self.advert_int.mul_f64(share)
+        }
+    }
+
+    /// How long a backup at `priority` waits for a silent master.
+    pub fn master_down(&self, priority: u8) -> Duration {
+        self.advert_int * 3 + self.skew(priority)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct NodeSpec {
+    pub speaker: Speaker,
+    pub priority: u8,
+    pub nopreempt: bool,
+}
+
+struct Node {
+    name: &'static str,
+    ns: String,
+    spec: NodeSpec,
+    /// `lb run` (with or without VRRP) or keepalived's parent process.
+    vrrp_pid: Option<u32>,
+    /// A keepalived node's `lb run` for the service.
+    service_pid: Option<u32>,
+    /// Sent SIGTERM, not yet reaped.
+    stopping: Option<u32>,
+    starts: u32,
+}
+
+pub struct FailoverLab {
+    pub lab: Lab,
+    pub client: String,
+    lb_bin: PathBuf,
+    vrrp: Vrrp,
+    nodes: [Node; 2],
+}
+
+impl FailoverLab {
+    /// Client, backend and two nodes on one bridge; nothing runs on the
+    /// nodes until `start`.
+    pub fn new(test: &str, lb_bin: &Path, vrrp: Vrrp, a: NodeSpec, b: NodeSpec) -> FailoverLab {
+        let mut lab = Lab::new(test);
+        let client = lab.host("client", CLIENT);
+        let backend = lab.host("be", &format!("{BACKEND}/15"));
+        lab.http_backend(&backend, &BACKEND.to_string(), BACKEND_PORT, "be1");
+        let node = |lab: &mut Lab, i: usize, name: &'static str, spec: NodeSpec| Node {
+            name,
+            ns: lab.host(name, NODE_ADDRS[i]),
+            spec,
+            vrrp_pid: None,
+            service_pid: None,
+            stopping: None,
+            starts: 0,
+        };
+        let nodes = [node(&mut lab, 0, "a", a), node(&mut lab, 1, "b", b)];
+        FailoverLab {
+            lab,
+            client,
+            lb_bin: lb_bin.to_path_buf(),
+            vrrp,
+            nodes,
+        }
+    }
+
+    pub fn spec(&self, i: usize) -> NodeSpec {
+        self.nodes[i].spec
+    }
+
+    fn file(&self, i: usize, what: &str) -> PathBuf {
+        self.lab
+            .dir()
+            .join(format!("{}-{what}", self.nodes[i].name))
+    }
+
+    fn lb_config(&self, i: usize, with_vrrp: bool) -> String {
+        let n = &self.nodes[i];
+        let mut c = format!(
+            r#"[daemon]
+xdp_mode = "generic"
+admin_socket = "{sock}"
+
+[[service]]
+vip = "{VIP}:{VIP_PORT}"
+interface = "eth0"
+forwarding = "nat"
+
+[[service.backend]]
+address = "{BACKEND}:{BACKEND_PORT}"
+"#,
+            sock = self
+                .file(
+                    i,
+                    if with_vrrp {
+                        "vrrp.sock"
+                    } else {
+                        "service.sock"
+                    }
+                )
+                .display(),
+        );
+        if with_vrrp {
+            c.push_str(&format!(
+                r#"
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = {VRID}
+priority = {prio}
+advert_int = "{adv}ms"
+version = {ver}
+nopreempt = {nopreempt}
+virtual_ipaddress = ["{VIP}/32"]
+"#,
+                prio = n.spec.priority,
+                adv = self.vrrp.advert_int.as_millis(),
+                ver = self.vrrp.version,
+                nopreempt = n.spec.nopreempt,
+            ));
+        }
+        c
+    }
+
+    fn keepalived_config(&self, i: usize) -> String {
+        let n = &self.nodes[i];
+        format!(
+            "global_defs {{\n  router_id lbt_{name}\n}}\n\
+             vrrp_instance VI_1 {{\n  state BACKUP\n  interface eth0\n  version {ver}\n  \
+             virtual_router_id {VRID}\n  priority {prio}\n  advert_int {adv}\n{nopreempt}  \
+             virtual_ipaddress {{\n    {VIP}/32\n  }}\n}}\n",
+            name = n.name,
+            ver = self.vrrp.version,
+            prio = n.spec.priority,
+            adv = self.vrrp.advert_int.as_secs_f64(),
+            nopreempt = if n.spec.nopreempt {
+                "  nopreempt\n"
+            } else {
+                ""
+            },
+        )
+    }
+
+    fn spawn_lb(&mut self, i: usize, config: &str, what: &str) -> u32 {
+        let path = self.file(i, &format!("{what}.toml"));
+        std::fs::write(&path, config).expect("lb config");
+        let ns = self.nodes[i].ns.clone();
+        // Rejected adverts are logged at debug: `lb_log` shows them.
+        let cmd = format!(
+            "env RUST_LOG=info,lb_core::vrrp=debug {} run --config {}",
+            self.lb_bin.display(),
+            path.display()
+        );
+        let log = self.file(i, &format!("{what}.log"));
+        self.lab.spawn_logged(&ns, &cmd, Some(&log))
+    }
+
+    /// Starts node `i`'s VRRP speaker with its current spec (after its
+    /// service daemon, for keepalived, as a unit ordering would).
+    pub fn start(&mut self, i: usize) {
+        assert!(self.nodes[i].vrrp_pid.is_none(), "node {i} already running");
+        assert!(
+            self.wait_stopped(i, Duration::from_secs(10)),
+            "node {i} still running 10 s after SIGTERM"
+        );
+        self.nodes[i].starts += 1;
+        if self.nodes[i].spec.speaker == Speaker::Keepalived && self.nodes[i].service_pid.is_none()
+        {
+            let log = self.file(i, "service.log");
+            let runs = || {
+                std::fs::read_to_string(&log)
+                    .map(|l| l.matches("lb running").count())
+                    .unwrap_or(0)
+            };
+            let before = runs();
+            let cfg = self.lb_config(i, false);
+            let pid = self.spawn_lb(i, &cfg, "service");
+            self.nodes[i].service_pid = Some(pid);
+            let t0 = Instant::now();
+            while runs() == before {
+                assert!(
+                    t0.elapsed() < Duration::from_secs(20),
+                    "node {i}'s service daemon did not come up\n{}",
+                    self.logs()
+                );
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let pid = match self.nodes[i].spec.speaker {
+            Speaker::Lb => {
+                let cfg = self.lb_config(i, true);
+                self.spawn_lb(i, &cfg, "vrrp")
+            }
+            Speaker::Keepalived => {
+                // A crashed keepalived leaves its pid files; one naming a pid
+                // not yet reaped makes the next keepalived refuse to start.
+                for f in ["keepalived.pid", "vrrp.pid"] {
+                    let _ = std::fs::remove_file(self.file(i, f));
+                }
+                let conf = self.file(i, "keepalived.conf");
+                std::fs::write(&conf, self.keepalived_config(i)).expect("keepalived.conf");
+                let log = self.file(i, "keepalived.log");
+                // Mark each start in the log, so that a failure shows which
+                // run it came from.
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .and_then(|mut f| writeln!(f, "=== start {}", self.nodes[i].starts))
+                    .expect("keepalived.log");
+                let cmd = format!(
+                    "{KEEPALIVED} -n -l -D -G --vrrp -f {} -p {} -r {}",
+                    conf.display(),
+                    self.file(i, "keepalived.pid").display(),
+                    self.file(i, "vrrp.pid").display(),
+                );
+                let ns = self.nodes[i].ns.clone();
+                self.lab.spawn_logged(&ns, &cmd, Some(&log))
+            }
+        };
+        self.nodes[i].vrrp_pid = Some(pid);
+    }
+
+    /// A crash of the node: no priority-0 advert, the VIP stays where it
+    /// was, nothing forwards. keepalived's VRRP child would get SIGTERM from
+    /// its dying parent (and leave cleanly) or be respawned by it, so both
+    /// are stopped first and then killed.
+    pub fn kill(&mut self, i: usize) {
+        let pid = self.nodes[i].vrrp_pid.take().expect("node not running");
+        if self.nodes[i].spec.speaker == Speaker::Keepalived {
+            let child = std::fs::read_to_string(self.file(i, "vrrp.pid"))
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
+                .expect("keepalived's VRRP child pid");
+            for p in [pid, child] {
+                self.lab.signal(p, libc::SIGSTOP);
+            }
+            self.lab.signal(child, libc::SIGKILL);
+            if let Some(service) = self.nodes[i].service_pid.take() {
+                self.lab.kill(service);
+            }
+        }
+        self.lab.kill(pid);
+    }
+
+    /// A clean stop of the VRRP speaker; returns at once (see
+    /// `wait_stopped`).
+    pub fn term(&mut self, i: usize) {
+        let pid = self.nodes[i].vrrp_pid.take().expect("node not running");
+        self.lab.signal(pid, libc::SIGTERM);
+        self.nodes[i].stopping = Some(pid);
+    }
+
+    /// Waits for a speaker sent SIGTERM to exit; false if it is still
+    /// running after `timeout`.
+    pub fn wait_stopped(&mut self, i: usize, timeout: Duration) -> bool {
+        match self.nodes[i].stopping {
+            Some(pid) if !self.lab.wait_exit(pid, timeout) => false,
+            _ => {
+                self.nodes[i].stopping = None;
+                true
+            }
+        }
+    }
+
+    pub fn has_vip(&self, i: usize) -> bool {
+        let out = Command::new("ip")
+            .args(["-n", &self.nodes[i].ns, "-4", "addr", "show", "dev", "eth0"])
+            .output()
+            .expect("ip addr show");
+        String::from_utf8_lossy(&out.stdout).contains(&format!("inet {VIP}/32"))
+    }
+
+    /// Waits until node `i` alone holds the VIP and the VIP answers; returns
+    /// how long it took.
+    pub fn wait_sole_master(&self, i: usize, timeout: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        let other = 1 - i;
+        loop {
+            if self.has_vip(i) && !self.has_vip(other) && self.get_from_client().is_ok() {
+                return Ok(t0.elapsed());
+            }
+            if t0.elapsed() > timeout {
+                return Err(format!(
+                    "node {i} not sole VIP owner within {timeout:?}: has_vip = [{}, {}]\n{}",
+                    self.has_vip(0),
+                    self.has_vip(1),
+                    self.logs()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until node `i` holds the VIP, whoever else does; returns how
+    /// long it took (20 ms resolution).
+    pub fn wait_vip(&self, i: usize, timeout: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        while !self.has_vip(i) {
+            if t0.elapsed() > timeout {
+                return Err(format!(
+                    "node {i} has no VIP within {timeout:?}\n{}",
+                    self.logs()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(t0.elapsed())
+    }
+
+    /// Waits until the VIP answers the client, whoever holds it.
+    pub fn wait_answers(&self, timeout: Duration) -> Result<Duration, String> {
+        let t0 = Instant::now();
+        while self.get_from_client().is_err() {
+            if t0.elapsed() > timeout {
+                return Err(format!(
+                    "the VIP did not answer within {timeout:?}\n{}",
+                    self.logs()
+                ));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(t0.elapsed())
+    }
+
+    fn get_from_client(&self) -> Result<String, String> {
+        let ns = self.client.clone();
+        thread::spawn(move || {
+            enter(&ns);
+            http_get(Duration::from_millis(500))
+        })
+        .join()
+        .expect("probe thread")
+    }
+
+    /// keepalived's log of node `i` (empty for an lb node).
+    pub fn keepalived_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.file(i, "keepalived.log")).unwrap_or_default()
+    }
+
+    /// The log of node `i`'s `lb run` with VRRP (empty for keepalived).
+    pub fn lb_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.file(i, "vrrp.log")).unwrap_or_default()
+    }
+
+    /// Every log of both nodes, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..2 {
+            for what in ["vrrp.log", "service.log", "keepalived.log"] {
+                if let Ok(s) = std::fs::read_to_string(self.file(i, what)) {
+                    let tail: Vec<&str> = s.lines().rev().take(40).collect();
+                    out.push_str(&format!("--- node {i} {what} (last 40 lines)\n"));
+                    for l in tail.iter().rev() {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn probe(&self) -> Prober {
+        Prober::start(&self.client)
+    }
+}
+
+/// One HTTP/1.0 GET of the VIP from the calling thread's namespace.
+fn http_get(timeout: Duration) -> Result<String, String> {
+    let vip = SocketAddrV4::new(VIP, VIP_PORT);
+    let mut c = TcpStream::connect_timeout(&vip.into(), timeout).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    c.read_to_string(&mut resp).map_err(|e| e.to_string())?;
+    if resp.starts_with("HTTP/1.0 200") {
+        Ok(resp)
+    } else {
+        Err(format!("bad response {resp:?}"))
+    }
+}
+
+/// A client sending one HTTP GET to the VIP every 50 ms, each from a
+/// thread of its own with a 200 ms timeout, for at most 60 s or 1200
+/// probes. Probes overlap so that one stuck on a vanished address does not
+/// delay the next: the gap is then measured to within the 50 ms interval,
+/// not the timeout.
+pub struct Prober {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<Probed>,
+}
+
+pub struct Probed {
+    pub attempts: usize,
+    pub failures: usize,
+    /// The longest time between two successful answers, or from the last
+    /// success to the last probe sent.
+    pub longest_gap: Duration,
+    /// The VIP answered within the last 250 ms of probing. Not just "the
+    /// last probe succeeded": on a loaded machine a single probe can miss
+    /// its 200 ms while the VIP is fine.
+    pub recovered: bool,
+}
+
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+
+impl Prober {
+    fn start(client: &str) -> Prober {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let ns = client.to_string();
+        let handle = thread::spawn(move || {
+            let started = Instant::now();
+            let (tx, rx) = mpsc::channel();
+            let mut probes = Vec::new();
+            while !s.load(Ordering::Relaxed)
+                && probes.len() < 1_200
+                && started.elapsed() < Duration::from_secs(60)
+            {
+                let next = Instant::now() + PROBE_EVERY;
+                let (ns, tx) = (ns.clone(), tx.clone());
+                probes.push(thread::spawn(move || {
+                    enter(&ns);
+                    let ok = http_get(PROBE_TIMEOUT).is_ok();
+                    let _ = tx.send((Instant::now(), ok));
+                }));
+                thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            let ended = Instant::now();
+            for p in probes {
+                let _ = p.join();
+            }
+            drop(tx);
+            let results: Vec<(Instant, bool)> = rx.iter().collect();
+            let answers: Vec<Instant> = {
+                let mut a: Vec<Instant> = results.iter().filter(|r| r.1).map(|r| r.0).collect();
+                a.sort();
+                a
+            };
+            let tail = ended.saturating_duration_since(answers.last().copied().unwrap_or(started));
+            let longest = answers
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .chain(std::iter::once(tail))
+                .max()
+                .unwrap_or_default();
+            Probed {
+                attempts: results.len(),
+                failures: results.iter().filter(|r| !r.1).count(),
+                longest_gap: longest,
+                recovered: tail <= Duration::from_millis(250),
+            }
+        });
+        Prober { stop, handle }
+    }
+
+    pub fn stop(self) -> Probed {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("prober thread")
+    }
+}
