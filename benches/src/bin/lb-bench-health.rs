@@ -205,8 +205,8 @@ async fn serve(mut s: tokio::net::TcpStream, i: usize, backends: Arc<Backends>) 
     let _ = s.shutdown().await;
 }
 
-/// utime + stime of `pid`, in seconds; fails if it is gone or a zombie.
-fn cpu_seconds(pid: u32) -> Result<f64> {
+/// (utime, stime) of `pid`, in seconds; fails if it is gone or a zombie.
+fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may hold spaces and parentheses: fields are counted
@@ -225,7 +225,7 @@ fn cpu_seconds(pid: u32) -> Result<f64> {
     };
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok((ticks(11)? + ticks(12)?) as f64 / hz)
+    Ok((ticks(11)? as f64 / hz, ticks(12)? as f64 / hz))
 }
 
 /// The pid `Lab::spawn` returns is the checker itself only because
@@ -263,7 +263,8 @@ impl Kind {
 
 /// What one checker did.
 struct Report {
-    cpu_pct: f64,
+    user_pct: f64,
+    sys_pct: f64,
     probes: usize,
     lateness_ms: Vec<f64>,
     /// Failure instant → marked down, per detected backend, in seconds.
@@ -556,7 +557,8 @@ fn run_phases(
     let (w0, cpu0, t0) = (now(), cpu_seconds(pid)?, Instant::now());
     thread::sleep(Duration::from_secs(args.window));
     let (w1, cpu1, elapsed) = (now(), cpu_seconds(pid)?, t0.elapsed());
-    let cpu_pct = (cpu1 - cpu0) / elapsed.as_secs_f64() * 100.0;
+    let share = |a: f64, b: f64| (b - a) / elapsed.as_secs_f64() * 100.0;
+    let (user_pct, sys_pct) = (share(cpu0.0, cpu1.0), share(cpu0.1, cpu1.1));
     let mut lateness_ms = Vec::new();
     let mut probes = 0;
     for i in 0..n {
@@ -623,7 +625,8 @@ fn run_phases(
     let false_downs = downs.keys().filter(|i| !failing.contains(i)).count();
     let secs = |t: Duration| t.as_secs_f64() - t_fail.as_secs_f64();
     let mut report = Report {
-        cpu_pct,
+        user_pct,
+        sys_pct,
         probes,
         lateness_ms,
         down_s: Vec::new(),
@@ -709,7 +712,11 @@ fn table(args: &Args, reports: &[(Kind, Report)]) -> String {
                 "checker CPU, % of one core ({} s steady window)",
                 args.window
             ),
-            Box::new(|r| format!("{:.1}%", r.cpu_pct)),
+            Box::new(|r| format!("{:.1}%", r.user_pct + r.sys_pct)),
+        ),
+        (
+            "of which user / system".into(),
+            Box::new(|r| format!("{:.1}% / {:.1}%", r.user_pct, r.sys_pct)),
         ),
         (
             format!(
