@@ -265,6 +265,8 @@ impl Kind {
 struct Report {
     user_pct: f64,
     sys_pct: f64,
+    /// Packets through the checker's interface per probe in the window.
+    packets_per_probe: f64,
     probes: usize,
     lateness_ms: Vec<f64>,
     /// Failure instant → marked down, per detected backend, in seconds.
@@ -519,8 +521,15 @@ fn measure(
             (lab.spawn_logged(ns, &cmd, Some(&log)), Some(received))
         }
     };
-    let result = expect_comm(pid, bin)
-        .and_then(|()| run_phases(kind, pid, b, args, &dir, &log, received.as_ref()));
+    let run = Run {
+        kind,
+        pid,
+        ns,
+        dir: &dir,
+        log: &log,
+        received: received.as_ref(),
+    };
+    let result = expect_comm(pid, bin).and_then(|()| run_phases(&run, b, args));
     stop_logs.store(true, Ordering::Relaxed);
     // SIGTERM first so lb detaches its XDP program and exits cleanly.
     lab.signal(pid, libc::SIGTERM);
@@ -537,15 +546,43 @@ fn measure(
     })
 }
 
-fn run_phases(
+/// One checker process under measurement.
+struct Run<'a> {
     kind: Kind,
     pid: u32,
-    b: &Backends,
-    args: &Args,
-    dir: &Path,
-    log: &Path,
-    received: Option<&Received>,
-) -> Result<Report> {
+    /// Its namespace.
+    ns: &'a str,
+    dir: &'a Path,
+    /// Its stdout and stderr.
+    log: &'a Path,
+    /// HAProxy's log lines; lb's are in `log`.
+    received: Option<&'a Received>,
+}
+
+/// rx + tx packets of eth0 in `ns`. Read through `ip netns exec`, which
+/// mounts that namespace's /sys.
+fn packets(ns: &str) -> Result<u64> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "cat"])
+        .args(["rx_packets", "tx_packets"].map(|f| format!("/sys/class/net/eth0/statistics/{f}")))
+        .output()
+        .with_context(|| format!("reading eth0's counters in {ns}"))?;
+    ensure!(out.status.success(), "reading eth0's counters in {ns}");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().context("packet counter"))
+        .sum()
+}
+
+fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
+    let Run {
+        kind,
+        pid,
+        ns,
+        dir,
+        log,
+        received,
+    } = *run;
     let n = b.addrs.len();
     // Three probes per backend: every first probe (jittered over one
     // interval) is past and the schedule is in its steady rhythm.
@@ -554,9 +591,9 @@ fn run_phases(
         Ok((0..n).all(|i| b.arrivals[i].lock().expect("arrivals lock").len() >= 3))
     })?;
 
-    let (w0, cpu0, t0) = (now(), cpu_seconds(pid)?, Instant::now());
+    let (w0, cpu0, t0, pkts0) = (now(), cpu_seconds(pid)?, Instant::now(), packets(ns)?);
     thread::sleep(Duration::from_secs(args.window));
-    let (w1, cpu1, elapsed) = (now(), cpu_seconds(pid)?, t0.elapsed());
+    let (w1, cpu1, elapsed, pkts1) = (now(), cpu_seconds(pid)?, t0.elapsed(), packets(ns)?);
     let share = |a: f64, b: f64| (b - a) / elapsed.as_secs_f64() * 100.0;
     let (user_pct, sys_pct) = (share(cpu0.0, cpu1.0), share(cpu0.1, cpu1.1));
     let mut lateness_ms = Vec::new();
@@ -627,6 +664,7 @@ fn run_phases(
     let mut report = Report {
         user_pct,
         sys_pct,
+        packets_per_probe: (pkts1 - pkts0) as f64 / probes as f64,
         probes,
         lateness_ms,
         down_s: Vec::new(),
@@ -717,6 +755,10 @@ fn table(args: &Args, reports: &[(Kind, Report)]) -> String {
         (
             "of which user / system".into(),
             Box::new(|r| format!("{:.1}% / {:.1}%", r.user_pct, r.sys_pct)),
+        ),
+        (
+            "packets per probe (checker's interface, rx + tx)".into(),
+            Box::new(|r| format!("{:.1}", r.packets_per_probe)),
         ),
         (
             format!(
