@@ -89,7 +89,7 @@ impl Backends {
                 Ok(SocketAddrV4::new(Ipv4Addr::new(198, 18, 2, host), port))
             })
             .collect::<Result<Vec<_>>>()
-            .context("too many backends for 198.18.2.1-254 × 250 ports")?;
+            .context("too many backends for 198.18.2.1-255 × 250 ports")?;
         Ok(Self {
             addrs,
             arrivals: (0..n).map(|_| Mutex::default()).collect(),
@@ -426,17 +426,30 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// From lb's log: when each backend was first logged down, and when the first
-/// table swap after that line was logged.
-fn lb_transitions(log: &str) -> HashMap<SocketAddrV4, (Duration, Option<Duration>)> {
-    let mut down: HashMap<SocketAddrV4, (Duration, Option<Duration>)> = HashMap::new();
+/// A backend's fall in lb's log: when it was marked down, and when the first
+/// table swap that excludes it was logged.
+#[derive(Clone, Copy, Default)]
+struct LbFall {
+    down: Duration,
+    /// The controller has taken the transition in: every later swap
+    /// excludes the backend.
+    applied: bool,
+    swapped: Option<Duration>,
+}
+
+/// lb logs each transition twice: the health task when it decides (the
+/// detection time), then the controller when it applies it. A "table
+/// swapped" line between the two belongs to an earlier change, so only
+/// swaps after the controller's line count.
+fn lb_transitions(log: &str) -> HashMap<SocketAddrV4, LbFall> {
+    let mut falls: HashMap<SocketAddrV4, LbFall> = HashMap::new();
     for line in log.lines().map(strip_ansi) {
         let Some(at) = line.split_whitespace().next().and_then(parse_utc) else {
             continue;
         };
         if line.contains("table swapped") {
-            for (_, swap) in down.values_mut() {
-                swap.get_or_insert(at);
+            for f in falls.values_mut().filter(|f| f.applied) {
+                f.swapped.get_or_insert(at);
             }
         } else if line.contains("backend down")
             && let Some(addr) = line
@@ -444,15 +457,17 @@ fn lb_transitions(log: &str) -> HashMap<SocketAddrV4, (Duration, Option<Duration
                 .find_map(|w| w.strip_prefix("backend="))
                 .and_then(|a| a.parse().ok())
         {
-            down.entry(addr).or_insert((at, None));
+            let f = falls.entry(addr).or_insert(LbFall {
+                down: at,
+                ..LbFall::default()
+            });
+            f.applied |= line.contains("lb_core::daemon:");
         }
     }
-    down
+    falls
 }
 
-/// lb logs each transition twice (the health task, then the controller);
-/// both carry the same backend, so only the first counts.
-fn lb_events(log: &Path) -> Result<HashMap<SocketAddrV4, (Duration, Option<Duration>)>> {
+fn lb_events(log: &Path) -> Result<HashMap<SocketAddrV4, LbFall>> {
     let text =
         std::fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
     Ok(lb_transitions(&text))
@@ -623,7 +638,7 @@ fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
                 let ev = lb_events(log)?;
                 failing
                     .iter()
-                    .filter(|&&i| ev.get(&b.addrs[i]).is_some_and(|(_, s)| s.is_some()))
+                    .filter(|&&i| ev.get(&b.addrs[i]).is_some_and(|f| f.swapped.is_some()))
                     .count()
             }
             Some(r) => {
@@ -645,10 +660,10 @@ fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
                 b.addrs.iter().enumerate().map(|(i, a)| (*a, i)).collect();
             let mut d = HashMap::new();
             let mut r = HashMap::new();
-            for (a, (down, swap)) in ev {
+            for (a, f) in ev {
                 let i = idx[&a];
-                d.insert(i, down);
-                if let Some(s) = swap {
+                d.insert(i, f.down);
+                if let Some(s) = f.swapped {
                     r.insert(i, s);
                 }
             }
@@ -923,16 +938,17 @@ mod tests {
     }
 
     #[test]
-    fn lb_down_is_paired_with_the_next_swap() {
+    fn only_swaps_after_the_controller_took_the_fall_in_count() {
         let log = "\
 2026-11-25T07:20:00.000000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=1 backends=3
 2026-11-25T07:20:01.000000Z  WARN lb_core::health::runner: backend down service=x backend=198.18.2.1:8001 reason=r
-2026-11-25T07:20:01.000100Z  INFO lb_core::daemon: backend down service=x backend=198.18.2.1:8001 up=false
-2026-11-25T07:20:01.050000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=2 backends=2
+2026-11-25T07:20:01.020000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=2 backends=3
+2026-11-25T07:20:01.030000Z  INFO lb_core::daemon: backend down service=x backend=198.18.2.1:8001 up=false
+2026-11-25T07:20:01.080000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=3 backends=2
 ";
         let ev = lb_transitions(log);
-        let (down, swap) = ev[&"198.18.2.1:8001".parse().expect("addr")];
-        assert_eq!(down.subsec_millis(), 0);
-        assert_eq!(swap.expect("swapped").subsec_millis(), 50);
+        let f = ev[&"198.18.2.1:8001".parse().expect("addr")];
+        assert_eq!(f.down.subsec_millis(), 0);
+        assert_eq!(f.swapped.expect("swapped").subsec_millis(), 80);
     }
 }
