@@ -265,6 +265,8 @@ impl Kind {
 struct Report {
     user_pct: f64,
     sys_pct: f64,
+    /// Longest time in the window with no probe arriving at all.
+    longest_silence_ms: f64,
     /// Packets through the checker's interface per probe in the window.
     packets_per_probe: f64,
     probes: usize,
@@ -612,19 +614,28 @@ fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
     let share = |a: f64, b: f64| (b - a) / elapsed.as_secs_f64() * 100.0;
     let (user_pct, sys_pct) = (share(cpu0.0, cpu1.0), share(cpu0.1, cpu1.1));
     let mut lateness_ms = Vec::new();
-    let mut probes = 0;
+    let mut all = Vec::new();
     for i in 0..n {
         let seen: Vec<Duration> = b
             .arrivals(i)
             .into_iter()
             .filter(|t| *t >= w0 && *t <= w1)
             .collect();
-        probes += seen.len();
         lateness_ms.extend(
             seen.windows(2)
                 .map(|w| (w[1].as_secs_f64() - w[0].as_secs_f64() - INTER.as_secs_f64()) * 1e3),
         );
+        all.extend(seen);
     }
+    let probes = all.len();
+    // With a thousand probes a second, a long gap between any two arrivals
+    // means everything stopped (the checker or the responder starved on a
+    // shared machine): it tells a disturbed run from a slow checker.
+    all.sort();
+    let longest_silence_ms = all
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_secs_f64() * 1e3)
+        .fold(0.0, f64::max);
 
     let failing: Vec<usize> = (0..args.failing).map(|k| k * n / args.failing).collect();
     let t_fail = now();
@@ -679,6 +690,7 @@ fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
     let mut report = Report {
         user_pct,
         sys_pct,
+        longest_silence_ms,
         packets_per_probe: (pkts1 - pkts0) as f64 / probes as f64,
         probes,
         lateness_ms,
@@ -793,6 +805,10 @@ fn table(args: &Args, reports: &[(Kind, Report)]) -> String {
                     s.last().copied().unwrap_or(f64::NAN)
                 )
             }),
+        ),
+        (
+            "longest gap with no probe arriving at all".into(),
+            Box::new(|r| format!("{:.0} ms", r.longest_silence_ms)),
         ),
         (
             format!("failure → marked down, median / max (ideal ≤ {FALL} s)"),
