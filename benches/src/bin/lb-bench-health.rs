@@ -180,6 +180,8 @@ fn start_responder(ns: &str, backends: Arc<Backends>) -> Result<()> {
 async fn accept_loop(l: tokio::net::TcpListener, i: usize, backends: Arc<Backends>) {
     loop {
         let Ok((s, _)) = l.accept().await else {
+            // Out of descriptors or memory: back off rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
         backends.arrivals[i]
@@ -222,6 +224,29 @@ async fn serve(mut s: tokio::net::TcpStream, i: usize, backends: Arc<Backends>) 
     };
     let _ = s.write_all(resp).await;
     let _ = s.shutdown().await;
+}
+
+/// The responder holds one listening socket per backend plus the probes in
+/// flight, beyond the usual soft limit of 1024 descriptors.
+fn raise_fd_limit(backends: usize) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    ensure!(r == 0, "getrlimit: {}", std::io::Error::last_os_error());
+    let want = (backends as libc::rlim_t + 4096).max(lim.rlim_cur);
+    lim.rlim_cur = want;
+    lim.rlim_max = lim.rlim_max.max(want);
+    // SAFETY: a valid pointer to an rlimit.
+    let r = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    ensure!(
+        r == 0,
+        "raising the open-files limit to {want}: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
 }
 
 /// (utime, stime) of `pid`, in seconds; fails if it is gone or a zombie.
@@ -917,6 +942,7 @@ fn main() -> Result<()> {
         .unwrap_or_default()
         .to_owned();
 
+    raise_fd_limit(args.backends)?;
     let backends = Arc::new(Backends::new(args.backends)?);
     let mut lab = Lab::new("hcbench");
     let be_ns = lab.host("backends", "198.18.0.3/15");
