@@ -321,6 +321,9 @@ struct Report {
     removed_s: Vec<f64>,
     /// The `fall`-th failed probe's arrival → out of the table, in ms.
     after_fall_ms: Vec<f64>,
+    /// Marked down → out of the table, in ms: the controller and datapath's
+    /// share of `after_fall_ms`.
+    down_to_removed_ms: Vec<f64>,
     failing: usize,
     false_downs: usize,
     cross_check: String,
@@ -746,18 +749,25 @@ fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
         down_s: Vec::new(),
         removed_s: Vec::new(),
         after_fall_ms: Vec::new(),
+        down_to_removed_ms: Vec::new(),
         failing: failing.len(),
         false_downs,
         cross_check: String::new(),
     };
     for &i in &failing {
-        if let Some(d) = downs.get(&i).filter(|d| **d >= t_fail) {
+        let down = downs.get(&i).filter(|d| **d >= t_fail);
+        if let Some(d) = down {
             report.down_s.push(secs(*d));
         }
         let Some(r) = removals.get(&i).filter(|r| **r >= t_fail) else {
             continue;
         };
         report.removed_s.push(secs(*r));
+        if let Some(d) = down {
+            report
+                .down_to_removed_ms
+                .push((r.as_secs_f64() - d.as_secs_f64()) * 1e3);
+        }
         let fall_th = b
             .arrivals(i)
             .into_iter()
@@ -870,6 +880,10 @@ fn table(args: &Args, reports: &[(Kind, Report)]) -> String {
         (
             format!("`fall`-th ({FALL}) failed probe → out of rotation, median / max"),
             Box::new(|r| med_max(&r.after_fall_ms, "ms", 1)),
+        ),
+        (
+            "of which marked down → out of rotation, median / max".into(),
+            Box::new(|r| med_max(&r.down_to_removed_ms, "ms", 1)),
         ),
         (
             format!("failing backends taken out (of {n})"),
