@@ -545,6 +545,37 @@ fn haproxy_downs(got: &Received) -> HashMap<usize, Duration> {
     down
 }
 
+/// Set by SIGINT/SIGTERM. An interrupted run must still return through
+/// `Lab`'s `Drop`, or it would leave namespaces behind and a checker probing
+/// a thousand backends on a shared machine.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+fn catch_interrupts() -> Result<()> {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        let old = unsafe { libc::signal(sig, on_interrupt as *const () as libc::sighandler_t) };
+        ensure!(
+            old != libc::SIG_ERR,
+            "installing a handler for signal {sig}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Sleeps `d`, in steps short enough to notice an interrupt.
+fn pause(d: Duration) -> Result<()> {
+    wait_for("nothing", d + Duration::from_secs(1), {
+        let end = Instant::now() + d;
+        move || Ok(Instant::now() >= end)
+    })
+}
+
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     while !done()? {
@@ -552,6 +583,7 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> Result<bool
             Instant::now() < deadline,
             "timed out after {timeout:?} waiting for {what}"
         );
+        ensure!(!INTERRUPTED.load(Ordering::Relaxed), "interrupted");
         thread::sleep(Duration::from_millis(100));
     }
     Ok(())
@@ -661,7 +693,7 @@ fn run_phases(run: &Run, b: &Backends, args: &Args) -> Result<Report> {
     })?;
 
     let (w0, cpu0, t0, pkts0) = (now(), cpu_seconds(pid)?, Instant::now(), packets(ns)?);
-    thread::sleep(Duration::from_secs(args.window));
+    pause(Duration::from_secs(args.window))?;
     let (w1, cpu1, elapsed, pkts1) = (now(), cpu_seconds(pid)?, t0.elapsed(), packets(ns)?);
     let share = |a: f64, b: f64| (b - a) / elapsed.as_secs_f64() * 100.0;
     let (user_pct, sys_pct) = (share(cpu0.0, cpu1.0), share(cpu0.1, cpu1.1));
@@ -956,6 +988,7 @@ fn main() -> Result<()> {
         .unwrap_or_default()
         .to_owned();
 
+    catch_interrupts()?;
     raise_fd_limit(args.backends)?;
     let backends = Arc::new(Backends::new(args.backends)?);
     let mut lab = Lab::new("hcbench");
@@ -985,7 +1018,7 @@ fn main() -> Result<()> {
         let r = measure(kind, &mut lab, ns, &backends, bin, &args)?;
         reports.push((kind, r));
         // Let the last run's connections close before the next checker starts.
-        thread::sleep(Duration::from_secs(2));
+        pause(Duration::from_secs(2))?;
     }
 
     println!(
