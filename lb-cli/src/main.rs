@@ -203,11 +203,15 @@ fn main() -> ExitCode {
             interface,
             xdp_mode,
         } => {
-            init_logging();
+            init_logging("info");
             runtime(false).and_then(|rt| rt.block_on(run::decap(&interface, xdp_mode.into())))
         }
         Command::Run { config } => {
-            init_logging();
+            // `[daemon] log_level` sets the default; RUST_LOG overrides it. A
+            // config that does not load is reported by `run` itself.
+            let level =
+                config::load(&config).map_or_else(|_| "info".to_string(), |c| c.daemon.log_level);
+            init_logging(&level);
             runtime(true).and_then(|rt| rt.block_on(run::run(config)))
         }
         Command::Admin(command) => {
@@ -224,10 +228,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
         )
         .with_writer(std::io::stderr)
         .init();

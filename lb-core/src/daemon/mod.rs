@@ -408,9 +408,7 @@ impl Daemon {
         let Some(h) = svc.health.get_mut(&ev.backend) else {
             return;
         };
-        if h.up != ev.up {
-            tracing::info!(service = %ev.service, backend = %ev.backend, up = ev.up, reason = %ev.reason, "backend {}", if ev.up { "up" } else { "down" });
-        }
+        // The health runner has logged the transition already.
         h.up = ev.up;
         h.reason = Some(ev.reason);
         if ev.latency.is_some() {

@@ -110,6 +110,8 @@ pub struct Balancer {
     next_backend_id: u32,
     /// Last MAC learnt per (interface, backend address).
     macs: HashMap<(String, Ipv4Addr), [u8; 6]>,
+    /// What each backend slot holds, so a swap rewrites only what changed.
+    written: HashMap<u32, abi::Backend>,
     pub resolve_timeout: Duration,
 }
 
@@ -132,6 +134,7 @@ impl Balancer {
             free_backend_ids: VecDeque::new(),
             next_backend_id: 0,
             macs: HashMap::new(),
+            written: HashMap::new(),
             resolve_timeout: Duration::from_secs(1),
         }
     }
@@ -282,11 +285,17 @@ impl Balancer {
         let ifindex = neigh::ifindex(&spec.interface)
             .ok_or_else(|| DatapathError::NoInterface(spec.interface.clone()))?;
         let src_mac = neigh::mac(&spec.interface).map_err(|e| BalancerError::Neigh(vip, e))?;
+        // One address listing per swap, not one per backend: it is a netlink
+        // dump, and a 1000-backend swap spent most of its time here.
+        let ours: std::collections::HashSet<Ipv4Addr> = neigh::ipv4_addrs()
+            .map_err(|e| BalancerError::Neigh(vip, e))?
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
         let local: Vec<bool> = backends
             .iter()
-            .map(|b| neigh::is_local(*b.addr.ip()))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| BalancerError::Neigh(vip, e))?;
+            .map(|b| ours.contains(b.addr.ip()))
+            .collect();
         let remote: Vec<Ipv4Addr> = backends
             .iter()
             .zip(&local)
@@ -350,10 +359,14 @@ impl Balancer {
             }
         };
         for ((_, be), id) in prepared.iter().zip(&ids) {
+            if self.written.get(id) == Some(be) {
+                continue;
+            }
             if let Err(e) = self.dp.set_backend(*id, *be) {
                 self.unreserve(&spec.interface, &prepared);
                 return Err(e.into());
             }
+            self.written.insert(*id, *be);
         }
         let members: Vec<u32> = prepared
             .iter()
