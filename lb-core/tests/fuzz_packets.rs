@@ -46,6 +46,11 @@ const OTHER: [u8; 4] = [198, 18, 0, 200];
 const SNAT_PORTS: (u16, u16) = (20_000, 29_999);
 const TABLE: u32 = 1_009;
 const BACKENDS: u32 = 4;
+/// This backend sits behind another interface, so frames to it leave with
+/// `bpf_redirect` (`XDP_REDIRECT`) instead of `XDP_TX`. A test run only
+/// reports the verdict; nothing is sent, so the interface need not exist.
+const REDIRECT_BACKEND: usize = 3;
+const REDIRECT_IFINDEX: u32 = 1_000;
 /// Client pool: few enough addresses and ports that flows repeat (the
 /// established-flow path) and many enough that new flows keep coming.
 const CLIENTS: u8 = 32;
@@ -99,6 +104,15 @@ fn backend_mac(b: usize) -> [u8; 6] {
     [2, 0, 0, 0, 1, 1 + b as u8]
 }
 
+/// The verdict that sends a frame to backend `b`.
+fn verdict_to(b: usize) -> u32 {
+    if b == REDIRECT_BACKEND {
+        XDP_REDIRECT
+    } else {
+        XDP_TX
+    }
+}
+
 fn be16(f: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([f[at], f[at + 1]])
 }
@@ -140,7 +154,11 @@ fn load() -> Datapath {
                 _pad: 0,
                 mac: backend_mac(b),
                 src_mac: LB_MAC_OUT,
-                ifindex: 0,
+                ifindex: if b == REDIRECT_BACKEND {
+                    REDIRECT_IFINDEX
+                } else {
+                    0
+                },
             },
         )
         .expect("set_backend");
@@ -516,7 +534,7 @@ impl Fuzz {
         };
         self.runs += 1;
         let (verdict, data) = (out.verdict, out.data);
-        if verdict == XDP_TX
+        if matches!(verdict, XDP_TX | XDP_REDIRECT)
             && f.len() >= 38
             && let Some(s) = self.service_of(addr_at(f, 30), be16(f, 36), f[23])
         {
@@ -551,7 +569,7 @@ impl Fuzz {
                 "policy drop not dropped",
                 format!("want {r:?}, verdict {verdict}: {}", hex(f)),
             ),
-            Expect::Forward(s) if verdict == XDP_TX => {
+            Expect::Forward(s) if matches!(verdict, XDP_TX | XDP_REDIRECT) => {
                 self.valid.insert((
                     addr_at(f, 26),
                     addr_at(f, 30),
@@ -560,8 +578,8 @@ impl Fuzz {
                     f[23],
                 ));
                 match SERVICES[s].mode {
-                    abi::MODE_DR => self.check_dr(f, &data),
-                    _ => self.check_nat(f, &data, s),
+                    abi::MODE_DR => self.check_dr(f, &data, verdict),
+                    _ => self.check_nat(f, &data, s, verdict),
                 }
             }
             Expect::Forward(s) => {
@@ -593,11 +611,15 @@ impl Fuzz {
         }
     }
 
-    /// (b) dr: only the MACs change, towards a programmed backend.
-    fn check_dr(&mut self, f: &[u8], out: &[u8]) {
-        let to_backend = (0..BACKENDS as usize).any(|b| out[..6] == backend_mac(b));
-        if !to_backend || out[6..12] != LB_MAC_OUT || out[12..] != f[12..] {
-            self.violation("(b) dr output wrong", format!("{} -> {}", hex(f), hex(out)));
+    /// (b) dr: only the MACs change, towards a programmed backend, sent
+    /// the way that backend is reached.
+    fn check_dr(&mut self, f: &[u8], out: &[u8], verdict: u32) {
+        let b = (0..BACKENDS as usize).find(|b| out[..6] == backend_mac(*b));
+        if b.map(verdict_to) != Some(verdict) || out[6..12] != LB_MAC_OUT || out[12..] != f[12..] {
+            self.violation(
+                "(b) dr output wrong",
+                format!("verdict {verdict}: {} -> {}", hex(f), hex(out)),
+            );
         }
     }
 
@@ -613,11 +635,13 @@ impl Fuzz {
 
     /// (b) nat forward: SNAT address and a port of the range, a programmed
     /// backend's address, port and MAC, checksums exactly as good as before.
-    fn check_nat(&mut self, f: &[u8], out: &[u8], s: usize) {
+    fn check_nat(&mut self, f: &[u8], out: &[u8], s: usize, verdict: u32) {
         let b = (0..BACKENDS as usize).find(|b| out[..6] == backend_mac(*b));
         let snat_port = be16(out, 34);
         let ok = b.is_some_and(|b| {
-            addr_at(out, 30) == backend_addr(b) && be16(out, 36) == backend_port(b)
+            addr_at(out, 30) == backend_addr(b)
+                && be16(out, 36) == backend_port(b)
+                && verdict == verdict_to(b)
         }) && out[6..12] == LB_MAC_OUT
             && addr_at(out, 26) == SNAT
             && (SNAT_PORTS.0..=SNAT_PORTS.1).contains(&snat_port)
@@ -651,7 +675,7 @@ impl Fuzz {
             }
             _ => self.violation(
                 "(b) nat output wrong",
-                format!("{} -> {}", hex(f), hex(out)),
+                format!("verdict {verdict}: {} -> {}", hex(f), hex(out)),
             ),
         }
     }
