@@ -142,6 +142,7 @@ fn load() -> Datapath {
         // Far above the entries this run can create, so LRU eviction never
         // makes the model's view of the table stale.
         flow_capacity: 1 << 18,
+        new_flow_cap: 0,
     })
     .expect("loading the datapath");
     for b in 0..BACKENDS as usize {
@@ -182,15 +183,17 @@ fn load() -> Datapath {
             VipMeta {
                 id: id as u32,
                 mode: s.mode,
-                _pad: [0; 3],
                 snat_addr: u32::from_ne_bytes(SNAT),
                 snat_port_min: SNAT_PORTS.0,
                 snat_port_max: SNAT_PORTS.1,
                 tcp_timeout_s: 900,
                 udp_timeout_s: 900,
+                ..Default::default()
             },
         )
         .expect("set_vip");
+        let ids: Vec<u32> = (0..BACKENDS).collect();
+        dp.set_members(id as u32, &ids).expect("set_members");
         dp.swap_table(id as u32, &table).expect("swap_table");
     }
     dp

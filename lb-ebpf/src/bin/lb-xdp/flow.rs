@@ -56,6 +56,19 @@ pub fn lookup_or_schedule(
             observe_close(f, pkt.tcp_flags);
             return Ok((*f, false));
         }
+        // The old connection's reply entry (nat) goes with it, or its SNAT
+        // port would stay taken.
+        if f.kind == FLOW_FORWARD && vip.mode == MODE_NAT {
+            let reply = FlowKey {
+                src_addr: f.rw_dst_addr,
+                dst_addr: f.rw_src_addr,
+                src_port: f.rw_dst_port,
+                dst_port: f.rw_src_port,
+                proto: key.proto,
+                _pad: [0; 3],
+            };
+            let _ = FLOWS.remove(reply);
+        }
     }
     schedule(key, vip, pkt, ifindex, now).map(|f| (f, true))
 }

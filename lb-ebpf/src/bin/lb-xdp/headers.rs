@@ -65,6 +65,8 @@ pub struct Ports {
 
 pub const TCP_CSUM_OFF: usize = 16;
 pub const TCP_FLAGS_OFF: usize = 13;
+pub const TCP_DOFF_OFF: usize = 12;
+pub const UDP_LEN_OFF: usize = 4;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;

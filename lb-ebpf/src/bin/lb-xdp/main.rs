@@ -74,6 +74,23 @@ pub fn lb_xdp(ctx: XdpContext) -> u32 {
     let Some(ports) = ptr_at::<Ports>(start, end, L4_OFF) else {
         return policy_drop(dst, DropReason::Malformed);
     };
+    // The L4 header's own length must fit the IP payload: a TCP data offset
+    // below 5 words or past the segment, or a UDP length below 8 or past the
+    // datagram, is a broken packet the backend would drop anyway.
+    let payload = tot_len - IPV4_HLEN;
+    let l4_ok = match iph.proto {
+        IPPROTO_TCP => ptr_at::<u8>(start, end, L4_OFF + TCP_DOFF_OFF).is_some_and(|d| {
+            let doff = (unsafe { *d } >> 4) as usize * 4;
+            doff >= TCP_HLEN && doff <= payload
+        }),
+        _ => ptr_at::<u16>(start, end, L4_OFF + UDP_LEN_OFF).is_some_and(|l| {
+            let len = u16::from_be(unsafe { *l }) as usize;
+            len >= UDP_HLEN && len <= payload
+        }),
+    };
+    if !l4_ok {
+        return policy_drop(dst, DropReason::Malformed);
+    }
     let csum = match iph.proto {
         IPPROTO_TCP => ptr_at::<u16>(start, end, L4_OFF + TCP_CSUM_OFF),
         _ => ptr_at::<u16>(start, end, L4_OFF + UDP_CSUM_OFF),
