@@ -907,3 +907,44 @@ fn a_new_syn_for_a_flow_of_a_departed_backend_is_rescheduled() {
     );
     assert_eq!(&run(&dp, &client_pkt(55_000, TCP)).1[0..6], &BE_MAC[1]);
 }
+
+/// The SNAT port of an ended nat connection is free again after 2 s of
+/// silence, not after the whole idle timeout.
+#[test]
+fn a_closed_nat_connection_frees_its_port_soon() {
+    let mut dp = load();
+    dp.set_vip(
+        VipKey {
+            addr: ip(VIP),
+            port: 80u16.to_be(),
+            proto: TCP,
+            _pad: 0,
+        },
+        VipMeta {
+            id: 0,
+            mode: abi::MODE_NAT,
+            snat_addr: ip(LB),
+            snat_port_min: 20_000,
+            snat_port_max: 20_000,
+            tcp_timeout_s: 900,
+            udp_timeout_s: 300,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    backend(&mut dp, 0, BE[0], 0);
+    table(&mut dp, &[0]);
+    assert_eq!(run(&dp, &client_pkt(56_000, TCP)).0, XDP_TX);
+    let mut fin = ack_pkt(56_000);
+    fin[47] = 0x11;
+    assert_eq!(run(&dp, &fin).0, XDP_TX);
+    assert_eq!(
+        run(&dp, &client_pkt(56_001, TCP)).0,
+        XDP_DROP,
+        "port reused at once"
+    );
+    sleep(Duration::from_millis(2_200));
+    let (v, out) = run(&dp, &client_pkt(56_001, TCP));
+    assert_eq!(v, XDP_TX, "the ended connection's port was not reused");
+    assert_eq!(nat_port(&out), 20_000);
+}

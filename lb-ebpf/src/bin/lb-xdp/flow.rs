@@ -6,7 +6,14 @@ use lb_ebpf::{abi::*, hash::flow_hash};
 use crate::{headers::*, maps::*, rewrite::Packet};
 
 /// SNAT ports tried for a new nat flow before giving up.
-const NAT_PORT_TRIES: u32 = 8;
+const NAT_PORT_TRIES: u32 = 16;
+
+/// A SNAT port whose connection has ended (FIN or RST seen) is free again
+/// after this much silence, instead of the whole idle timeout: short
+/// connections would otherwise hold every port for 900 s and exhaust the
+/// range (`lb-bench-e2e`, nat with Connection: close). Late retransmits of a
+/// closed connection do not outlive it.
+const CLOSED_PORT_REUSE_NS: u64 = 2_000_000_000;
 
 #[inline(always)]
 fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
@@ -295,10 +302,12 @@ fn alloc_port(
 }
 
 /// A reply entry is dead when neither direction has been seen for the
-/// timeout; its port can then be reused.
+/// timeout, or for `CLOSED_PORT_REUSE_NS` once its connection has ended;
+/// its port can then be reused.
 #[inline(always)]
 fn is_dead(reply: &Flow, proto: u8, now: u64, timeout: u64) -> bool {
-    if now.wrapping_sub(reply.last_seen_ns) <= timeout {
+    let idle = now.wrapping_sub(reply.last_seen_ns);
+    if idle <= CLOSED_PORT_REUSE_NS {
         return false;
     }
     let fwd = FlowKey {
@@ -309,10 +318,15 @@ fn is_dead(reply: &Flow, proto: u8, now: u64, timeout: u64) -> bool {
         proto,
         _pad: [0; 3],
     };
-    match unsafe { FLOWS.get(fwd) } {
-        Some(f) => now.wrapping_sub(f.last_seen_ns) > timeout,
-        None => true,
-    }
+    let fwd = unsafe { FLOWS.get(fwd) };
+    let closed =
+        reply.flags & FLOW_CLOSING != 0 || fwd.is_some_and(|f| f.flags & FLOW_CLOSING != 0);
+    let limit = if closed {
+        CLOSED_PORT_REUSE_NS
+    } else {
+        timeout
+    };
+    idle > limit && fwd.is_none_or(|f| now.wrapping_sub(f.last_seen_ns) > limit)
 }
 
 /// Passive health: a new TCP flow to `backend` began with a SYN.
