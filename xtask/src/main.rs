@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|test|lab|bench>`.
+//! Project tasks: `cargo xtask <setup|build|test|lab|bench [micro|e2e|all]>`.
 //!
 //! The lab is the project's main job: network namespaces on 198.18.0.0/15
 //! with a client, the load balancer and three HTTP backends, brought up with
@@ -38,8 +38,20 @@ enum Task {
         #[arg(value_enum, default_value = "up")]
         action: LabAction,
     },
-    /// Benchmarks: datapath ns/packet and Maglev build time.
-    Bench,
+    /// Benchmarks: `micro` (default) is datapath ns/packet and Maglev build
+    /// time; `e2e` is wrk through lb vs HAProxy vs nginx stream on a netns
+    /// lab (about 8 minutes); `all` runs both.
+    Bench {
+        #[arg(value_enum, default_value = "micro")]
+        which: BenchKind,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum BenchKind {
+    Micro,
+    E2e,
+    All,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -131,14 +143,26 @@ fn lint() -> Result<()> {
         ]))
 }
 
-fn bench() -> Result<()> {
+fn bench(which: BenchKind) -> Result<()> {
     require_root("cargo xtask bench")?;
-    run(cargo().args(["build", "--release", "-p", "lb-benches"]))?;
-    let bin = root().join("target/release/lb-bench");
-    println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
-    run(Command::new(&bin).arg("datapath"))?;
-    println!("\n## Maglev table build\n");
-    run(Command::new(&bin).arg("maglev"))
+    // One cargo run for both packages: the e2e harness drives the `lb`
+    // binary, not the library.
+    run(cargo().args(["build", "--release", "-p", "lb-benches", "-p", "lb-cli"]))?;
+    let release = root().join("target/release");
+    if which != BenchKind::E2e {
+        let bin = release.join("lb-bench");
+        println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
+        run(Command::new(&bin).arg("datapath"))?;
+        println!("\n## Maglev table build\n");
+        run(Command::new(&bin).arg("maglev"))?;
+    }
+    if which != BenchKind::Micro {
+        println!("\n## End to end: lb vs HAProxy vs nginx stream\n");
+        run(Command::new(release.join("lb-bench-e2e"))
+            .arg("--lb")
+            .arg(release.join("lb")))?;
+    }
+    Ok(())
 }
 
 /// Lab layout. Namespaces are prefixed so `down` finds all of them.
@@ -365,6 +389,6 @@ fn main() -> Result<()> {
             println!("lab removed");
             Ok(())
         }
-        Task::Bench => bench(),
+        Task::Bench { which } => bench(which),
     }
 }

@@ -275,6 +275,9 @@ struct Sample {
     requests: f64,
     errors: u64,
     cpu_s: f64,
+    /// wrk outlived its duration and was stopped with SIGINT (it then
+    /// prints its figures over the longer run time).
+    stalled: bool,
 }
 
 /// Busy CPU-seconds of the whole machine since boot.
@@ -341,17 +344,23 @@ fn wrk(lab: &Lab, client: &str, args: &Args, mode: Mode, url: &str, secs: u32) -
         Mode::KeepAlive => "",
         Mode::Close => "-H 'Connection: close'",
     };
-    // `timeout` bounds a wrk that hangs (it should end after -d plus its
-    // own 2 s request timeout).
+    // wrk sometimes outlives -d when SYNs go unanswered (lb nat with its
+    // source ports exhausted). SIGINT makes it stop and still print its
+    // figures; SIGKILL 10 s later bounds a wrk that ignores even that.
     let script = format!(
-        "timeout {} wrk -t{} -c{} -d{secs}s --latency {header} {url}",
-        secs + 20,
+        "timeout -k 10 -s INT {} wrk -t{} -c{} -d{secs}s --latency {header} {url}; echo wrk-exit=$?",
+        secs + 10,
         args.threads,
         args.connections
     );
     let before = cpu_seconds()?;
     let out = lab.sh(client, &script)?;
     let cpu_s = cpu_seconds()? - before;
+    let stalled = match out.lines().find_map(|l| l.strip_prefix("wrk-exit=")) {
+        Some("0") => false,
+        Some("124") => true,
+        code => bail!("wrk failed (exit {code:?}):\n{out}"),
+    };
     let (rps, p50_us, p99_us, requests, errors) =
         parse_wrk(&out).with_context(|| format!("parsing wrk output:\n{out}"))?;
     Ok(Sample {
@@ -361,6 +370,7 @@ fn wrk(lab: &Lab, client: &str, args: &Args, mode: Mode, url: &str, secs: u32) -
         requests,
         errors,
         cpu_s,
+        stalled,
     })
 }
 
@@ -599,6 +609,7 @@ struct Summary {
     p99_max: f64,
     cpu_ms_per_k: f64,
     errors: u64,
+    stalled: usize,
 }
 
 fn summarize(samples: &[Sample]) -> Summary {
@@ -615,6 +626,7 @@ fn summarize(samples: &[Sample]) -> Summary {
         p99_max: p99[p99.len() - 1],
         cpu_ms_per_k: median(&mut col(|s| s.cpu_s * 1e6 / s.requests)),
         errors: samples.iter().map(|s| s.errors).sum(),
+        stalled: samples.iter().filter(|s| s.stalled).count(),
     }
 }
 
@@ -659,7 +671,7 @@ fn main() -> Result<()> {
                 let s = wrk(&lab, &client, &args, mode, &case.url, args.duration)
                     .with_context(|| format!("{} ({})", case.name, mode.label()))?;
                 eprintln!(
-                    "[{:>4.0}s] repeat {rep}/{}: {:<32} {:<17} {:>9.0} req/s  p50 {} ms  p99 {} ms  {:.3} CPU-ms/1k req  errors {}",
+                    "[{:>4.0}s] repeat {rep}/{}: {:<32} {:<17} {:>9.0} req/s  p50 {} ms  p99 {} ms  {:.3} CPU-ms/1k req  errors {}{}",
                     started.elapsed().as_secs_f64(),
                     args.repeats,
                     case.name,
@@ -668,7 +680,8 @@ fn main() -> Result<()> {
                     ms(s.p50_us),
                     ms(s.p99_us),
                     s.cpu_s * 1e6 / s.requests,
-                    s.errors
+                    s.errors,
+                    if s.stalled { "  (wrk stalled)" } else { "" }
                 );
                 samples[m][c].push(s);
             }
@@ -682,7 +695,7 @@ fn main() -> Result<()> {
         args.threads, args.connections, args.duration, args.repeats
     );
     println!(
-        "| mode | case | req/s (median) | spread | % of direct | p50 ms | p99 ms (spread) | added p50 / p99 ms | CPU-ms per 1k req | marginal CPU-ms per 1k req | errors |"
+        "| mode | case | req/s (median) | spread | % of direct | p50 ms | p99 ms (spread) | added p50 / p99 ms | CPU-ms per 1k req | marginal CPU-ms per 1k req | errors (stalled runs) |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut verdicts = Vec::new();
@@ -720,7 +733,11 @@ fn main() -> Result<()> {
                 } else {
                     format!("{marginal:+.3}")
                 },
-                s.errors
+                if s.stalled > 0 {
+                    format!("{} ({} stalled)", s.errors, s.stalled)
+                } else {
+                    s.errors.to_string()
+                }
             );
             if case.name.starts_with("lb") {
                 let share = s.rps / direct.rps;
