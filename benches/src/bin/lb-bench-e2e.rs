@@ -1,15 +1,19 @@
-//! End-to-end comparison: wrk through a VIP served by lb (generic XDP, dr and
-//! nat), HAProxy (TCP mode) and nginx stream, against wrk straight to one
-//! backend (the ceiling), all in one run on a network-namespace lab.
+//! End-to-end comparison: wrk through a VIP served by lb (generic and native
+//! XDP, dr and nat), HAProxy (TCP mode) and nginx stream, against wrk
+//! straight to one backend (the ceiling), all in one run on a
+//! network-namespace lab.
 //!
 //! Lab (198.18.0.0/15 only, every host a namespace on one bridge):
 //! - client 198.18.0.1: runs wrk;
-//! - lb 198.18.0.2: `lb run`, VIPs 198.18.0.100:80 (dr) and 198.18.0.101:80
-//!   (nat → backends :8080) added on its eth0 since there is no VRRP;
+//! - lb 198.18.0.2: `lb run` in generic XDP mode, VIPs 198.18.0.100:80 (dr)
+//!   and 198.18.0.101:80 (nat → backends :8080) added on its eth0 since
+//!   there is no VRRP;
+//! - lbn 198.18.0.4: the same in native mode with VIPs 198.18.0.110 and .111,
+//!   its bridge-side veth running XDP_PASS (which native veth XDP needs);
 //! - proxy 198.18.0.3: HAProxy on :80 and nginx stream on :81, both round
 //!   robin to the backends' :8080;
 //! - be1..be3 198.18.1.1-3: nginx serving a small static file on :8080 and
-//!   :80, the dr VIP on loopback with arp_ignore/arp_announce.
+//!   :80, both dr VIPs on loopback with arp_ignore/arp_announce.
 //!
 //! wrk's latencies start when a request is written, so connection setup
 //! (and a dropped SYN's 1 s retransmit) shows in req/s, not in p50/p99.
@@ -24,15 +28,19 @@
 //! `cargo xtask bench e2e` builds it and `lb` in release mode and runs it.
 use std::{
     fmt::Write as _,
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
+    sync::mpsc,
+    thread::JoinHandle,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use lb_core::datapath::{AttachMode, Datapath, Limits};
 
 #[derive(Parser)]
 #[command(about = "lb vs HAProxy vs nginx stream, end to end (Markdown output; needs root)")]
@@ -60,7 +68,10 @@ const PREFIX: &str = "lbe2e-";
 const BACKENDS: [&str; 3] = ["198.18.1.1", "198.18.1.2", "198.18.1.3"];
 const VIP_DR: &str = "198.18.0.100";
 const VIP_NAT: &str = "198.18.0.101";
+const VIP_NATIVE_DR: &str = "198.18.0.110";
+const VIP_NATIVE_NAT: &str = "198.18.0.111";
 const PROXY: &str = "198.18.0.3";
+const HAPROXY: &str = "HAProxy 2.6, TCP mode";
 const NGINX_MODULES: &str = "/usr/lib/nginx/modules";
 const TCP_TUNING: &str =
     "sysctl -qw net.ipv4.tcp_tw_reuse=1 net.ipv4.ip_local_port_range='1024 65535'";
@@ -79,6 +90,9 @@ struct Lab {
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
     ports: u32,
+    /// Holds the XDP_PASS program on a native lb host's bridge port; it is
+    /// detached when the sender is dropped.
+    peer_pass: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
@@ -140,6 +154,7 @@ impl Lab {
             namespaces: Vec::new(),
             children: Vec::new(),
             ports: 0,
+            peer_pass: None,
         };
         let br = lab.add_ns("br")?;
         ip(&["-n", &br, "link", "add", "br0", "type", "bridge"])?;
@@ -157,6 +172,52 @@ impl Lab {
         self.namespaces.push(ns.clone());
         ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         Ok(ns)
+    }
+
+    /// Native XDP on a veth drops the frames it sends (XDP_TX) unless the
+    /// peer runs an XDP program too: this attaches the datapath's trivial
+    /// XDP_PASS to the bridge port of the host created last.
+    fn pass_on_last_bridge_port(&mut self) -> Result<()> {
+        let br = self.ns("br");
+        let port = format!("p{}", self.ports);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let handle = std::thread::spawn(move || {
+            let attached = (|| -> Result<Datapath> {
+                let f = std::fs::File::open(format!("/run/netns/{br}"))
+                    .with_context(|| format!("opening netns {br}"))?;
+                // SAFETY: a valid netns fd; setns affects only this thread,
+                // which then keeps the program attached in that namespace.
+                let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+                ensure!(r == 0, "setns {br}: {}", std::io::Error::last_os_error());
+                let mut dp = Datapath::load(Limits {
+                    max_vips: 1,
+                    max_backends: 1,
+                    ring_stride: 2,
+                    flow_capacity: 16,
+                })
+                .context("loading the datapath for XDP_PASS")?;
+                dp.attach_pass(&port, AttachMode::Native)
+                    .with_context(|| format!("XDP_PASS on {br}/{port}"))?;
+                Ok(dp)
+            })();
+            match attached {
+                Ok(dp) => {
+                    let _ = ready_tx.send(Ok(()));
+                    let _ = stop_rx.recv();
+                    drop(dp);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        });
+        ready_rx
+            .recv()
+            .context("XDP_PASS thread died")?
+            .context("peer XDP program for native mode")?;
+        self.peer_pass = Some((stop_tx, handle));
+        Ok(())
     }
 
     /// A host with `eth0` on the bridge, addressed `cidr`.
@@ -224,6 +285,10 @@ impl Drop for Lab {
         for (_, c) in &self.children {
             // SAFETY: kill(2) of a child this lab spawned.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        if let Some((stop, handle)) = self.peer_pass.take() {
+            drop(stop);
+            let _ = handle.join();
         }
         let deadline = Instant::now() + Duration::from_secs(3);
         for (_, c) in &mut self.children {
@@ -422,14 +487,15 @@ fn nginx_stream_conf(dir: &Path) -> String {
     c
 }
 
-fn lb_conf(dir: &Path) -> String {
+/// `lb run` config of one lb host: a dr and a nat VIP in `xdp_mode`.
+fn lb_conf(dir: &Path, xdp_mode: &str, vip_dr: &str, vip_nat: &str) -> String {
     let mut c = format!(
-        "[daemon]\nxdp_mode = \"generic\"\nadmin_socket = \"{}/lb.sock\"\n",
+        "[daemon]\nxdp_mode = \"{xdp_mode}\"\nadmin_socket = \"{}/lb-{xdp_mode}.sock\"\n",
         dir.display()
     );
     for (name, vip, fwd, port) in [
-        ("e2e-dr", VIP_DR, "dr", 80),
-        ("e2e-nat", VIP_NAT, "nat", 8080),
+        ("e2e-dr", vip_dr, "dr", 80),
+        ("e2e-nat", vip_nat, "nat", 8080),
     ] {
         let _ = write!(
             c,
@@ -467,16 +533,15 @@ fn setup(args: &Args) -> Result<(Lab, String, Vec<Case>)> {
     // the datapath's, not the kernel's.
     lab.sh(&client, TCP_TUNING)?;
     let lb = lab.host("lb", "198.18.0.2/15")?;
-    for vip in [VIP_DR, VIP_NAT] {
-        ip(&[
-            "-n",
-            &lb,
-            "addr",
-            "add",
-            &format!("{vip}/32"),
-            "dev",
-            "eth0",
-        ])?;
+    let lb_native = lab.host("lbn", "198.18.0.4/15")?;
+    lab.pass_on_last_bridge_port()?;
+    for (ns, vip) in [
+        (&lb, VIP_DR),
+        (&lb, VIP_NAT),
+        (&lb_native, VIP_NATIVE_DR),
+        (&lb_native, VIP_NATIVE_NAT),
+    ] {
+        ip(&["-n", ns, "addr", "add", &format!("{vip}/32"), "dev", "eth0"])?;
     }
     let proxy = lab.host("proxy", &format!("{PROXY}/15"))?;
     lab.sh(&proxy, TCP_TUNING)?;
@@ -490,7 +555,7 @@ fn setup(args: &Args) -> Result<(Lab, String, Vec<Case>)> {
             &ns,
             &format!(
                 "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2 \
-                 && ip addr add {VIP_DR}/32 dev lo"
+                 && ip addr add {VIP_DR}/32 dev lo && ip addr add {VIP_NATIVE_DR}/32 dev lo"
             ),
         )?;
         let www = dir.join(format!("{name}-www"));
@@ -523,12 +588,17 @@ fn setup(args: &Args) -> Result<(Lab, String, Vec<Case>)> {
             d = dir.display()
         ),
     )?;
-    let lbconf = lab.write("lb.toml", &lb_conf(&dir))?;
-    lab.spawn(
-        &lb,
-        "lb",
-        &format!("{} run --config {}", args.lb.display(), lbconf.display()),
-    )?;
+    for (ns, mode, dr, nat) in [
+        (&lb, "generic", VIP_DR, VIP_NAT),
+        (&lb_native, "native", VIP_NATIVE_DR, VIP_NATIVE_NAT),
+    ] {
+        let conf = lab.write(&format!("lb-{mode}.toml"), &lb_conf(&dir, mode, dr, nat))?;
+        lab.spawn(
+            ns,
+            &format!("lb-{mode}"),
+            &format!("{} run --config {}", args.lb.display(), conf.display()),
+        )?;
+    }
     let cases = vec![
         Case {
             name: "direct to one backend (ceiling)",
@@ -543,7 +613,15 @@ fn setup(args: &Args) -> Result<(Lab, String, Vec<Case>)> {
             url: format!("http://{VIP_NAT}/"),
         },
         Case {
-            name: "HAProxy 2.6, TCP mode",
+            name: "lb, native XDP, dr",
+            url: format!("http://{VIP_NATIVE_DR}/"),
+        },
+        Case {
+            name: "lb, native XDP, nat",
+            url: format!("http://{VIP_NATIVE_NAT}/"),
+        },
+        Case {
+            name: HAPROXY,
             url: format!("http://{PROXY}:80/"),
         },
         Case {
@@ -702,7 +780,11 @@ fn main() -> Result<()> {
     for (m, &mode) in modes.iter().enumerate() {
         let sums: Vec<Summary> = samples[m].iter().map(|s| summarize(s)).collect();
         let direct = &sums[0];
-        let haproxy_marginal = sums[3].cpu_ms_per_k - direct.cpu_ms_per_k;
+        let haproxy = cases
+            .iter()
+            .position(|c| c.name == HAPROXY)
+            .context("no HAProxy case")?;
+        let haproxy_marginal = sums[haproxy].cpu_ms_per_k - direct.cpu_ms_per_k;
         for (case, s) in cases.iter().zip(&sums) {
             let is_direct = std::ptr::eq(s, direct);
             let marginal = s.cpu_ms_per_k - direct.cpu_ms_per_k;
