@@ -40,7 +40,7 @@ enum Task {
     },
     /// Benchmarks: `micro` (default) is datapath ns/packet and Maglev build
     /// time; `e2e` is wrk through lb vs HAProxy vs nginx stream on a netns
-    /// lab (about 8 minutes); `all` runs both.
+    /// lab (about 10 minutes); `all` runs both.
     Bench {
         #[arg(value_enum, default_value = "micro")]
         which: BenchKind,
