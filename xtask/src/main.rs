@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|test|lab|bench>`.
+//! Project tasks: `cargo xtask <setup|build|test|lab|bench [micro|e2e|all]>`.
 //!
 //! The lab is the project's main job: network namespaces on 198.18.0.0/15
 //! with a client, the load balancer and three HTTP backends, brought up with
@@ -38,8 +38,24 @@ enum Task {
         #[arg(value_enum, default_value = "up")]
         action: LabAction,
     },
-    /// Benchmarks: datapath ns/packet, Maglev build time, VRRP failover gap.
-    Bench,
+    /// Benchmarks (as root): `micro` (default) is datapath ns/packet and
+    /// Maglev build time; `vrrp` the failover gap against keepalived (about
+    /// 4 minutes); `health` 1000 health-checked backends against HAProxy
+    /// (about 2 minutes); `e2e` wrk through lb vs HAProxy vs nginx stream
+    /// (about 10 minutes); `all` runs them all.
+    Bench {
+        #[arg(value_enum, default_value = "micro")]
+        which: BenchKind,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum BenchKind {
+    Micro,
+    Vrrp,
+    Health,
+    E2e,
+    All,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -131,17 +147,41 @@ fn lint() -> Result<()> {
         ]))
 }
 
-fn bench() -> Result<()> {
+fn bench(which: BenchKind) -> Result<()> {
     require_root("cargo xtask bench")?;
-    // lb-cli too: the VRRP bench runs the `lb` binary beside lb-bench.
+    // lb-cli too: the vrrp, health and e2e benches drive the `lb` binary.
     run(cargo().args(["build", "--release", "-p", "lb-benches", "-p", "lb-cli"]))?;
-    let bin = root().join("target/release/lb-bench");
-    println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
-    run(Command::new(&bin).arg("datapath"))?;
-    println!("\n## Maglev table build\n");
-    run(Command::new(&bin).arg("maglev"))?;
-    println!("\n## VRRP failover gap\n");
-    run(Command::new(&bin).arg("vrrp"))
+    let release = root().join("target/release");
+    let bin = release.join("lb-bench");
+    let all = which == BenchKind::All;
+    if all || which == BenchKind::Micro {
+        println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
+        run(Command::new(&bin).arg("datapath"))?;
+        println!("\n## Maglev table build\n");
+        run(Command::new(&bin).arg("maglev"))?;
+    }
+    if all || which == BenchKind::Vrrp {
+        println!("\n## VRRP failover gap\n");
+        run(Command::new(&bin).arg("vrrp"))?;
+    }
+    if all || which == BenchKind::Health {
+        println!("\n## Health checks: 1000 backends\n");
+        run(Command::new(release.join("lb-bench-health")).args([
+            "--backends",
+            "1000",
+            "--failing",
+            "10",
+            "--window",
+            "30",
+        ]))?;
+    }
+    if all || which == BenchKind::E2e {
+        println!("\n## End to end: lb vs HAProxy vs nginx stream\n");
+        run(Command::new(release.join("lb-bench-e2e"))
+            .arg("--lb")
+            .arg(release.join("lb")))?;
+    }
+    Ok(())
 }
 
 /// Lab layout. Namespaces are prefixed so `down` finds all of them.
@@ -368,6 +408,6 @@ fn main() -> Result<()> {
             println!("lab removed");
             Ok(())
         }
-        Task::Bench => bench(),
+        Task::Bench { which } => bench(which),
     }
 }
