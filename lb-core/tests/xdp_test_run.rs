@@ -45,26 +45,33 @@ fn load() -> Datapath {
     .expect("loading the datapath")
 }
 
+/// The test VIP's settings in `mode`; tests adjust fields from here.
+fn meta(mode: u8, timeout_s: u32) -> VipMeta {
+    VipMeta {
+        id: 0,
+        mode,
+        snat_addr: ip(LB),
+        snat_port_min: SNAT_PORTS.0,
+        snat_port_max: SNAT_PORTS.1,
+        tcp_timeout_s: timeout_s,
+        udp_timeout_s: timeout_s,
+        ..Default::default()
+    }
+}
+
+/// Programs VIP:80/`proto` with `meta`.
+fn set_vip(dp: &mut Datapath, proto: u8, meta: VipMeta) {
+    let key = VipKey {
+        addr: ip(VIP),
+        port: 80u16.to_be(),
+        proto,
+        _pad: 0,
+    };
+    dp.set_vip(key, meta).expect("set_vip");
+}
+
 fn vip(dp: &mut Datapath, mode: u8, proto: u8, timeout_s: u32) {
-    dp.set_vip(
-        VipKey {
-            addr: ip(VIP),
-            port: 80u16.to_be(),
-            proto,
-            _pad: 0,
-        },
-        VipMeta {
-            id: 0,
-            mode,
-            snat_addr: ip(LB),
-            snat_port_min: SNAT_PORTS.0,
-            snat_port_max: SNAT_PORTS.1,
-            tcp_timeout_s: timeout_s,
-            udp_timeout_s: timeout_s,
-            ..Default::default()
-        },
-    )
-    .expect("set_vip");
+    set_vip(dp, proto, meta(mode, timeout_s));
 }
 
 fn backend(dp: &mut Datapath, id: u32, addr: [u8; 4], flags: u8) {
@@ -490,27 +497,16 @@ fn empty_table_drops_new_flows_as_no_backend() {
 #[test]
 fn nat_port_exhaustion_is_a_counted_drop() {
     let mut dp = load();
-    vip(&mut dp, abi::MODE_NAT, TCP, 900);
     // A one-port range: the second concurrent flow cannot get a port.
-    dp.set_vip(
-        VipKey {
-            addr: ip(VIP),
-            port: 80u16.to_be(),
-            proto: TCP,
-            _pad: 0,
-        },
+    set_vip(
+        &mut dp,
+        TCP,
         VipMeta {
-            id: 0,
-            mode: abi::MODE_NAT,
-            snat_addr: ip(LB),
             snat_port_min: 20_000,
             snat_port_max: 20_000,
-            tcp_timeout_s: 900,
-            udp_timeout_s: 300,
-            ..Default::default()
+            ..meta(abi::MODE_NAT, 900)
         },
-    )
-    .unwrap();
+    );
     backend(&mut dp, 0, BE[0], 0);
     table(&mut dp, &[0]);
     assert_eq!(run(&dp, &client_pkt(47_000, TCP)).0, XDP_TX);
@@ -631,25 +627,16 @@ fn ended_flows_are_marked_and_a_new_syn_reschedules() {
 }
 
 fn tun_vip(dp: &mut Datapath, mtu: u16) {
-    dp.set_vip(
-        VipKey {
-            addr: ip(VIP),
-            port: 80u16.to_be(),
-            proto: TCP,
-            _pad: 0,
-        },
+    set_vip(
+        dp,
+        TCP,
         VipMeta {
-            id: 0,
-            mode: abi::MODE_TUN,
             tun_src_bits: 8,
             mtu,
-            tcp_timeout_s: 900,
-            udp_timeout_s: 300,
             tun_src: ip([198, 19, 0, 0]),
-            ..Default::default()
+            ..meta(abi::MODE_TUN, 900)
         },
-    )
-    .unwrap();
+    );
 }
 
 /// tun: the client's packet, untouched, inside an outer IPv4 header (IPIP)
@@ -715,24 +702,15 @@ fn tun_drops_what_would_exceed_the_mtu_once_wrapped() {
 #[test]
 fn persistence_keeps_a_client_on_its_backend_across_connections() {
     let mut dp = load();
-    dp.set_vip(
-        VipKey {
-            addr: ip(VIP),
-            port: 80u16.to_be(),
-            proto: TCP,
-            _pad: 0,
-        },
+    set_vip(
+        &mut dp,
+        TCP,
         VipMeta {
-            id: 0,
-            mode: abi::MODE_DR,
-            tcp_timeout_s: 900,
-            udp_timeout_s: 300,
             persist_timeout_s: 1,
             persist_mask: ip([255, 255, 255, 0]),
-            ..Default::default()
+            ..meta(abi::MODE_DR, 900)
         },
-    )
-    .unwrap();
+    );
     backend(&mut dp, 0, BE[0], 0);
     backend(&mut dp, 1, BE[1], 0);
     dp.set_members(0, &[0, 1]).unwrap();
@@ -913,25 +891,15 @@ fn a_new_syn_for_a_flow_of_a_departed_backend_is_rescheduled() {
 #[test]
 fn a_closed_nat_connection_frees_its_port_soon() {
     let mut dp = load();
-    dp.set_vip(
-        VipKey {
-            addr: ip(VIP),
-            port: 80u16.to_be(),
-            proto: TCP,
-            _pad: 0,
-        },
+    set_vip(
+        &mut dp,
+        TCP,
         VipMeta {
-            id: 0,
-            mode: abi::MODE_NAT,
-            snat_addr: ip(LB),
             snat_port_min: 20_000,
             snat_port_max: 20_000,
-            tcp_timeout_s: 900,
-            udp_timeout_s: 300,
-            ..Default::default()
+            ..meta(abi::MODE_NAT, 900)
         },
-    )
-    .unwrap();
+    );
     backend(&mut dp, 0, BE[0], 0);
     table(&mut dp, &[0]);
     assert_eq!(run(&dp, &client_pkt(56_000, TCP)).0, XDP_TX);
