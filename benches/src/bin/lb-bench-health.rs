@@ -485,16 +485,11 @@ fn strip_ansi(s: &str) -> String {
 #[derive(Clone, Copy, Default)]
 struct LbFall {
     down: Duration,
-    /// The controller has taken the transition in: every later swap
-    /// excludes the backend.
-    applied: bool,
     swapped: Option<Duration>,
 }
 
-/// lb logs each transition twice: the health task when it decides (the
-/// detection time), then the controller when it applies it. A "table
-/// swapped" line between the two belongs to an earlier change, so only
-/// swaps after the controller's line count.
+/// Each backend's first "backend down" line and the first "table swapped"
+/// line after it.
 fn lb_transitions(log: &str) -> HashMap<SocketAddrV4, LbFall> {
     let mut falls: HashMap<SocketAddrV4, LbFall> = HashMap::new();
     for line in log.lines().map(strip_ansi) {
@@ -502,7 +497,7 @@ fn lb_transitions(log: &str) -> HashMap<SocketAddrV4, LbFall> {
             continue;
         };
         if line.contains("table swapped") {
-            for f in falls.values_mut().filter(|f| f.applied) {
+            for f in falls.values_mut() {
                 f.swapped.get_or_insert(at);
             }
         } else if line.contains("backend down")
@@ -511,11 +506,13 @@ fn lb_transitions(log: &str) -> HashMap<SocketAddrV4, LbFall> {
                 .find_map(|w| w.strip_prefix("backend="))
                 .and_then(|a| a.parse().ok())
         {
-            let f = falls.entry(addr).or_insert(LbFall {
+            // The health task logs the transition just before it hands it to
+            // the controller, so the next swap is the first that can include
+            // it.
+            falls.entry(addr).or_insert(LbFall {
                 down: at,
                 ..LbFall::default()
             });
-            f.applied |= line.contains("lb_core::daemon:");
         }
     }
     falls
@@ -1051,17 +1048,15 @@ mod tests {
     }
 
     #[test]
-    fn only_swaps_after_the_controller_took_the_fall_in_count() {
+    fn the_first_swap_after_the_down_line_counts() {
         let log = "\
 2026-11-25T07:20:00.000000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=1 backends=3
 2026-11-25T07:20:01.000000Z  WARN lb_core::health::runner: backend down service=x backend=198.18.2.1:8001 reason=r
-2026-11-25T07:20:01.020000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=2 backends=3
-2026-11-25T07:20:01.030000Z  INFO lb_core::daemon: backend down service=x backend=198.18.2.1:8001 up=false
-2026-11-25T07:20:01.080000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=3 backends=2
+2026-11-25T07:20:01.060000Z  INFO lb_core::datapath::balancer: table swapped vip=198.18.0.100:80 generation=2 backends=2
 ";
         let ev = lb_transitions(log);
         let f = ev[&"198.18.2.1:8001".parse().expect("addr")];
         assert_eq!(f.down.subsec_millis(), 0);
-        assert_eq!(f.swapped.expect("swapped").subsec_millis(), 80);
+        assert_eq!(f.swapped.expect("swapped").subsec_millis(), 60);
     }
 }
