@@ -102,8 +102,9 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn http_config(dir: &Path) -> String {
-    let mut c = format!(
+/// The daemon and a nat service for the VIP, without backends.
+fn service_config(dir: &Path) -> String {
+    format!(
         r#"
 [daemon]
 xdp_mode = "generic"
@@ -113,7 +114,15 @@ admin_socket = "{}/admin.sock"
 vip = "198.18.0.100:80"
 interface = "eth0"
 forwarding = "nat"
+"#,
+        dir.display()
+    )
+}
 
+fn http_config(dir: &Path) -> String {
+    let mut c = service_config(dir);
+    c.push_str(
+        r#"
 [service.check]
 type = "http"
 path = "/"
@@ -122,7 +131,6 @@ connect_timeout = "1s"
 fall = 2
 rise = 2
 "#,
-        dir.display()
     );
     for b in BACKENDS {
         c.push_str(&format!("\n[[service.backend]]\naddress = \"{b}:8080\"\n"));
@@ -245,19 +253,7 @@ fn a_stopped_backend_leaves_rotation_in_time_and_comes_back() {
 }
 
 fn echo_config(dir: &Path, backends: &[(Ipv4Addr, u32)]) -> String {
-    let mut c = format!(
-        r#"
-[daemon]
-xdp_mode = "generic"
-admin_socket = "{}/admin.sock"
-
-[[service]]
-vip = "198.18.0.100:80"
-interface = "eth0"
-forwarding = "nat"
-"#,
-        dir.display()
-    );
+    let mut c = service_config(dir);
     for (b, w) in backends {
         c.push_str(&format!(
             "\n[[service.backend]]\naddress = \"{b}:8033\"\nweight = {w}\n"
