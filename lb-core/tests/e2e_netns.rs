@@ -219,41 +219,38 @@ fn assert_detaches(s: Setup) {
     assert!(!link.contains("xdp"), "XDP left on eth0 after exit: {link}");
 }
 
-#[test]
-fn dr_generic_spreads_http_over_backends() {
-    let s = setup("drg", Forwarding::Dr, AttachMode::Generic);
+/// 30 requests spread over the three backends, then nothing left attached.
+fn spreads_then_detaches(test: &str, forwarding: Forwarding, mode: AttachMode) {
+    let s = setup(test, forwarding, mode);
     assert_spread(&s, 30);
     assert_detaches(s);
 }
 
 #[test]
+fn dr_generic_spreads_http_over_backends() {
+    spreads_then_detaches("drg", Forwarding::Dr, AttachMode::Generic);
+}
+
+#[test]
 fn dr_native_spreads_http_over_backends() {
-    let s = setup("drn", Forwarding::Dr, AttachMode::Native);
-    assert_spread(&s, 30);
-    assert_detaches(s);
+    spreads_then_detaches("drn", Forwarding::Dr, AttachMode::Native);
 }
 
 /// tun: IPIP to backends that answer the client directly; the backends run
 /// lb's decap helper (no IPIP device here).
 #[test]
 fn tun_generic_spreads_http_over_backends() {
-    let s = setup("tung", Forwarding::Tun, AttachMode::Generic);
-    assert_spread(&s, 30);
-    assert_detaches(s);
+    spreads_then_detaches("tung", Forwarding::Tun, AttachMode::Generic);
 }
 
 #[test]
 fn nat_generic_translates_port_80_to_8033() {
-    let s = setup("natg", Forwarding::Nat, AttachMode::Generic);
-    assert_spread(&s, 30);
-    assert_detaches(s);
+    spreads_then_detaches("natg", Forwarding::Nat, AttachMode::Generic);
 }
 
 #[test]
 fn nat_native_translates_port_80_to_8033() {
-    let s = setup("natn", Forwarding::Nat, AttachMode::Native);
-    assert_spread(&s, 30);
-    assert_detaches(s);
+    spreads_then_detaches("natn", Forwarding::Nat, AttachMode::Native);
 }
 
 /// The seed's plan: the portal runs on the LB nodes themselves, so one of

@@ -494,10 +494,9 @@ fn empty_table_drops_new_flows_as_no_backend() {
     );
 }
 
-#[test]
-fn nat_port_exhaustion_is_a_counted_drop() {
+/// A nat VIP with a single SNAT port (20000) and one backend.
+fn one_port_nat() -> Datapath {
     let mut dp = load();
-    // A one-port range: the second concurrent flow cannot get a port.
     set_vip(
         &mut dp,
         TCP,
@@ -509,6 +508,13 @@ fn nat_port_exhaustion_is_a_counted_drop() {
     );
     backend(&mut dp, 0, BE[0], 0);
     table(&mut dp, &[0]);
+    dp
+}
+
+#[test]
+fn nat_port_exhaustion_is_a_counted_drop() {
+    // A one-port range: the second concurrent flow cannot get a port.
+    let dp = one_port_nat();
     assert_eq!(run(&dp, &client_pkt(47_000, TCP)).0, XDP_TX);
     assert_eq!(run(&dp, &client_pkt(47_001, TCP)).0, XDP_DROP);
     assert_eq!(
@@ -890,18 +896,7 @@ fn a_new_syn_for_a_flow_of_a_departed_backend_is_rescheduled() {
 /// silence, not after the whole idle timeout.
 #[test]
 fn a_closed_nat_connection_frees_its_port_soon() {
-    let mut dp = load();
-    set_vip(
-        &mut dp,
-        TCP,
-        VipMeta {
-            snat_port_min: 20_000,
-            snat_port_max: 20_000,
-            ..meta(abi::MODE_NAT, 900)
-        },
-    );
-    backend(&mut dp, 0, BE[0], 0);
-    table(&mut dp, &[0]);
+    let dp = one_port_nat();
     assert_eq!(run(&dp, &client_pkt(56_000, TCP)).0, XDP_TX);
     let mut fin = ack_pkt(56_000);
     fin[47] = 0x11;
