@@ -44,7 +44,7 @@ fn backend(a: SocketAddrV4) -> BackendStatus {
         live_weight: Some(10),
         healthy: true,
         reason: Some("tcp connect ok".into()),
-        probe_latency_seconds: None,
+        probes: None,
         sorry_server: false,
     }
 }

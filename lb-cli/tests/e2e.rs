@@ -124,6 +124,10 @@ vip = "{VIP}"
 interface = "eth0"
 forwarding = "nat"
 
+[service.check]
+type = "tcp"
+delay_loop = "200ms"
+
 [[service.backend]]
 address = "{BE1}"
 
@@ -279,6 +283,17 @@ address = "{BE2}"
     let be1 = format!(r#"lb_backend_admin_weight{{vip="{VIP}",protocol="tcp",backend="{BE1}"}} 0"#);
     assert!(metrics.lines().any(|l| l == be1), "{metrics}");
     assert!(metrics.contains("\nlb_datapath_readable 1\n"), "{metrics}");
+    // Every probe lands in the latency histogram, as it happens.
+    let probes = format!(
+        r#"lb_backend_probe_duration_seconds_count{{vip="{VIP}",protocol="tcp",backend="{BE2}"}} "#
+    );
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&probes))
+        .unwrap_or_else(|| panic!("{probes} in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(count >= 3, "probes every 200 ms for seconds: {count}");
 
     // A second daemon on the same socket gives up before touching the datapath.
     let second = lb_in(&lb_ns, &["run", "--config", &config_arg])

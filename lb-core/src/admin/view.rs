@@ -17,6 +17,7 @@ use super::rate::{RateKey, Rates};
 use crate::{
     config::Protocol,
     daemon::{BackendStatus, ServiceStatus, Status, Usage, UsageSnapshot, VrrpStatus},
+    health::ProbeSnapshot,
 };
 
 /// `GET /v1/status`.
@@ -73,8 +74,9 @@ pub struct BackendView {
     pub healthy: bool,
     /// Why the health last changed (the probe's result).
     pub reason: Option<String>,
-    /// Latency of the last successful probe.
-    pub probe_latency_seconds: Option<f64>,
+    /// The health check's probes so far (latency histogram, failures, last
+    /// successful latency); `None` without a check.
+    pub probes: Option<ProbeSnapshot>,
     pub sorry_server: bool,
     /// `None` when the datapath could not be read or the backend is not
     /// programmed (yet).
@@ -201,7 +203,7 @@ pub fn merge(
                         live_weight: b.live_weight,
                         healthy: b.healthy,
                         reason: b.reason.clone(),
-                        probe_latency_seconds: b.probe_latency_seconds,
+                        probes: b.probes.as_ref().map(|p| p.snapshot()),
                         sorry_server: b.sorry_server,
                         usage: backend(b),
                     })

@@ -36,6 +36,7 @@ use crate::{
     health::{
         self, BuildError,
         passive::{Observer, Sample},
+        probes::ProbeRecord,
         runner::{HealthEvent, Job, Runner, Schedule},
         service::{LiveSet, Service as Policy, ServiceSpec as PolicySpec},
     },
@@ -137,7 +138,9 @@ impl DaemonHandle {
 struct Health {
     up: bool,
     reason: Option<String>,
-    latency: Option<Duration>,
+    /// The check's probe record; `None` for a backend without a check. Kept
+    /// with the health across a reload, so its histogram does not restart.
+    probes: Option<Arc<ProbeRecord>>,
 }
 
 struct Svc {
@@ -261,20 +264,21 @@ impl Daemon {
                     known.unwrap_or(Health {
                         up: true,
                         reason: Some("no health check".into()),
-                        latency: None,
+                        probes: None,
                     }),
                 );
                 continue;
             };
-            let state = known.unwrap_or(Health {
+            let mut state = known.unwrap_or(Health {
                 up: !cfg.alpha,
                 reason: Some(if cfg.alpha {
                     "alpha: down until a check passes".into()
                 } else {
                     "up until checks fail (no alpha)".into()
                 }),
-                latency: None,
+                probes: None,
             });
+            let probes = state.probes.get_or_insert_default().clone();
             // The checker starts from the state we already know.
             let check_spec = convert::check_spec(check, !state.up);
             let checker = health::build(&check_spec).map_err(|error| DaemonError::Check {
@@ -288,6 +292,7 @@ impl Daemon {
                 target: convert::probe_target(check, b.address),
                 checker,
                 schedule: Schedule::from(&check_spec),
+                probes,
             });
             health.insert(b.address, state);
         }
@@ -414,9 +419,6 @@ impl Daemon {
         // The health runner has logged the transition already.
         h.up = ev.up;
         h.reason = Some(ev.reason);
-        if ev.latency.is_some() {
-            h.latency = ev.latency;
-        }
         let key = *key;
         self.mark_dirty(key);
     }
@@ -639,7 +641,7 @@ impl Daemon {
                             live_weight: live(&b.address),
                             healthy: h.up,
                             reason: h.reason,
-                            probe_latency_seconds: h.latency.map(|d| d.as_secs_f64()),
+                            probes: h.probes,
                             sorry_server: false,
                         }
                     })
@@ -652,7 +654,7 @@ impl Daemon {
                         live_weight: live(&sorry),
                         healthy: true,
                         reason: None,
-                        probe_latency_seconds: None,
+                        probes: None,
                         sorry_server: true,
                     });
                 }
