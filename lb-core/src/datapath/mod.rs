@@ -187,6 +187,12 @@ impl Datapath {
             .map_max_entries(abi::map::BACKEND_STATS, limits.max_backends)
             .map_max_entries(abi::map::VIP_STATS, limits.max_vips + 1)
             .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
+            .map_max_entries(abi::map::VIPS6, limits.max_vips)
+            .map_max_entries(abi::map::VIP_ADDRS6, limits.max_vips)
+            .map_max_entries(abi::map::SNAT_ADDRS6, limits.max_vips)
+            .map_max_entries(abi::map::BACKENDS6, limits.max_backends)
+            .map_max_entries(abi::map::FLOWS6, limits.flow_capacity)
+            .map_max_entries(abi::map::PERSIST6, limits.flow_capacity)
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(describe(&e)))?;
         for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS, abi::prog::XDP_DECAP] {
