@@ -12,6 +12,7 @@
 pub mod balancer;
 pub mod neigh;
 mod ring;
+mod v6;
 
 use std::{collections::HashMap, fmt};
 
@@ -23,6 +24,7 @@ use aya::{
 use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
 
 pub use ring::Tables;
+pub use v6::{addr6, fmt_vip6, from_addr6};
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
@@ -159,6 +161,8 @@ pub struct Datapath {
     attached: HashMap<String, XdpRunMode>,
     vip_addr_refs: HashMap<u32, u32>,
     snat_refs: HashMap<u32, u32>,
+    vip_addr6_refs: HashMap<abi::Addr6, u32>,
+    snat6_refs: HashMap<abi::Addr6, u32>,
 }
 
 impl Datapath {
@@ -215,6 +219,8 @@ impl Datapath {
             attached: HashMap::new(),
             vip_addr_refs: HashMap::new(),
             snat_refs: HashMap::new(),
+            vip_addr6_refs: HashMap::new(),
+            snat6_refs: HashMap::new(),
         })
     }
 
