@@ -5,7 +5,7 @@
 //! the async side talks to it through a channel. Dropping the last handle
 //! ends the thread, which drops the datapath and detaches its programs.
 
-use std::{net::SocketAddrV4, sync::mpsc, thread};
+use std::{net::SocketAddr, sync::mpsc, thread};
 
 use lb_ebpf::abi::{Counters, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey};
 use tokio::sync::oneshot;
@@ -33,8 +33,8 @@ pub struct Usage {
 /// Counters of every programmed service, read at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct UsageSnapshot {
-    pub vips: Vec<((SocketAddrV4, Protocol), Usage)>,
-    pub backends: Vec<((SocketAddrV4, Protocol, SocketAddrV4), Usage)>,
+    pub vips: Vec<((SocketAddr, Protocol), Usage)>,
+    pub backends: Vec<((SocketAddr, Protocol, SocketAddr), Usage)>,
     /// Drops of packets to a VIP address that matched no service.
     pub unmatched: Counters,
 }
@@ -42,10 +42,10 @@ pub struct UsageSnapshot {
 /// What to read for one service.
 #[derive(Clone, Debug)]
 pub struct UsageQuery {
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     pub protocol: Protocol,
     pub interface: String,
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<SocketAddr>,
     /// The service's idle timeout: older flows are not counted as active.
     pub idle: std::time::Duration,
     /// Count active flows (a scan of the connection table); counters alone
@@ -102,17 +102,13 @@ impl Dataplane {
         self.call(move |b| b.add_service(spec)).await
     }
 
-    pub async fn remove_service(
-        &self,
-        vip: SocketAddrV4,
-        p: Protocol,
-    ) -> Result<(), BalancerError> {
+    pub async fn remove_service(&self, vip: SocketAddr, p: Protocol) -> Result<(), BalancerError> {
         self.call(move |b| b.remove_service(vip, p)).await
     }
 
     pub async fn set_backends(
         &self,
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         p: Protocol,
         backends: Vec<BackendSpec>,
     ) -> Result<Swap, BalancerError> {

@@ -11,6 +11,7 @@
 
 pub mod balancer;
 pub mod neigh;
+pub mod neigh6;
 mod ring;
 mod v6;
 

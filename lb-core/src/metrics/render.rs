@@ -192,9 +192,7 @@ fn record(status: &Status, usage: Option<&UsageSnapshot>) {
                     gauge!("lb_backend_probe_latency_seconds", labels.clone()).set(l);
                 }
             }
-            let std::net::SocketAddr::V4(addr) = b.address else {
-                continue;
-            };
+            let addr = b.address;
             if let (Some((vip, p)), Some(u)) = (key, usage)
                 && let Some((_, bu)) = u.backends.iter().find(|(bk, _)| *bk == (vip, p, addr))
             {
