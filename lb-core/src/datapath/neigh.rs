@@ -26,7 +26,7 @@ pub enum NeighError {
     Mac { iface: String, error: io::Error },
     #[error("interface {0} has no {1} address")]
     NoAddress(String, &'static str),
-    #[error("no neighbour (ARP/NDP) answer from {ip} on {iface} within {timeout:?}")]
+    #[error("no {} answer from {ip} on {iface} within {timeout:?}", if .ip.is_ipv4() { "ARP" } else { "NDP" })]
     Unresolved {
         ip: IpAddr,
         iface: String,
