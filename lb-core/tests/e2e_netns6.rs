@@ -1,7 +1,8 @@
-//! End to end over IPv6 through the XDP datapath (generic mode) in network
-//! namespaces: curl through an IPv6 VIP to python HTTP backends, in dr, nat
-//! (port 80 → 8033, SNAT) and tun (IPv6-in-IPv6 with lb's decap helper on
-//! the backends). The IPv4 counterpart is `e2e_netns.rs`.
+//! End to end over IPv6 through the XDP datapath in network namespaces:
+//! curl through an IPv6 VIP to python HTTP backends, in dr, nat (port 80 →
+//! 8033, SNAT) and tun (IPv6-in-IPv6 with lb's decap helper on the
+//! backends), generic XDP, and dr and nat in native mode too. The IPv4
+//! counterpart is `e2e_netns.rs`.
 //!
 //! Layout: the lab's one L2 segment (its hosts keep their 198.18.0.0/15
 //! addresses), plus 2001:2::/64 (RFC 5180): client ::1, lb ::2 (holds the
@@ -57,6 +58,8 @@ fn spec(forwarding: Forwarding) -> ServiceSpec {
 struct Setup {
     lab: Lab,
     lb: NsWorker<Balancer>,
+    /// Keeps the XDP_PASS program on the LB's bridge port in native mode.
+    _peer: Option<NsWorker<Datapath>>,
     /// tun: the decap helpers on the backends.
     _decaps: Vec<NsWorker<Datapath>>,
     client: String,
@@ -66,8 +69,20 @@ fn add6(lab: &Lab, ns: &str, addr: &str, dev: &str) {
     lab.ip(&["-n", ns, "addr", "add", addr, "dev", dev, "nodad"]);
 }
 
-/// Builds the lab, starts three HTTP backends and programs the VIP.
-fn setup(test: &str, forwarding: Forwarding) -> Setup {
+fn small_datapath() -> Datapath {
+    Datapath::load(Limits {
+        max_vips: 1,
+        max_backends: 1,
+        ring_stride: 2,
+        flow_capacity: 16,
+        new_flow_cap: 0,
+    })
+    .expect("load")
+}
+
+/// Builds the lab, starts three HTTP backends and programs the VIP with XDP
+/// in `mode`.
+fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     add6(&lab, &client, "2001:2::1/64", "eth0");
@@ -85,14 +100,7 @@ fn setup(test: &str, forwarding: Forwarding) -> Setup {
         add6(&lab, &ns, &format!("{be}/64"), "eth0");
         if forwarding == Forwarding::Tun {
             decaps.push(NsWorker::start(&ns, || {
-                let mut dp = Datapath::load(Limits {
-                    max_vips: 1,
-                    max_backends: 1,
-                    ring_stride: 2,
-                    flow_capacity: 16,
-                    new_flow_cap: 0,
-                })
-                .expect("load");
+                let mut dp = small_datapath();
                 dp.attach_decap("eth0", AttachMode::Generic).expect("decap");
                 dp
             }));
@@ -110,11 +118,19 @@ fn setup(test: &str, forwarding: Forwarding) -> Setup {
         };
         lab.http_backend(&ns, &bind, port, &format!("be{}", i + 1));
     }
+    // Native veth: XDP_TX frames are dropped unless the peer has an XDP
+    // program too (EBPF_TOOLCHAIN.md).
+    let peer = (mode == AttachMode::Native).then(|| {
+        let (br, p) = lab.bridge_port(2);
+        NsWorker::start(&br, move || {
+            let mut dp = small_datapath();
+            dp.attach_pass(&p, AttachMode::Native)
+                .expect("XDP_PASS on peer");
+            dp
+        })
+    });
     let lb = NsWorker::start(&lb_ns, move || {
-        Balancer::new(
-            Datapath::load(limits()).expect("loading datapath"),
-            AttachMode::Generic,
-        )
+        Balancer::new(Datapath::load(limits()).expect("loading datapath"), mode)
     });
     let backends: Vec<BackendSpec> = BACKENDS
         .iter()
@@ -133,13 +149,15 @@ fn setup(test: &str, forwarding: Forwarding) -> Setup {
         "backends without a neighbour entry: {:?}",
         swap.unresolved
     );
-    assert_eq!(
-        lb.call(|b| b.attached()),
-        vec![("eth0".to_string(), XdpRunMode::Generic)]
-    );
+    let want = match mode {
+        AttachMode::Native => XdpRunMode::Native,
+        _ => XdpRunMode::Generic,
+    };
+    assert_eq!(lb.call(|b| b.attached()), vec![("eth0".to_string(), want)]);
     Setup {
         lab,
         lb,
+        _peer: peer,
         _decaps: decaps,
         client,
     }
@@ -161,8 +179,8 @@ fn curl_many(s: &Setup, n: usize) -> HashMap<String, usize> {
 }
 
 /// 30 requests answered, by all three backends, all through the datapath.
-fn spreads(test: &str, forwarding: Forwarding) {
-    let s = setup(test, forwarding);
+fn spreads(test: &str, forwarding: Forwarding, mode: AttachMode) {
+    let s = setup(test, forwarding, mode);
     let n = 30;
     let seen = curl_many(&s, n);
     assert_eq!(seen.values().sum::<usize>(), n, "answers: {seen:?}");
@@ -182,17 +200,27 @@ fn spreads(test: &str, forwarding: Forwarding) {
 
 #[test]
 fn dr_generic_spreads_http_over_ipv6_backends() {
-    spreads("dr6", Forwarding::Dr);
+    spreads("dr6", Forwarding::Dr, AttachMode::Generic);
+}
+
+#[test]
+fn dr_native_spreads_http_over_ipv6_backends() {
+    spreads("dr6n", Forwarding::Dr, AttachMode::Native);
 }
 
 #[test]
 fn nat_generic_translates_ipv6_port_80_to_8033() {
-    spreads("nat6", Forwarding::Nat);
+    spreads("nat6", Forwarding::Nat, AttachMode::Generic);
+}
+
+#[test]
+fn nat_native_translates_ipv6_port_80_to_8033() {
+    spreads("nat6n", Forwarding::Nat, AttachMode::Native);
 }
 
 /// tun: IPv6-in-IPv6 to backends that answer the client directly; the
 /// backends run lb's decap helper.
 #[test]
 fn tun_generic_spreads_http_over_ipv6_backends() {
-    spreads("tun6", Forwarding::Tun);
+    spreads("tun6", Forwarding::Tun, AttachMode::Generic);
 }
