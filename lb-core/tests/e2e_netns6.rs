@@ -224,3 +224,30 @@ fn nat_native_translates_ipv6_port_80_to_8033() {
 fn tun_generic_spreads_http_over_ipv6_backends() {
     spreads("tun6", Forwarding::Tun, AttachMode::Generic);
 }
+
+/// nat with the LB node itself as one backend: XDP hands the packet to the
+/// local stack, the IPv6 tc egress path translates the reply.
+#[test]
+fn nat_with_the_lb_node_as_an_ipv6_backend() {
+    let mut s = setup("nat6l", Forwarding::Nat, AttachMode::Generic);
+    let lb_ns = s.lab.ns("lb");
+    s.lab.http_backend(&lb_ns, LB, 8033, "lb-local");
+    let backends = vec![
+        BackendSpec {
+            addr: sa(LB, 8033),
+            weight: 1,
+        },
+        BackendSpec {
+            addr: sa(BACKENDS[0], 8033),
+            weight: 1,
+        },
+    ];
+    s.lb.call(move |b| {
+        b.set_backends(sa(VIP, 80), Protocol::Tcp, &backends)
+            .expect("set_backends")
+    });
+    let seen = curl_many(&s, 30);
+    assert_eq!(seen.values().sum::<usize>(), 30, "answers: {seen:?}");
+    assert!(seen.get("lb-local").copied().unwrap_or(0) > 0, "{seen:?}");
+    assert!(seen.get("be1").copied().unwrap_or(0) > 0, "{seen:?}");
+}
