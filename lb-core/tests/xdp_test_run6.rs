@@ -582,3 +582,51 @@ fn persistence_keeps_a_prefix_on_its_backend() {
         .collect();
     assert_eq!(macs.len(), 2);
 }
+
+/// "Packet too big" from a router, quoting what a backend sent from the
+/// VIP (VIP:80 → client:54000 of a dr or tun flow).
+fn too_big(sport: u16) -> Vec<u8> {
+    let quoted = frame6(
+        BE_MAC[0],
+        CLIENT_MAC,
+        vip_addr(),
+        client(),
+        80,
+        sport,
+        TCP,
+        &[0u8; 64],
+    );
+    let mut icmp = Vec::new();
+    etherparse::PacketBuilder::ethernet2(CLIENT_MAC, LB_MAC)
+        .ipv6(a("2001:2::fe"), vip_addr(), 64)
+        .icmpv6(etherparse::Icmpv6Type::PacketTooBig { mtu: 1_400 })
+        .write(&mut icmp, &quoted[14..])
+        .unwrap();
+    icmp
+}
+
+#[test]
+fn packet_too_big_goes_to_the_flows_backend() {
+    let dp = setup(abi::MODE_DR, TCP);
+    run(&dp, &client_pkt(54_000, TCP));
+    let icmp = too_big(54_000);
+    let (v, out) = run(&dp, &icmp);
+    assert_eq!(v, XDP_TX);
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    assert_eq!(&out[6..12], &LB_MAC_OUT);
+    assert_eq!(&out[12..], &icmp[12..], "the ICMPv6 packet must not change");
+    // Unknown flow: the kernel's business.
+    let stray = too_big(54_001);
+    assert_eq!(run(&dp, &stray), (XDP_PASS, stray.clone()));
+
+    // tun: wrapped like the flow's packets.
+    let dp = setup_with(tun_meta(1_500), TCP);
+    run(&dp, &client_pkt(54_000, TCP));
+    let (v, out) = run(&dp, &icmp);
+    assert_eq!(v, XDP_TX);
+    assert_eq!(&out[0..6], &BE_MAC[0]);
+    let (outer, rest) = etherparse::Ipv6Header::from_slice(&out[14..]).expect("outer IPv6");
+    assert_eq!(outer.next_header.0, 41);
+    assert_eq!(outer.destination, be(0));
+    assert_eq!(rest, &icmp[14..]);
+}

@@ -100,7 +100,7 @@ pub fn handle(ctx: XdpContext) -> u32 {
     let l4_min = match next {
         IPPROTO_TCP => TCP_HLEN,
         IPPROTO_UDP => UDP_HLEN,
-        IPPROTO_ICMPV6 => return icmp6::handle(start, end, &dst),
+        IPPROTO_ICMPV6 => return icmp6::handle(ctx, start, end, &dst),
         NEXTHDR_FRAGMENT => return policy_drop(&dst, DropReason::Fragment),
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
             return policy_drop(&dst, DropReason::IpOptions);
