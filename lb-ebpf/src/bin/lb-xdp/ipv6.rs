@@ -84,8 +84,10 @@ pub struct Packet6 {
 pub fn handle(ctx: XdpContext) -> u32 {
     let (start, end) = (ctx.data(), ctx.data_end());
     let ctx = &ctx;
+    // Too short to say whether it is addressed to a VIP: not ours to judge
+    // (the kernel drops it), so every IPv6 packet not for a VIP passes.
     let Some(ip) = ptr_at::<Ipv6Hdr>(start, end, ETH_HLEN) else {
-        return drop_unmatched(DropReason::Malformed);
+        return xdp_action::XDP_PASS;
     };
     // SAFETY: every pointer below comes from `ptr_at`, which checked it
     // against `data_end`. Fields are read through `ip` rather than from a
