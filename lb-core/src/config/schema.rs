@@ -41,7 +41,7 @@ pub(crate) struct RawDaemon {
     pub metrics_listen: Option<S<String>>,
     /// How XDP attaches. Default: `auto` (native, falling back to generic).
     pub xdp_mode: Option<S<XdpMode>>,
-    /// Connection-table entries. Default: 262144.
+    /// Connection-table entries, per address family. Default: 262144.
     pub flow_capacity: Option<S<i64>>,
     /// SYN-flood guard: new dr/tun flows per CPU per second recorded in the
     /// connection table; more are forwarded unrecorded. Default: 125000

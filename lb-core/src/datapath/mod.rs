@@ -97,7 +97,9 @@ pub struct Limits {
     pub max_backends: u32,
     /// Largest Maglev table size a VIP may use. Default 65537.
     pub ring_stride: u32,
-    /// Connection table entries (LRU). Default 262144; a nat flow takes two.
+    /// Connection table entries (LRU) of each family: IPv4 (`FLOWS`) and
+    /// IPv6 (`FLOWS6`) have one table each. Default 262144; a nat flow
+    /// takes two.
     pub flow_capacity: u32,
     /// SYN-flood guard: new dr/tun flows per CPU per second recorded in the
     /// connection table; beyond it they are forwarded unrecorded. Default
