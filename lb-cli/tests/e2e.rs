@@ -363,8 +363,8 @@ address = "{BE2}"
 }
 
 /// `lb run` with an IPv6 service (nat, 80 → 8080, health-checked over
-/// IPv6): traffic through the VIP, counters in `lb status`, a drain by
-/// IPv6 address. Layout: 2001:2::/64 (RFC 5180) beside the IPv4 one, client
+/// IPv6): traffic through the VIP, counters and active flows in `lb
+/// status`, a drain by IPv6 address. Layout: 2001:2::/64 (RFC 5180) beside the IPv4 one, client
 /// ::1, lb ::2 holding the VIP ::100, backends ::11 and ::12.
 #[test]
 fn lb_run_balances_an_ipv6_service() {
@@ -460,6 +460,35 @@ address = "{}"
         .clone()
         .expect("service counters");
     assert!(u.packets >= 20 && u.new_flows >= 20, "{u:?}");
+
+    // Active flows are counted from the IPv6 connection table.
+    let active = || -> u64 {
+        status(&socket).services[0]
+            .backends
+            .iter()
+            .map(|b| b.usage.as_ref().map_or(0, |u| u.active_flows))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active() > 0 {
+        assert!(Instant::now() < deadline, "closed connections still active");
+        sleep(Duration::from_millis(200));
+    }
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let (open_tx, open_rx) = std::sync::mpsc::channel();
+    let client_ns = client.clone();
+    let holder = std::thread::spawn(move || {
+        lb_testlab::enter(&client_ns);
+        let conn = std::net::TcpStream::connect(VIP6).expect("long-lived connection");
+        open_tx.send(()).unwrap();
+        let _ = close_rx.recv();
+        drop(conn);
+    });
+    open_rx.recv().unwrap();
+    sleep(Duration::from_millis(300));
+    assert_eq!(active(), 1);
+    close_tx.send(()).unwrap();
+    holder.join().unwrap();
 
     let out = lb(&socket, &["drain", VIP6, BACKENDS6[0]]);
     assert!(out.status.success(), "{}", text(&out.stderr));

@@ -7,7 +7,7 @@
 
 use std::{net::SocketAddr, sync::mpsc, thread};
 
-use lb_ebpf::abi::{Counters, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey};
+use lb_ebpf::abi::{Counters, FLOW_CLOSING, FLOW_FORWARD, Flow, Flow6, FlowKey, FlowKey6};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -121,27 +121,11 @@ impl Dataplane {
         self.call(move |b| {
             let now = monotonic_ns();
             let flows = if services.iter().any(|q| q.count_flows) {
-                b.datapath().flows()?
+                let mut live = live_forward(&b.datapath().flows()?);
+                live.extend(live_forward6(&b.datapath().flows6()?));
+                live
             } else {
                 Vec::new()
-            };
-            let closing: std::collections::HashSet<FlowKey> = flows
-                .iter()
-                .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
-                .map(|(k, _)| *k)
-                .collect();
-            // In nat mode a connection also ends when the backend closes it,
-            // which only its reply entry sees.
-            let ended = |k: &FlowKey, f: &Flow| {
-                closing.contains(k)
-                    || closing.contains(&FlowKey {
-                        src_addr: f.rw_dst_addr,
-                        dst_addr: f.rw_src_addr,
-                        src_port: f.rw_dst_port,
-                        dst_port: f.rw_src_port,
-                        proto: k.proto,
-                        _pad: [0; 3],
-                    })
             };
             let mut snap = UsageSnapshot {
                 unmatched: b.datapath().unmatched_counters()?,
@@ -163,12 +147,10 @@ impl Dataplane {
                 let live = |pred: &dyn Fn(u32) -> bool| {
                     flows
                         .iter()
-                        .filter(|(k, f)| {
-                            f.kind == FLOW_FORWARD
-                                && f.vip == vip_id
+                        .filter(|f| {
+                            f.vip == vip_id
                                 && pred(f.backend)
                                 && now.saturating_sub(f.last_seen_ns) <= idle
-                                && !ended(k, f)
                         })
                         .count() as u64
                 };
@@ -196,4 +178,69 @@ impl Dataplane {
         })
         .await
     }
+}
+
+/// What counting live flows needs of a forward entry, whatever its family.
+struct Forward {
+    vip: u32,
+    backend: u32,
+    last_seen_ns: u64,
+}
+
+/// Forward entries of connections that have not ended: no FIN or RST seen,
+/// in nat mode by the reply entry either (a backend closing is only seen
+/// there).
+fn live_forward(flows: &[(FlowKey, Flow)]) -> Vec<Forward> {
+    let closing: std::collections::HashSet<FlowKey> = flows
+        .iter()
+        .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
+        .map(|(k, _)| *k)
+        .collect();
+    flows
+        .iter()
+        .filter(|(k, f)| {
+            let reply = FlowKey {
+                src_addr: f.rw_dst_addr,
+                dst_addr: f.rw_src_addr,
+                src_port: f.rw_dst_port,
+                dst_port: f.rw_src_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            f.kind == FLOW_FORWARD && !closing.contains(k) && !closing.contains(&reply)
+        })
+        .map(|(_, f)| Forward {
+            vip: f.vip,
+            backend: f.backend,
+            last_seen_ns: f.last_seen_ns,
+        })
+        .collect()
+}
+
+/// [`live_forward`] of the IPv6 table.
+fn live_forward6(flows: &[(FlowKey6, Flow6)]) -> Vec<Forward> {
+    let closing: std::collections::HashSet<FlowKey6> = flows
+        .iter()
+        .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
+        .map(|(k, _)| *k)
+        .collect();
+    flows
+        .iter()
+        .filter(|(k, f)| {
+            let reply = FlowKey6 {
+                src_addr: f.rw_dst_addr,
+                dst_addr: f.rw_src_addr,
+                src_port: f.rw_dst_port,
+                dst_port: f.rw_src_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            f.kind == FLOW_FORWARD && !closing.contains(k) && !closing.contains(&reply)
+        })
+        .map(|(_, f)| Forward {
+            vip: f.vip,
+            backend: f.backend,
+            last_seen_ns: f.last_seen_ns,
+        })
+        .collect()
 }
