@@ -13,7 +13,7 @@ pub mod balancer;
 pub mod neigh;
 pub mod neigh6;
 mod ring;
-mod v6;
+mod ipv6;
 
 use std::{collections::HashMap, fmt};
 
@@ -25,7 +25,7 @@ use aya::{
 use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
 
 pub use ring::Tables;
-pub use v6::{addr6, fmt_vip6, from_addr6};
+pub use ipv6::{addr6, fmt_vip6, from_addr6};
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
