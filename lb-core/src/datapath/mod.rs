@@ -10,10 +10,10 @@
 //! resolution ([`neigh`]).
 
 pub mod balancer;
+mod ipv6;
 pub mod neigh;
 pub mod neigh6;
 mod ring;
-mod ipv6;
 
 use std::{collections::HashMap, fmt};
 
@@ -24,8 +24,8 @@ use aya::{
 };
 use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
 
-pub use ring::Tables;
 pub use ipv6::{addr6, fmt_vip6, from_addr6};
+pub use ring::Tables;
 
 /// The eBPF object built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
