@@ -9,7 +9,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -47,14 +47,15 @@ fn limits() -> Limits {
 
 fn spec(forwarding: Forwarding) -> ServiceSpec {
     ServiceSpec {
-        vip: SocketAddrV4::new(VIP, 80),
+        vip: SocketAddr::from((VIP, 80)),
         protocol: Protocol::Tcp,
         interface: "eth0".into(),
         forwarding,
         table_size: 65_537,
         snat_address: None,
         snat_ports: (1_024, 32_767),
-        tun_source: (forwarding == Forwarding::Tun).then(|| (Ipv4Addr::new(198, 19, 0, 0), 24)),
+        tun_source: (forwarding == Forwarding::Tun)
+            .then(|| (Ipv4Addr::new(198, 19, 0, 0).into(), 24)),
         persistence: None,
         tcp_timeout: Duration::from_secs(900),
         udp_timeout: Duration::from_secs(300),
@@ -146,13 +147,13 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
     let backends: Vec<BackendSpec> = BACKENDS
         .iter()
         .map(|b| BackendSpec {
-            addr: SocketAddrV4::new(*b, port),
+            addr: SocketAddr::from((*b, port)),
             weight: 1,
         })
         .collect();
     lb.call(move |b| {
         b.add_service(spec(forwarding)).expect("add_service");
-        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
             .expect("set_backends");
     });
     let want = match mode {
@@ -264,16 +265,16 @@ fn nat_with_the_lb_node_as_a_backend() {
         .http_backend(&lb_ns, &LB.to_string(), 8033, "lb-local");
     let backends = vec![
         BackendSpec {
-            addr: SocketAddrV4::new(LB, 8033),
+            addr: SocketAddr::from((LB, 8033)),
             weight: 1,
         },
         BackendSpec {
-            addr: SocketAddrV4::new(BACKENDS[0], 8033),
+            addr: SocketAddr::from((BACKENDS[0], 8033)),
             weight: 1,
         },
     ];
     s.lb.call(move |b| {
-        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
             .expect("set_backends")
     });
     let seen = curl_many(&s, 30);
@@ -305,14 +306,14 @@ fn hot_swap_keeps_long_lived_connections() {
     let lb = NsWorker::start(&lb_ns, || {
         Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
     });
-    let vip = SocketAddrV4::new(VIP, 80);
+    let vip = SocketAddr::from((VIP, 80));
     let set = move |b: &mut Balancer, w: [u32; 3]| {
         let specs: Vec<BackendSpec> = BACKENDS
             .iter()
             .zip(w)
             .filter(|(_, w)| *w > 0)
             .map(|(a, w)| BackendSpec {
-                addr: SocketAddrV4::new(*a, 8033),
+                addr: SocketAddr::from((*a, 8033)),
                 weight: w,
             })
             .collect();
@@ -334,8 +335,7 @@ fn hot_swap_keeps_long_lived_connections() {
         let mut conns = Vec::new();
         let mut greeted = HashMap::new();
         for _ in 0..CONNS {
-            let c =
-                TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+            let c = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
             c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             let mut r = BufReader::new(c.try_clone().unwrap());
             let mut name = String::new();
@@ -407,7 +407,7 @@ fn hot_swap_keeps_long_lived_connections() {
     // one with be3 only must land on be3.
     lb.call(move |b| set(b, [0, 0, 1]));
     let got = in_ns(&client, move || {
-        let c = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+        let c = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut name = String::new();
         BufReader::new(c).read_line(&mut name).expect("greeting");
@@ -442,9 +442,9 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
         };
         Balancer::new(Datapath::load(limits).expect("load"), AttachMode::Generic)
     });
-    let vip_a = SocketAddrV4::new(VIP, 80);
+    let vip_a = SocketAddr::from((VIP, 80));
     let be = |i: usize| BackendSpec {
-        addr: SocketAddrV4::new(BACKENDS[i], 8033),
+        addr: SocketAddr::from((BACKENDS[i], 8033)),
         weight: 1,
     };
     let generation = lb.call(move |b| {
@@ -461,7 +461,7 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 
     let err = lb.call(|b| {
         let mut s = spec(Forwarding::Nat);
-        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        s.vip = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 101), 80));
         s.interface = "nope0".into();
         b.add_service(s).unwrap_err().to_string()
     });
@@ -470,10 +470,10 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 
     let err = lb.call(|b| {
         let mut s = spec(Forwarding::Nat);
-        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        s.vip = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 101), 80));
         b.add_service(s).expect("second VIP fits");
         s = spec(Forwarding::Nat);
-        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 102), 80);
+        s.vip = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 102), 80));
         b.add_service(s).unwrap_err().to_string()
     });
     assert!(
@@ -484,14 +484,14 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 
     // Four backend slots: A holds three; B asks for two new ones.
     let err = lb.call(move |b| {
-        let vip_b = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        let vip_b = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 101), 80));
         let extra = [
             BackendSpec {
-                addr: SocketAddrV4::new(LB, 8034),
+                addr: SocketAddr::from((LB, 8034)),
                 weight: 1,
             },
             BackendSpec {
-                addr: SocketAddrV4::new(LB, 8035),
+                addr: SocketAddr::from((LB, 8035)),
                 weight: 1,
             },
         ];
@@ -511,7 +511,7 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
     // keep serving.
     let (unresolved, now) = lb.call(move |b| {
         let ghost = BackendSpec {
-            addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), 8033),
+            addr: SocketAddr::from((Ipv4Addr::new(198, 18, 9, 9), 8033)),
             weight: 1,
         };
         let swap = b

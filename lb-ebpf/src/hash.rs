@@ -37,6 +37,21 @@ pub fn flow_hash(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, pro
     fmix(h ^ 12)
 }
 
+/// [`flow_hash`] of an IPv6 flow: the same mixing over all eight address
+/// words, so every address bit counts.
+#[inline(always)]
+pub fn flow_hash6(src: &[u32; 4], dst: &[u32; 4], src_port: u16, dst_port: u16, proto: u8) -> u32 {
+    let ports = ((src_port as u32) << 16) | dst_port as u32;
+    let mut h = proto as u32;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, src[i]);
+        h = mix(h, dst[i]);
+        i += 1;
+    }
+    fmix(mix(h, ports) ^ 36)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +64,24 @@ mod tests {
         }
         for b in buckets {
             assert!((900..1100).contains(&b), "uneven bucket: {buckets:?}");
+        }
+    }
+
+    #[test]
+    fn v6_hash_spreads_ports_and_sees_every_address_word() {
+        let (src, dst) = ([0x0120, 0, 0, 0x0100_0000], [0x0120, 0, 0, 0x6400_0000]);
+        let mut buckets = [0u32; 16];
+        for p in 0..16_000u16 {
+            buckets[(flow_hash6(&src, &dst, p, 80, 6) % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..1100).contains(&b), "uneven bucket: {buckets:?}");
+        }
+        let base = flow_hash6(&src, &dst, 1, 80, 6);
+        for w in 0..4 {
+            let mut s = src;
+            s[w] ^= 1;
+            assert_ne!(flow_hash6(&s, &dst, 1, 80, 6), base, "word {w}");
         }
     }
 }

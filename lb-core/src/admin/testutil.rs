@@ -88,10 +88,10 @@ pub fn usage(packets: u64) -> Usage {
 
 pub fn snapshot(n: u64) -> UsageSnapshot {
     UsageSnapshot {
-        vips: vec![((VIP, Protocol::Tcp), usage(n))],
+        vips: vec![((VIP.into(), Protocol::Tcp), usage(n))],
         backends: vec![
-            ((VIP, Protocol::Tcp, B1), usage(n / 2)),
-            ((VIP, Protocol::Tcp, B2), usage(n / 2)),
+            ((VIP.into(), Protocol::Tcp, B1.into()), usage(n / 2)),
+            ((VIP.into(), Protocol::Tcp, B2.into()), usage(n / 2)),
         ],
         unmatched: Counters::default(),
     }

@@ -5,10 +5,7 @@
 //! These are the v1 wire types, kept apart from [`Status`] so the daemon's
 //! internals can change without breaking scripts that read the API.
 
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, SocketAddrV4},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use lb_ebpf::abi::{Counters, DropReason};
 use serde::{Deserialize, Serialize};
@@ -123,13 +120,10 @@ fn drops(c: &Counters) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The datapath's key for a service as the status shows it; `None` for
-/// what the datapath cannot carry (IPv6, an unknown protocol name).
-pub fn service_key(s: &ServiceStatus) -> Option<(SocketAddrV4, Protocol)> {
-    let SocketAddr::V4(vip) = s.vip else {
-        return None;
-    };
-    Some((vip, protocol(&s.protocol)?))
+/// The datapath's key for a service as the status shows it; `None` for an
+/// unknown protocol name.
+pub fn service_key(s: &ServiceStatus) -> Option<(SocketAddr, Protocol)> {
+    Some((s.vip, protocol(&s.protocol)?))
 }
 
 /// Parses `tcp` or `udp`, as [`Protocol`] displays itself.
@@ -171,9 +165,7 @@ pub fn merge(
             });
             let backend = |b: &BackendStatus| {
                 let (vip, p) = key?;
-                let SocketAddr::V4(addr) = b.address else {
-                    return None;
-                };
+                let addr = b.address;
                 let u = snap?
                     .backends
                     .iter()

@@ -242,9 +242,7 @@ fn record(status: &Status, usage: Option<&UsageSnapshot>) {
                     }
                 }
             }
-            let std::net::SocketAddr::V4(addr) = b.address else {
-                continue;
-            };
+            let addr = b.address;
             if let (Some((vip, p)), Some(u)) = (key, usage)
                 && let Some((_, bu)) = u.backends.iter().find(|(bk, _)| *bk == (vip, p, addr))
             {

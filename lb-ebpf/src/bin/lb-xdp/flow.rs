@@ -16,7 +16,7 @@ const NAT_PORT_TRIES: u32 = 16;
 const CLOSED_PORT_REUSE_NS: u64 = 2_000_000_000;
 
 #[inline(always)]
-fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
+pub fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
     let s = if proto != IPPROTO_TCP {
         vip.udp_timeout_s
     } else if closing && vip.tcp_timeout_s > CLOSING_TIMEOUT_S {
@@ -80,9 +80,22 @@ pub fn lookup_or_schedule(
     schedule(key, vip, pkt, ifindex, now).map(|f| (f, true))
 }
 
-/// Maglev pick from the live half of the VIP's double-buffered table.
 #[inline(always)]
 fn pick(key: &FlowKey, vip_id: u32) -> Result<u32, DropReason> {
+    let h = flow_hash(
+        key.src_addr,
+        key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    );
+    pick_hashed(h, vip_id)
+}
+
+/// Maglev pick from the live half of the VIP's double-buffered table, for
+/// a flow of hash `h` (either family).
+#[inline(always)]
+pub fn pick_hashed(h: u32, vip_id: u32) -> Result<u32, DropReason> {
     let st = TABLE_STATE.get(vip_id).ok_or(DropReason::NoBackend)?;
     // One read of `active` decides the half for this packet: see TableState.
     let half = unsafe { core::ptr::read_volatile(&st.active) } & 1;
@@ -90,13 +103,7 @@ fn pick(key: &FlowKey, vip_id: u32) -> Result<u32, DropReason> {
     if size == 0 {
         return Err(DropReason::NoBackend);
     }
-    let slot = flow_hash(
-        key.src_addr,
-        key.dst_addr,
-        key.src_port,
-        key.dst_port,
-        key.proto,
-    ) % size;
+    let slot = h % size;
     let stride = unsafe { core::ptr::read_volatile(&RING_STRIDE) };
     let id = *RING
         .get((vip_id * 2 + half) * stride + slot)
@@ -192,7 +199,7 @@ fn schedule(
 
 /// Counts a new flow on this CPU; true when the CPU is over its cap.
 #[inline(always)]
-fn over_new_flow_cap(now: u64) -> bool {
+pub fn over_new_flow_cap(now: u64) -> bool {
     let cap = unsafe { core::ptr::read_volatile(&NEW_FLOW_CAP) } as u64;
     if cap == 0 {
         return false;
@@ -239,7 +246,7 @@ fn persistent_pick(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<u32, DropRe
 }
 
 #[inline(always)]
-fn is_member(vip: u32, backend: u32) -> bool {
+pub fn is_member(vip: u32, backend: u32) -> bool {
     let words = unsafe { core::ptr::read_volatile(&MEMBER_WORDS) };
     MEMBERS
         .get(vip * words + backend / 64)
@@ -347,7 +354,13 @@ pub fn observe_answer(f: &mut Flow, tcp_flags: u8) {
         return;
     }
     f.flags |= FLOW_ANSWERED;
-    let Some(c) = BACKEND_STATS.get_ptr_mut(f.backend) else {
+    count_answer(f.backend, tcp_flags);
+}
+
+/// Counts a backend's first answer to a SYN (see `observe_answer`).
+#[inline(always)]
+pub fn count_answer(backend: u32, tcp_flags: u8) {
+    let Some(c) = BACKEND_STATS.get_ptr_mut(backend) else {
         return;
     };
     // SAFETY: per-CPU value, valid for this run.
