@@ -256,10 +256,16 @@ impl From<DecapMode> for lb_core::datapath::AttachMode {
     }
 }
 
-/// The daemon gets a thread per core; a client command needs one.
+/// One worker thread for the daemon too. Its tasks (probes, VRRP, the
+/// admin API) each do little per wake-up and the datapath's blocking map IO
+/// has a thread of its own, so a second worker mostly adds cross-thread
+/// wake-ups: with two, 1000 HTTP probes a second cost 6.3% of a core, with
+/// one 4.8% (`lb-bench-health`, BENCHMARKS.md).
 fn runtime(daemon: bool) -> Result<tokio::runtime::Runtime> {
     let mut b = if daemon {
-        tokio::runtime::Builder::new_multi_thread()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(1);
+        b
     } else {
         tokio::runtime::Builder::new_current_thread()
     };
