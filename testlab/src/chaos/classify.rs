@@ -220,6 +220,37 @@ pub fn classify(
         .collect()
 }
 
+/// How far after a master change the gap is looked for.
+const GAP_HORIZON: Duration = Duration::from_secs(10);
+
+/// For each master kill or return: the longest time without an answered
+/// request in the [`GAP_HORIZON`] after it (what clients see of it).
+pub fn failover_gaps(requests: &[Request], events: &[Timed]) -> Vec<(Event, Duration)> {
+    events
+        .iter()
+        .filter(|e| matches!(e.event, Event::MasterKill | Event::MasterStart))
+        .map(|e| {
+            let horizon = e.at + GAP_HORIZON;
+            let mut answers: Vec<Duration> = requests
+                .iter()
+                .filter(|r| matches!(r.outcome, Outcome::Served(_)))
+                .map(|r| r.end)
+                .filter(|t| *t >= e.at && *t <= horizon)
+                .collect();
+            answers.sort();
+            let gap = std::iter::once(e.at)
+                .chain(answers.iter().copied())
+                .chain(std::iter::once(horizon))
+                .collect::<Vec<_>>()
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .max()
+                .unwrap_or(GAP_HORIZON);
+            (e.event, gap)
+        })
+        .collect()
+}
+
 /// The run's summary: one table.
 pub struct Report {
     pub duration: Duration,
@@ -227,11 +258,34 @@ pub struct Report {
     pub requests: usize,
     pub served: usize,
     pub failed: Vec<(Request, Class)>,
+    pub gaps: Vec<(Event, Duration)>,
 }
 
 impl Report {
     pub fn count(&self, c: Class) -> usize {
         self.failed.iter().filter(|(_, k)| *k == c).count()
+    }
+
+    /// "N" or "N (refused a, timeout b, ...)".
+    fn count_by_kind(&self, c: Class) -> String {
+        let mut kinds: Vec<(Failure, usize)> = Vec::new();
+        for (r, k) in &self.failed {
+            if let (true, Outcome::Failed(f)) = (*k == c, r.outcome) {
+                match kinds.iter_mut().find(|(g, _)| *g == f) {
+                    Some((_, n)) => *n += 1,
+                    None => kinds.push((f, 1)),
+                }
+            }
+        }
+        let n = self.count(c);
+        if kinds.is_empty() {
+            return n.to_string();
+        }
+        let parts: Vec<String> = kinds
+            .iter()
+            .map(|(f, n)| format!("{} {n}", format!("{f:?}").to_lowercase()))
+            .collect();
+        format!("{n} ({})", parts.join(", "))
     }
 
     fn events_of(&self, f: impl Fn(&Event) -> bool) -> usize {
@@ -271,12 +325,26 @@ impl Report {
                     self.events_of(|e| *e == Event::Reload(false))
                 ),
             ),
+            (
+                "failover: longest time without an answer after kill / return".into(),
+                self.gaps
+                    .iter()
+                    .map(|(e, g)| {
+                        let g = format!("{:.2} s", g.as_secs_f64());
+                        match e {
+                            Event::MasterKill => format!("kill {g}"),
+                            _ => format!("return {g}"),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
             ("requests".into(), self.requests.to_string()),
             ("answered".into(), self.served.to_string()),
             ("failed".into(), self.failed.len().to_string()),
         ];
         for c in Class::ALL {
-            rows.push((format!("failed: {}", c.label()), self.count(c).to_string()));
+            rows.push((format!("failed: {}", c.label()), self.count_by_kind(c)));
         }
         let mut out = String::from("| chaos run | count |\n|---|---:|\n");
         for (k, v) in rows {

@@ -26,7 +26,7 @@ use std::{
 
 use crate::{Lab, in_ns};
 use backend::Backend;
-use classify::{Bounds, Event, Report, Timed, classify};
+use classify::{Bounds, Event, Report, Timed, classify, failover_gaps};
 use load::{Load, LoadSpec};
 
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
@@ -314,6 +314,7 @@ pub fn run(lb: &Path, test: &str, opts: &Options) -> Outcome {
         .copied()
         .collect();
     let failed = classify(&requests, &accepts, &events, NORMAL_BACKENDS + 1, &bounds());
+    let gaps = failover_gaps(&requests, &events);
     let served = requests
         .iter()
         .filter(|r| matches!(r.outcome, classify::Outcome::Served(_)))
@@ -339,6 +340,7 @@ pub fn run(lb: &Path, test: &str, opts: &Options) -> Outcome {
                 (r, c)
             })
             .collect(),
+        gaps,
     };
     let logs = nodes
         .log
