@@ -4,8 +4,9 @@
 //! flows that keep sending keep their entry, and so their backend, even
 //! when the Maglev table has changed since they began. An evicted flow
 //! that sends again is scheduled afresh by the current table. Evictions
-//! are not counted (the kernel does not report them); the table's fill is
-//! `lb_flows` in the metrics, and new flows over the SYN-flood guard are
+//! are not counted (the kernel does not report them); the live flows of a
+//! service are `lb_service_active_flows`, and new flows over the SYN-flood
+//! guard are
 //! counted as unpinned (see `new_flows_over_the_cap_are_forwarded_unrecorded`
 //! in xdp_test_run.rs).
 mod common;
