@@ -38,7 +38,6 @@ pub const NORMAL_BACKENDS: usize = 4;
 /// The health check of the run's config, and what it implies.
 const DELAY_LOOP: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-const DELAY_BEFORE_RETRY: Duration = Duration::from_millis(500);
 const FALL: u32 = 2;
 const RISE: u32 = 2;
 const ADVERT_INT: Duration = Duration::from_secs(1);
@@ -46,19 +45,16 @@ const ADVERT_INT: Duration = Duration::from_secs(1);
 const SLACK: Duration = Duration::from_secs(1);
 
 /// The bounds the config promises. A fault that begins just after a
-/// passing probe is probed a delay_loop later; that probe and `fall - 1`
-/// retries (delay_before_retry apart) each take up to connect_timeout; the
-/// table swap follows within the daemon's 50 ms coalescing window. A
-/// killed master's backup takes over after 3 × advert_int + skew
-/// (RFC 3768), then its gratuitous ARP turns the client around.
+/// passing probe is probed within a delay_loop; `fall` failed rounds a
+/// delay_loop apart, each probe up to connect_timeout, take it down
+/// (`CheckSpec::down_within`), and the table swap follows within the
+/// daemon's 50 ms coalescing window. A killed master's backup takes over
+/// after 3 × advert_int + skew (RFC 3768), then its gratuitous ARP turns
+/// the client around.
 pub fn bounds() -> Bounds {
     let skew = Duration::from_secs_f64((256.0 - 100.0) / 256.0);
     Bounds {
-        detect: DELAY_LOOP
-            + DELAY_BEFORE_RETRY * (FALL - 1)
-            + CONNECT_TIMEOUT * FALL
-            + Duration::from_millis(50)
-            + SLACK,
+        detect: (DELAY_LOOP + CONNECT_TIMEOUT) * FALL + Duration::from_millis(50) + SLACK,
         rise: DELAY_LOOP * RISE + SLACK,
         failover: ADVERT_INT * 3 + skew + SLACK,
     }
@@ -118,7 +114,6 @@ type = "http"
 path = "/"
 delay_loop = "{delay}ms"
 connect_timeout = "{timeout}ms"
-delay_before_retry = "{retry}ms"
 fall = {FALL}
 rise = {RISE}
 "#,
@@ -126,7 +121,6 @@ rise = {RISE}
         name = NODES[node].0,
         delay = DELAY_LOOP.as_millis(),
         timeout = CONNECT_TIMEOUT.as_millis(),
-        retry = DELAY_BEFORE_RETRY.as_millis(),
     );
     for i in 0..=NORMAL_BACKENDS {
         // A valid reload changes be1's weight: a real table swap.

@@ -12,6 +12,12 @@ pub const WARMUP: Duration = Duration::from_secs(5);
 pub const COOLDOWN: Duration = Duration::from_secs(8);
 /// A killed master returns after this long (the backup has taken over).
 pub const MASTER_DOWN_FOR: Duration = Duration::from_secs(10);
+/// While the master is away a backend hangs (the backup has seen it go by
+/// the time the master returns) and stays hung a while after the return:
+/// the returning node must not send new flows to it. Hung, because a hang
+/// takes the longest to detect.
+const DEAD_BEFORE_RETURN: Duration = Duration::from_secs(5);
+const DEAD_AFTER_RETURN: Duration = Duration::from_secs(4);
 /// Runs at least this long get one outage of every backend at once.
 pub const OUTAGE_FROM: Duration = Duration::from_secs(120);
 const OUTAGE_FOR: Duration = Duration::from_secs(4);
@@ -73,7 +79,7 @@ pub fn plan(duration: Duration, seed: u64, normal: usize) -> Vec<Timed> {
             let hold = rng.ms(5_000, 7_000);
             let needs = match kind {
                 Kind::ReloadGood | Kind::ReloadBad => Duration::from_secs(2),
-                Kind::MasterKill => MASTER_DOWN_FOR + Duration::from_secs(4),
+                Kind::MasterKill => MASTER_DOWN_FOR + DEAD_AFTER_RETURN,
                 _ => hold,
             };
             if t + needs > end {
@@ -91,8 +97,14 @@ pub fn plan(duration: Duration, seed: u64, normal: usize) -> Vec<Timed> {
                     push(t + hold, Event::Backend(target, Mode::Up));
                 }
                 Kind::MasterKill => {
+                    let back = t + MASTER_DOWN_FOR;
                     push(t, Event::MasterKill);
-                    push(t + MASTER_DOWN_FOR, Event::MasterStart);
+                    push(
+                        back - DEAD_BEFORE_RETURN,
+                        Event::Backend(target, Mode::Hang),
+                    );
+                    push(back, Event::MasterStart);
+                    push(back + DEAD_AFTER_RETURN, Event::Backend(target, Mode::Up));
                 }
                 Kind::ReloadGood => push(t, Event::Reload(true)),
                 Kind::ReloadBad => push(t, Event::Reload(false)),
