@@ -254,6 +254,8 @@ pub fn failover_gaps(requests: &[Request], events: &[Timed]) -> Vec<(Event, Dura
 /// The run's summary: one table.
 pub struct Report {
     pub duration: Duration,
+    /// The backend that flaps throughout (its downs are counted apart).
+    pub flapper: usize,
     pub events: Vec<Timed>,
     pub requests: usize,
     pub served: usize,
@@ -301,10 +303,15 @@ impl Report {
                 format!("{:.0} s", self.duration.as_secs_f64()),
             ),
             (
-                "events: backend killed / hung / resetting".into(),
+                "events: backend killed / flapped down / hung / resetting".into(),
                 format!(
-                    "{} / {} / {}",
-                    self.events_of(|e| matches!(e, Event::Backend(_, Mode::Down))),
+                    "{} / {} / {} / {}",
+                    self.events_of(
+                        |e| matches!(e, Event::Backend(i, Mode::Down) if *i != self.flapper)
+                    ),
+                    self.events_of(
+                        |e| matches!(e, Event::Backend(i, Mode::Down) if *i == self.flapper)
+                    ),
                     self.events_of(|e| matches!(e, Event::Backend(_, Mode::Hang))),
                     self.events_of(|e| matches!(e, Event::Backend(_, Mode::Reset))),
                 ),

@@ -317,6 +317,7 @@ pub fn run(lb: &Path, test: &str, opts: &Options) -> Outcome {
     let shift = |d: Duration| d.saturating_sub(offset);
     let report = Report {
         duration: opts.duration,
+        flapper: NORMAL_BACKENDS,
         events: events
             .iter()
             .map(|e| Timed {
