@@ -7,7 +7,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpStream},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -33,7 +33,6 @@ pub struct LoadSpec {
 
 pub struct Load {
     handles: Vec<JoinHandle<()>>,
-    stop: Arc<AtomicBool>,
     records: Arc<Mutex<Vec<Request>>>,
 }
 
@@ -47,23 +46,16 @@ impl Load {
         epoch: Instant,
         deadline: Instant,
     ) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
         let records = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(AtomicUsize::new(0));
         let names = Arc::new(names);
         let handles = (0..spec.workers)
             .map(|_| {
-                let (ns, stop, records, sent, names) = (
-                    ns.to_string(),
-                    stop.clone(),
-                    records.clone(),
-                    sent.clone(),
-                    names.clone(),
-                );
+                let (ns, records, sent, names) =
+                    (ns.to_string(), records.clone(), sent.clone(), names.clone());
                 thread::spawn(move || {
                     enter(&ns);
-                    while !stop.load(Ordering::Relaxed)
-                        && Instant::now() < deadline
+                    while Instant::now() < deadline
                         && sent.fetch_add(1, Ordering::Relaxed) < spec.max_requests
                     {
                         let start = epoch.elapsed();
@@ -80,20 +72,15 @@ impl Load {
                 })
             })
             .collect();
-        Load {
-            handles,
-            stop,
-            records,
-        }
+        Load { handles, records }
     }
 
-    /// Waits for the workers (each ends within one request timeout of the
-    /// deadline) and returns every request.
+    /// Waits for the workers (each ends within a connect and a read timeout
+    /// of the deadline) and returns every request.
     pub fn finish(self) -> Vec<Request> {
         for h in self.handles {
             let _ = h.join();
         }
-        self.stop.store(true, Ordering::Relaxed);
         std::mem::take(&mut *self.records.lock().expect("records"))
     }
 }

@@ -82,8 +82,9 @@ impl Options {
     }
 }
 
-/// What the nodes logged, for the caller to check and to show on failure.
-pub struct Outcome {
+/// The report, and what the nodes logged, for the caller to check and to
+/// show on failure.
+pub struct Run {
     pub report: Report,
     pub logs: [String; 2],
     pub reloads_applied: [usize; 2],
@@ -207,7 +208,7 @@ fn has_vip(lab: &Lab, ns: &str) -> bool {
 
 /// Runs the chaos for `opts.duration` (plus about 20 s of setup) and
 /// returns its report. `test` names the lab's namespaces.
-pub fn run(lb: &Path, test: &str, opts: &Options) -> Outcome {
+pub fn run(lb: &Path, test: &str, opts: &Options) -> Run {
     let mut lab = Lab::new(test);
     let client = lab.host("client", &format!("{CLIENT}/15"));
     let node_ns = [lab.host("a", NODES[0].1), lab.host("b", NODES[1].1)];
@@ -341,7 +342,7 @@ pub fn run(lb: &Path, test: &str, opts: &Options) -> Outcome {
         .log
         .clone()
         .map(|l| std::fs::read_to_string(l).unwrap_or_default());
-    Outcome {
+    Run {
         reloads_applied: nodes.log.clone().map(|l| count(&l, "config reloaded")),
         reloads_rejected: nodes.log.clone().map(|l| count(&l, "reload rejected")),
         report,
