@@ -63,6 +63,7 @@ fn spec(v: u16) -> ServiceSpec {
 
 #[test]
 fn ten_thousand_vip_backend_pairs_program_in_bounded_time_and_look_up_right() {
+    require_root();
     let mut lab = Lab::new("scale");
     let _client = lab.host("client", &format!("{CLIENT}/15"));
     let lb_ns = lab.host("lb", "198.18.0.2/15");

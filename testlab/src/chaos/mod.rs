@@ -191,10 +191,10 @@ impl Nodes {
         for pid in self.pids.iter().flatten() {
             lab.signal(*pid, libc::SIGHUP);
         }
-        for i in 0..2 {
-            if self.pids[i].is_some() {
+        for ((pid, log), before) in self.pids.iter().zip(&self.log).zip(before) {
+            if pid.is_some() {
                 wait_for(outcome, Duration::from_secs(10), || {
-                    count(&self.log[i], outcome) > before[i]
+                    count(log, outcome) > before
                 });
             }
         }
