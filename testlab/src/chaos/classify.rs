@@ -224,8 +224,9 @@ pub fn classify(
 const GAP_HORIZON: Duration = Duration::from_secs(10);
 
 /// For each master kill or return: the longest time without an answered
-/// request in the [`GAP_HORIZON`] after it (what clients see of it).
-pub fn failover_gaps(requests: &[Request], events: &[Timed]) -> Vec<(Event, Duration)> {
+/// request in the [`GAP_HORIZON`] after it (what clients see of it), and
+/// how long after the event that gap began.
+pub fn failover_gaps(requests: &[Request], events: &[Timed]) -> Vec<(Event, Duration, Duration)> {
     events
         .iter()
         .filter(|e| matches!(e.event, Event::MasterKill | Event::MasterStart))
@@ -238,15 +239,15 @@ pub fn failover_gaps(requests: &[Request], events: &[Timed]) -> Vec<(Event, Dura
                 .filter(|t| *t >= e.at && *t <= horizon)
                 .collect();
             answers.sort();
-            let gap = std::iter::once(e.at)
+            let (gap, from) = std::iter::once(e.at)
                 .chain(answers.iter().copied())
                 .chain(std::iter::once(horizon))
                 .collect::<Vec<_>>()
                 .windows(2)
-                .map(|w| w[1] - w[0])
+                .map(|w| (w[1] - w[0], w[0] - e.at))
                 .max()
-                .unwrap_or(GAP_HORIZON);
-            (e.event, gap)
+                .unwrap_or((GAP_HORIZON, Duration::ZERO));
+            (e.event, gap, from)
         })
         .collect()
 }
@@ -260,7 +261,7 @@ pub struct Report {
     pub requests: usize,
     pub served: usize,
     pub failed: Vec<(Request, Class)>,
-    pub gaps: Vec<(Event, Duration)>,
+    pub gaps: Vec<(Event, Duration, Duration)>,
 }
 
 impl Report {
@@ -336,8 +337,12 @@ impl Report {
                 "failover: longest time without an answer after kill / return".into(),
                 self.gaps
                     .iter()
-                    .map(|(e, g)| {
-                        let g = format!("{:.2} s", g.as_secs_f64());
+                    .map(|(e, g, from)| {
+                        let g = format!(
+                            "{:.2} s (from +{:.1} s)",
+                            g.as_secs_f64(),
+                            from.as_secs_f64()
+                        );
                         match e {
                             Event::MasterKill => format!("kill {g}"),
                             _ => format!("return {g}"),
