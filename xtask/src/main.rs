@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|test|lab|bench [micro|e2e|all]>`.
+//! Project tasks: `cargo xtask <setup|build|test|lint|lab|bench [micro|vrrp|health|e2e|all]|chaos [--duration 180s]>`.
 //!
 //! The lab is the project's main job: network namespaces on 198.18.0.0/15
 //! with a client, the load balancer and three HTTP backends, brought up with
@@ -48,6 +48,32 @@ enum Task {
         #[arg(value_enum, default_value = "micro")]
         which: BenchKind,
     },
+    /// Chaos under load (as root): two `lb run` nodes (VRRP, dr) and five
+    /// backends killed, hung, resetting and flapping, the master killed,
+    /// valid and invalid reloads, under a bounded client load; prints one
+    /// table and fails if a client error is the LB's while a healthy
+    /// backend existed. See RELIABILITY.md.
+    Chaos {
+        /// Length of the load ("180s" or "180"); setup adds about 20 s.
+        #[arg(long, default_value = "180s", value_parser = seconds)]
+        duration: u64,
+        /// Seed of the fault schedule (the same seed, the same events).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn seconds(s: &str) -> Result<u64, String> {
+    let n: u64 = s
+        .strip_suffix('s')
+        .unwrap_or(s)
+        .parse()
+        .map_err(|_| format!("{s:?}: expected seconds, e.g. 180s"))?;
+    if (10..=3600).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("{s:?}: between 10s and 3600s"))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -230,6 +256,21 @@ fn bench(which: BenchKind) -> Result<()> {
             .arg(release.join("lb")))?;
     }
     Ok(())
+}
+
+fn chaos(duration: u64, seed: u64) -> Result<()> {
+    require_root("cargo xtask chaos")?;
+    run(cargo().args(["build", "--release", "-p", "lb-benches", "-p", "lb-cli"]))?;
+    let release = root().join("target/release");
+    run(Command::new(release.join("lb-chaos"))
+        .arg("--lb")
+        .arg(release.join("lb"))
+        .args([
+            "--duration",
+            &duration.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ]))
 }
 
 /// Lab layout. Namespaces are prefixed so `down` finds all of them.
@@ -473,5 +514,6 @@ fn main() -> Result<()> {
             action: LabAction::Check,
         } => lab_check(),
         Task::Bench { which } => bench(which),
+        Task::Chaos { duration, seed } => chaos(duration, seed),
     }
 }

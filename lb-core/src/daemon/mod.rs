@@ -125,6 +125,36 @@ impl DaemonHandle {
     }
 }
 
+/// The longest any backend's check takes to see it fail, from the start.
+fn health_settle(cfg: &config::Config) -> Duration {
+    cfg.services
+        .iter()
+        .flat_map(|s| s.backends.iter().filter_map(|b| b.check.as_ref()))
+        .map(|c| convert::check_spec(c, false).down_within())
+        .max()
+        .unwrap_or_default()
+}
+
+/// A node that starts knows nothing of its backends: every one is up until
+/// its checks fail. Taking over from a running master at once (a master
+/// back from a crash preempts) would send new flows to backends the master
+/// had taken out, a hung one for seconds (the chaos run saw it). So
+/// preemption waits at least until the checks can have seen a failure;
+/// keepalived leaves this to `preempt_delay`. A node that finds no master
+/// still takes over after its master-down interval.
+fn hold_preemption(v: &config::VrrpInstance, settle: Duration) -> config::VrrpInstance {
+    let mut v = v.clone();
+    let settle = settle.min(MAX_PREEMPT_HOLD);
+    if !v.nopreempt && v.preempt_delay < settle {
+        tracing::info!(instance = %v.name, ?settle, "preemption held until health checks have settled");
+        v.preempt_delay = settle;
+    }
+    v
+}
+
+/// The largest `preempt_delay` the config accepts (keepalived's).
+const MAX_PREEMPT_HOLD: Duration = Duration::from_secs(1000);
+
 #[derive(Clone, Debug, Default)]
 struct Health {
     up: bool,
@@ -210,8 +240,10 @@ impl Daemon {
         }
         // VRRP starts once every service is programmed, so a node that wins
         // the election forwards from its first packet.
+        let settle = health_settle(&cfg);
         for v in &cfg.vrrp_instances {
-            let running = vrrp::start(v, vrrp_changed_tx.clone(), d.vrrp_stop.clone())?;
+            let v = hold_preemption(v, settle);
+            let running = vrrp::start(&v, vrrp_changed_tx.clone(), d.vrrp_stop.clone())?;
             d.vrrp.push(running);
         }
         let failed = d.flush().await;

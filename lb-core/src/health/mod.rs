@@ -196,6 +196,20 @@ impl CheckSpec {
         }
     }
 
+    /// The longest a backend that starts failing can stay up: the failure
+    /// is probed within a delay_loop, and each of the `fall` rounds takes a
+    /// delay_loop to the next plus its `retry` retries (delay_before_retry
+    /// apart), every probe up to its timeout.
+    pub fn down_within(&self) -> Duration {
+        let timeout = match &self.kind {
+            CheckKind::Script(s) => s.timeout,
+            _ => self.connect_timeout,
+        };
+        let fall = self.fall.max(1);
+        (self.delay_loop + timeout) * fall
+            + (self.delay_before_retry + timeout) * (fall * self.retry)
+    }
+
     /// The rise/fall/retry part of the spec.
     pub fn thresholds(&self) -> Thresholds {
         Thresholds {
@@ -289,6 +303,22 @@ mod tests {
         >::new(
         )))));
         assert!(matches!(empty, Err(BuildError::EmptyArgv)));
+    }
+
+    #[test]
+    fn down_within_covers_every_round_and_retry() {
+        let mut spec = CheckSpec::default();
+        // 6 s loop + 5 s timeout, one retry after 1 s: (6 + 5) + (1 + 5).
+        assert_eq!(spec.down_within(), Duration::from_secs(17));
+        spec.fall = 2;
+        spec.retry = 0;
+        spec.delay_loop = Duration::from_secs(1);
+        spec.connect_timeout = Duration::from_secs(1);
+        assert_eq!(spec.down_within(), Duration::from_secs(4));
+        let mut script = CheckSpec::new(CheckKind::Script(ScriptSpec::new(["true"])));
+        script.retry = 0;
+        script.delay_loop = Duration::from_secs(2);
+        assert_eq!(script.down_within(), Duration::from_secs(7));
     }
 
     #[test]
