@@ -1025,7 +1025,7 @@ fn config_error_collection_stops_after_100() {
     assert_eq!(errs.len(), 101);
     assert_eq!(
         errs[0],
-        "t.toml:1:1: k0: unknown key; expected one of `daemon`, `service`, `vrrp_instance`"
+        "t.toml:1:1: k0: unknown key; expected one of `daemon`, `service`, `vrrp_instance`, `sync`"
     );
     assert_eq!(errs[100], "t.toml:151:1: stopped after 100 errors");
 }
@@ -1086,5 +1086,117 @@ fn persistence_keys_follow_keepalived() {
             "persistence_granularity = \"255.255.0.0\"\nforwarding"
         )),
         ["t.toml:5:27: service[0].persistence_granularity: needs persistence_timeout"]
+    );
+}
+
+const SYNCED: &str = r#"
+[[service]]
+vip = "198.18.0.100:80"
+interface = "eth0"
+forwarding = "nat"
+snat_address = "198.18.0.100"
+
+[[service.backend]]
+address = "198.18.1.1:8080"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["198.18.0.100/32"]
+"#;
+
+#[test]
+fn sync_defaults_and_the_only_instance() {
+    let c = ok(&format!(
+        "{SYNCED}\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.3\"]\nkey_file = \"/etc/lb/k\"\n"
+    ));
+    let s = c.sync.expect("sync");
+    assert_eq!(s.port, DEFAULT_SYNC_PORT);
+    assert_eq!(s.interval, DEFAULT_SYNC_INTERVAL);
+    assert_eq!(s.vrrp_instance, "VI_1");
+    assert_eq!(s.peers, ["198.18.0.3".parse::<std::net::Ipv4Addr>().expect("ip")]);
+    assert!(ok(MINIMAL).sync.is_none());
+}
+
+#[test]
+fn example_configs_sync_with_the_snat_address_on_the_vip() {
+    for name in ["reference.toml", "chime-portal.toml"] {
+        let c = example(name);
+        let s = c.sync.as_ref().expect("sync");
+        let inst = c
+            .vrrp_instances
+            .iter()
+            .find(|v| v.name == s.vrrp_instance)
+            .expect("instance");
+        let snat = c.services[0].snat_address.expect("snat");
+        assert!(
+            inst.virtual_ipaddress.iter().any(|v| v.addr == snat),
+            "{name}"
+        );
+    }
+    let c = example("chime-portal.toml");
+    assert_eq!(
+        c.sync.map(|s| (s.source_address.to_string(), s.peers[0].to_string())),
+        Some(("192.168.231.11".into(), "192.168.231.12".into()))
+    );
+}
+
+#[test]
+fn sync_errors_are_precise() {
+    let e = errors(&format!("{SYNCED}\n[sync]\nport = 70000\ninterval = \"1h\"\n"));
+    let joined = e.join("\n");
+    for want in [
+        "sync.source_address: missing required key",
+        "sync.peers: missing required key",
+        "sync.key_file: missing required key",
+        "sync.port: 70000 is out of range",
+        "sync.interval: must be from 10ms to 60s",
+    ] {
+        assert!(joined.contains(want), "{want:?} not in\n{joined}");
+    }
+    let e = errors(&format!(
+        "{SYNCED}\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.2\", \"::1\"]\n\
+         key_file = \"k\"\nvrrp_instance = \"VI_9\"\n"
+    ));
+    let joined = e.join("\n");
+    for want in [
+        "sync.peers[0]: is this node's own source_address",
+        "sync.peers[1]: IPv6 is not supported",
+        "sync.key_file: must be an absolute path",
+        "sync.vrrp_instance: no [[vrrp_instance]] is named \"VI_9\"",
+    ] {
+        assert!(joined.contains(want), "{want:?} not in\n{joined}");
+    }
+}
+
+#[test]
+fn sync_needs_a_vrrp_instance_and_a_moving_snat_address() {
+    let sync = "\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.3\"]\nkey_file = \"/k\"\n";
+    let e = errors(&format!("{MINIMAL}{sync}"));
+    assert!(
+        e.iter().any(|l| l.contains("sync: needs a [[vrrp_instance]]")),
+        "{e:?}"
+    );
+    // The default SNAT address (the interface's own) stays on the old node.
+    let unset = SYNCED.replace("snat_address = \"198.18.0.100\"\n", "");
+    let e = errors(&format!("{unset}{sync}"));
+    assert!(
+        e.iter().any(|l| l.contains("service[0].snat_address: with [sync]")
+            && l.contains("must move to the new master")),
+        "{e:?}"
+    );
+    let fixed = SYNCED.replace("snat_address = \"198.18.0.100\"", "snat_address = \"198.18.0.2\"");
+    let e = errors(&format!("{fixed}{sync}"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("t.toml:6:16: service[0].snat_address"), "{e:?}");
+    let two = format!(
+        "{SYNCED}\n[[vrrp_instance]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvirtual_router_id = 52\n\
+         virtual_ipaddress = [\"198.18.0.101/32\"]\n{sync}"
+    );
+    let e = errors(&two);
+    assert!(
+        e.iter().any(|l| l.contains("sync.vrrp_instance: there are several")),
+        "{e:?}"
     );
 }

@@ -9,6 +9,7 @@
 
 pub mod convert;
 mod dataplane;
+pub mod flow_sync;
 pub mod status;
 pub mod vrrp;
 
@@ -77,6 +78,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Vrrp(#[from] vrrp::VrrpSetupError),
+    #[error(transparent)]
+    Sync(#[from] flow_sync::SyncSetupError),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
 }
@@ -178,6 +181,10 @@ pub struct Daemon {
     vrrp_changed: mpsc::Receiver<()>,
     /// Passive health per (service, backend), kept across runner restarts.
     observers: HashMap<(ServiceKey, SocketAddr), Observer>,
+    /// Connection-state sync (`[sync]`): its counters, task and stop.
+    sync_counters: Option<Arc<crate::sync::Counters>>,
+    sync_task: Option<tokio::task::JoinHandle<()>>,
+    sync_stop: CancellationToken,
 }
 
 impl Daemon {
@@ -210,6 +217,9 @@ impl Daemon {
             vrrp_stop: CancellationToken::new(),
             vrrp_changed,
             observers: HashMap::new(),
+            sync_counters: None,
+            sync_task: None,
+            sync_stop: CancellationToken::new(),
         };
         for s in &cfg.services {
             d.program(s.clone(), HashMap::new(), HashMap::new()).await?;
@@ -219,6 +229,26 @@ impl Daemon {
         for v in &cfg.vrrp_instances {
             let running = vrrp::start(v, vrrp_changed_tx.clone(), d.vrrp_stop.clone())?;
             d.vrrp.push(running);
+        }
+        if let Some(s) = &cfg.sync {
+            let role = d
+                .vrrp
+                .iter()
+                .find(|r| r.config().name == s.vrrp_instance)
+                .map(|r| r.watch())
+                .ok_or_else(|| flow_sync::SyncSetupError::NoInstance(s.vrrp_instance.clone()))?;
+            let counters = Arc::new(crate::sync::Counters::default());
+            d.sync_task = Some(
+                flow_sync::start(
+                    s,
+                    dataplane.clone(),
+                    role,
+                    counters.clone(),
+                    d.sync_stop.clone(),
+                )
+                .await?,
+            );
+            d.sync_counters = Some(counters);
         }
         let failed = d.flush().await;
         if let Some(key) = failed.first() {
@@ -493,6 +523,9 @@ impl Daemon {
         if new.daemon != self.cfg.daemon {
             tracing::warn!("[daemon] settings changed: they apply at the next restart");
         }
+        if new.sync != self.cfg.sync {
+            tracing::warn!("[sync] changes apply at the next restart");
+        }
         if new.vrrp_instances != self.cfg.vrrp_instances {
             // Restarting an instance would release the VIP (priority 0) and
             // move traffic for nothing; keepalived users expect no flap.
@@ -681,6 +714,7 @@ impl Daemon {
             reload_failures: self.reload_failures,
             services,
             vrrp: self.vrrp_status(),
+            sync: self.sync_counters.clone().map(status::SyncStatus),
         }));
     }
 
@@ -841,6 +875,10 @@ impl Daemon {
         self.vrrp_stop.cancel();
         for r in std::mem::take(&mut self.vrrp) {
             r.join().await;
+        }
+        self.sync_stop.cancel();
+        if let Some(t) = self.sync_task.take() {
+            let _ = t.await;
         }
         if let Some(wait) = handover {
             tracing::info!(

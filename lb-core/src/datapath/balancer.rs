@@ -17,6 +17,7 @@ use lb_ebpf::abi::{self, VipKey, VipMeta};
 use super::{AttachMode, Datapath, DatapathError, XdpRunMode, neigh};
 use crate::{
     config::{Forwarding, Protocol},
+    sync::flows::LocalService,
     table::{self, Member, TableError},
 };
 
@@ -449,6 +450,50 @@ impl Balancer {
                 self.backend_ids.remove(&key);
             }
         }
+    }
+
+    /// This node's side of every nat service, as connection-state sync
+    /// needs it: ids, SNAT address, interface, and the programmed backends.
+    /// A service whose interface cannot be read is left out.
+    pub fn sync_services(&self) -> Vec<LocalService> {
+        let mut out = Vec::new();
+        for ((vip, p), svc) in &self.services {
+            if svc.spec.forwarding != Forwarding::Nat {
+                continue;
+            }
+            let Some(meta) = self.dp.vip_meta(&vip_key(*vip, *p)) else {
+                continue;
+            };
+            let (Some(ifindex), Ok(mac)) = (
+                neigh::ifindex(&svc.spec.interface),
+                neigh::mac(&svc.spec.interface),
+            ) else {
+                continue;
+            };
+            let backends = svc
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    let id = self.backend_id(&svc.spec.interface, b.addr)?;
+                    Some((b.addr, (id, *self.written.get(&id)?)))
+                })
+                .collect();
+            let timeout = match p {
+                Protocol::Tcp => svc.spec.tcp_timeout,
+                Protocol::Udp => svc.spec.udp_timeout,
+            };
+            out.push(LocalService {
+                vip_id: svc.id,
+                vip: *vip,
+                proto: proto_number(*p),
+                snat: Ipv4Addr::from(meta.snat_addr.to_ne_bytes()),
+                timeout_ns: timeout.as_nanos().min(u64::MAX as u128) as u64,
+                ifindex,
+                mac,
+                backends,
+            });
+        }
+        out
     }
 
     /// The XDP mode per attached interface.

@@ -323,6 +323,45 @@ impl Datapath {
         Ok(())
     }
 
+    /// What `VIPS` holds for a VIP.
+    pub fn vip_meta(&self, key: &VipKey) -> Option<VipMeta> {
+        let m = self.ebpf.map(abi::map::VIPS)?;
+        let vips: BpfHashMap<&MapData, VipKey, VipMeta> = BpfHashMap::try_from(m).ok()?;
+        vips.get(key, 0).ok()
+    }
+
+    /// Writes connection-table entries (connection-state sync). An entry of
+    /// the same key is replaced; a full table evicts its least recently used
+    /// entries, as for the datapath's own inserts.
+    pub fn write_flows(&mut self, entries: &[(FlowKey, Flow)]) -> Result<()> {
+        let mut m: BpfHashMap<_, FlowKey, Flow> = self.typed(abi::map::FLOWS)?;
+        for (k, f) in entries {
+            m.insert(k, f, 0).map_err(write_err("connection table entry"))?;
+        }
+        Ok(())
+    }
+
+    /// One connection-table entry, if present.
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        let m = self.ebpf.map(abi::map::FLOWS)?;
+        let flows: BpfHashMap<&MapData, FlowKey, Flow> = BpfHashMap::try_from(m).ok()?;
+        flows.get(key, 0).ok()
+    }
+
+    /// Removes a connection-table entry; absent is fine.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let mut m: BpfHashMap<_, FlowKey, Flow> = self.typed(abi::map::FLOWS)?;
+        match m.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(write_err("removing a connection table entry")(e)),
+        }
+    }
+
     /// Removes a VIP: new packets to it reach the kernel again. Its flows
     /// stay in the connection table until they idle out or are evicted.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
