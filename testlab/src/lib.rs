@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod flows;
 pub mod vrrp;
 
 /// Tests that load eBPF or create namespaces need root. They fail loudly

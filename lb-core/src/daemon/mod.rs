@@ -230,6 +230,12 @@ impl Daemon {
             let running = vrrp::start(v, vrrp_changed_tx.clone(), d.vrrp_stop.clone())?;
             d.vrrp.push(running);
         }
+        let failed = d.flush().await;
+        if let Some(key) = failed.first() {
+            tracing::error!(service = %key.vip, "initial table not programmed; new flows to it are dropped until a swap succeeds");
+        }
+        // Sync starts once the backends are programmed: flows received
+        // before would be skipped for want of them, and not sent again.
         if let Some(s) = &cfg.sync {
             let role = d
                 .vrrp
@@ -249,10 +255,7 @@ impl Daemon {
                 .await?,
             );
             d.sync_counters = Some(counters);
-        }
-        let failed = d.flush().await;
-        if let Some(key) = failed.first() {
-            tracing::error!(service = %key.vip, "initial table not programmed; new flows to it are dropped until a swap succeeds");
+            d.publish();
         }
         let handle = DaemonHandle {
             status,

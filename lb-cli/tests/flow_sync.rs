@@ -1,0 +1,161 @@
+//! Established flows survive a VRRP failover, in every forwarding mode: two
+//! real `lb run` nodes in network namespaces (198.18.0.0/15), 200 long-lived
+//! TCP connections exchanging data through the VIP with echo backends that
+//! send every byte back (each connection checks them), and the master host
+//! crashes (SIGKILL, and it falls off the network) again and again, back and
+//! forth: the killed node is restarted each time and the other is killed
+//! next.
+//!
+//! nat needs the connection-state sync (`[sync]`); dr and tun rely on both
+//! nodes building the same Maglev table.
+//!
+//! The tests run one at a time (a lock): 200 connections plus two daemons
+//! already keep a 2-core machine busy.
+use std::{
+    net::SocketAddrV4,
+    path::Path,
+    sync::Mutex,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_testlab::{
+    flows::Conns,
+    vrrp::{ECHO_PORT, FailoverLab, Forwarding, NodeSpec, Services, Speaker, VIP, Vrrp},
+};
+
+const LB_BIN: &str = env!("CARGO_BIN_EXE_lb");
+static SERIAL: Mutex<()> = Mutex::new(());
+const SEC: Duration = Duration::from_secs(1);
+const CONNS: usize = 200;
+/// Each connection sends a message and waits for its echo this often.
+const EVERY: Duration = Duration::from_millis(100);
+const SYNC_INTERVAL: Duration = Duration::from_millis(200);
+const BACKUP: &str = r#"lb_vrrp_state{instance="VI_1",interface="eth0",vrid="51",state="BACKUP"}"#;
+
+fn ok<T>(r: Result<T, String>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Polls `f` every 50 ms until it holds or `timeout` passes.
+fn wait_for(timeout: Duration, f: impl Fn() -> bool) -> bool {
+    let t0 = Instant::now();
+    while !f() {
+        if t0.elapsed() > timeout {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    true
+}
+
+/// Crashes the master `rounds` times, alternating nodes, and checks after
+/// each crash that every connection still echoes through the new master.
+fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let v = Vrrp {
+        version: 2,
+        advert_int: SEC,
+    };
+    // nopreempt on both: a restarted node stays backup, so each round
+    // crashes the other node and flows go back and forth.
+    let spec = |priority| NodeSpec {
+        speaker: Speaker::Lb,
+        priority,
+        nopreempt: true,
+    };
+    let nat = forwarding == Forwarding::Nat;
+    let services = Services {
+        forwarding,
+        echo: true,
+        sync: nat.then_some(SYNC_INTERVAL),
+    };
+    let mut fl = FailoverLab::with_services(test, Path::new(LB_BIN), v, spec(150), spec(100), services);
+    fl.start(0);
+    ok(fl.wait_sole_master(0, 15 * SEC));
+    fl.start(1);
+    assert!(
+        wait_for(15 * SEC, || fl.metric(1, BACKUP) == Some(1.0)),
+        "node 1 never became backup\n{}",
+        fl.logs()
+    );
+    let vip = SocketAddrV4::new(VIP, ECHO_PORT);
+    let conns = Conns::open(&fl.client, vip, CONNS, EVERY, 30 * SEC);
+    assert!(
+        conns.failures().is_empty(),
+        "connections failed before any failover: {:?}\n{}",
+        &conns.failures()[..conns.failures().len().min(5)],
+        fl.logs()
+    );
+    println!("{forwarding:?}: {CONNS} connections, per backend {:?}", conns.backends());
+    let mut master = 0;
+    for round in 1..=rounds {
+        let standby = 1 - master;
+        if nat {
+            // The standby has every flow before its master dies.
+            let synced = wait_for(20 * SEC, || {
+                fl.metric(standby, "lb_sync_flows_applied_total")
+                    .is_some_and(|n| n >= CONNS as f64)
+            });
+            assert!(synced, "round {round}: node {standby} never got the flows\n{}", fl.logs());
+            thread::sleep(2 * SYNC_INTERVAL);
+        }
+        let crashed_at = Instant::now();
+        fl.crash(master);
+        let takeover = ok(fl.wait_vip(standby, 10 * SEC));
+        let echoed = conns.wait_echoed_since(crashed_at, 30 * SEC);
+        let recovered = crashed_at.elapsed();
+        println!(
+            "{forwarding:?} round {round}: node {master} crashed, node {standby} took over after {takeover:?}; \
+             {echoed}/{CONNS} connections echoed through it within {recovered:?}; \
+             {} failed ({} reset)",
+            conns.failures().len(),
+            conns.resets()
+        );
+        assert_eq!(
+            conns.resets(),
+            0,
+            "round {round}: connections were reset: {:?}\n{}",
+            conns.failures(),
+            fl.logs()
+        );
+        let survival = echoed as f64 / CONNS as f64;
+        assert!(
+            survival >= 0.999,
+            "round {round}: only {echoed}/{CONNS} connections work after the failover: {:?}\n{}",
+            &conns.failures()[..conns.failures().len().min(5)],
+            fl.logs()
+        );
+        fl.start(master);
+        assert!(
+            wait_for(20 * SEC, || fl.metric(master, BACKUP) == Some(1.0)),
+            "round {round}: restarted node {master} never became backup\n{}",
+            fl.logs()
+        );
+        master = standby;
+    }
+    let failures = conns.failures();
+    println!(
+        "{forwarding:?}: after {rounds} failovers {}/{CONNS} connections work, {} echoes checked, test took {:?}",
+        CONNS - failures.len(),
+        conns.echoes(),
+        started.elapsed()
+    );
+    assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[test]
+fn nat_flows_survive_ten_failovers_with_sync() {
+    flows_survive_failovers("fsnat", Forwarding::Nat, 10);
+}
+
+#[test]
+fn dr_flows_survive_failovers_without_sync() {
+    flows_survive_failovers("fsdr", Forwarding::Dr, 3);
+}
+
+#[test]
+fn tun_flows_survive_failovers_without_sync() {
+    flows_survive_failovers("fstun", Forwarding::Tun, 3);
+}
