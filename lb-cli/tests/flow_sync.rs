@@ -1,7 +1,8 @@
 //! Established flows survive a VRRP failover, in every forwarding mode: two
 //! real `lb run` nodes in network namespaces (198.18.0.0/15), 200 long-lived
-//! TCP connections exchanging data through the VIP with echo backends that
-//! send every byte back (each connection checks them), and the master host
+//! TCP connections exchanging data through the VIP, half echoed by the
+//! backends, half pushed by them (each connection checks every byte; see
+//! `lb_testlab::flows`), and the master host
 //! crashes (SIGKILL, and it falls off the network) again and again, back and
 //! forth: the killed node is restarted each time and the other is killed
 //! next.
@@ -109,13 +110,14 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
         println!(
             "{forwarding:?} round {round}: node {master} crashed, node {standby} took over after {takeover:?}; \
              {echoed}/{CONNS} connections echoed through it within {recovered:?}; \
-             {} failed ({} reset)",
+             {} failed ({} reset at the client, {} at the backends)",
             conns.failures().len(),
-            conns.resets()
+            conns.resets(),
+            fl.backend_resets()
         );
         assert_eq!(
-            conns.resets(),
-            0,
+            (conns.resets(), fl.backend_resets()),
+            (0, 0),
             "round {round}: connections were reset: {:?}\n{}",
             conns.failures(),
             fl.logs()

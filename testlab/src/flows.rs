@@ -1,6 +1,13 @@
-//! Long-lived TCP connections that keep exchanging data with an echo
-//! backend (`crate::echo_backend`), each checking every byte it gets back:
-//! what "a flow survived" means in the failover tests.
+//! Long-lived TCP connections that keep exchanging data with a backend,
+//! each checking every byte it gets: what "a flow survived" means in the
+//! failover tests.
+//!
+//! Half the connections are client-driven (the client sends, the backend
+//! echoes), half backend-driven (the backend pushes a message every
+//! [`PUSH_EVERY`] and the client only reads). After a failover the first
+//! packet of a push connection usually comes from the backend (its
+//! retransmission), which only a node that knows the flow can translate;
+//! an echo connection's first packet is usually the client's.
 
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},
@@ -13,7 +20,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::net::TcpListener;
+
 use crate::enter;
+
+/// How often a backend-driven connection gets a message.
+pub const PUSH_EVERY: Duration = Duration::from_millis(100);
 
 /// Bytes per message; each is unique to its connection and round.
 const MESSAGE: usize = 64;
@@ -49,6 +61,82 @@ fn message(id: usize, round: u64) -> [u8; MESSAGE] {
     m
 }
 
+/// The backend of both kinds of connection, on `addr` in `ns`, until `stop`:
+/// greets with `name` and a newline, reads the client's choice (`echo` or
+/// `push` and a newline), then echoes what it reads, or pushes the
+/// messages of connection 0 in order every [`PUSH_EVERY`]. Connections it
+/// saw reset are counted in `resets`.
+pub fn backend(
+    ns: &str,
+    addr: SocketAddrV4,
+    name: &'static str,
+    stop: Arc<AtomicBool>,
+    resets: Arc<AtomicU64>,
+) {
+    let ns = ns.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        enter(&ns);
+        let l = TcpListener::bind(addr).expect("bind flow backend");
+        l.set_nonblocking(true).expect("nonblocking");
+        let _ = ready_tx.send(());
+        while !stop.load(Ordering::Relaxed) {
+            match l.accept() {
+                Ok((c, _)) => {
+                    let (stop, resets) = (stop.clone(), resets.clone());
+                    thread::spawn(move || {
+                        if serve(c, name, &stop).is_err_and(|e| e.kind() == ErrorKind::ConnectionReset) {
+                            resets.fetch_add(1, Ordering::Relaxed);
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    ready_rx.recv().expect("flow backend failed");
+}
+
+fn serve(c: TcpStream, name: &str, stop: &AtomicBool) -> std::io::Result<()> {
+    c.set_nonblocking(false)?;
+    c.set_nodelay(true)?;
+    c.set_read_timeout(Some(Duration::from_millis(200)))?;
+    let mut w = c.try_clone()?;
+    let mut r = BufReader::new(c);
+    w.write_all(format!("{name}\n").as_bytes())?;
+    let idle = |e: &std::io::Error| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut);
+    let mut mode = String::new();
+    while mode.is_empty() && !stop.load(Ordering::Relaxed) {
+        match r.read_line(&mut mode) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e) if idle(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if mode.trim() == "push" {
+        let mut round = 0;
+        while !stop.load(Ordering::Relaxed) {
+            w.write_all(&message(0, round))?;
+            round += 1;
+            thread::sleep(PUSH_EVERY);
+        }
+        return Ok(());
+    }
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => w.write_all(&buf[..n])?,
+            Err(e) if idle(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Connection `id`: even ids are client-driven (echo), odd ids
+/// backend-driven (push).
 fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop: &AtomicBool) {
     enter(ns);
     let fail = |why: String, reset: bool| {
@@ -71,7 +159,26 @@ fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop:
         return fail(format!("greeting: {e}"), e.kind() == ErrorKind::ConnectionReset);
     }
     *c.backend.lock().expect("lock") = greeting.trim().to_string();
+    let push = id % 2 == 1;
+    if let Err(e) = w.write_all(if push { b"push\n" } else { b"echo\n" }) {
+        return fail(format!("mode: {e}"), e.kind() == ErrorKind::ConnectionReset);
+    }
     let mut round = 0u64;
+    while push && !stop.load(Ordering::Relaxed) {
+        let mut got = [0u8; MESSAGE];
+        if let Err(e) = r.read_exact(&mut got) {
+            return fail(format!("push {round}: read: {e}"), e.kind() == ErrorKind::ConnectionReset);
+        }
+        if got != message(0, round) {
+            return fail(
+                format!("push {round}: differs: {:?}", String::from_utf8_lossy(&got)),
+                false,
+            );
+        }
+        *c.last_echo.lock().expect("lock") = Some(Instant::now());
+        c.echoes.fetch_add(1, Ordering::Relaxed);
+        round += 1;
+    }
     while !stop.load(Ordering::Relaxed) {
         let m = message(id, round);
         if let Err(e) = w.write_all(&m) {
@@ -95,9 +202,10 @@ fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop:
 }
 
 impl Conns {
-    /// Opens `n` connections from namespace `ns` to `addr`, each sending a
-    /// message every `every` and checking its echo, and waits (up to
-    /// `timeout`) until each has had its first echo or failed.
+    /// Opens `n` connections from namespace `ns` to `addr` (a [`backend`]),
+    /// half sending a message every `every` and checking its echo, half
+    /// checking what the backend pushes, and waits (up to `timeout`) until
+    /// each has had its first message or failed.
     pub fn open(ns: &str, addr: SocketAddrV4, n: usize, every: Duration, timeout: Duration) -> Conns {
         let stop = Arc::new(AtomicBool::new(false));
         let mut conns = Vec::with_capacity(n);
@@ -146,7 +254,7 @@ impl Conns {
         self.conns.is_empty()
     }
 
-    /// Connections that had an echo after `t`.
+    /// Connections that received a message after `t`.
     pub fn echoed_since(&self, t: Instant) -> usize {
         self.conns
             .iter()
@@ -154,7 +262,7 @@ impl Conns {
             .count()
     }
 
-    /// Waits until every connection still working has echoed after `t`, or
+    /// Waits until every connection still working has received after `t`, or
     /// `timeout`; returns how many did.
     pub fn wait_echoed_since(&self, t: Instant, timeout: Duration) -> usize {
         let t0 = Instant::now();
@@ -184,7 +292,7 @@ impl Conns {
             .count()
     }
 
-    /// Echoes received, all connections together.
+    /// Messages received and checked, all connections together.
     pub fn echoes(&self) -> u64 {
         self.conns.iter().map(|c| c.echoes.load(Ordering::Relaxed)).sum()
     }

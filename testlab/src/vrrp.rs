@@ -27,7 +27,7 @@ use std::{
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
@@ -72,7 +72,8 @@ impl Forwarding {
 #[derive(Clone, Copy, Debug)]
 pub struct Services {
     pub forwarding: Forwarding,
-    /// An echo service on `VIP:ECHO_PORT` with two backends.
+    /// A service on `VIP:ECHO_PORT` with two `crate::flows::backend`s (echo
+    /// and push connections).
     pub echo: bool,
     /// `[sync]` between two lb nodes (nat: the SNAT address is the VIP), with
     /// this interval.
@@ -161,6 +162,8 @@ pub struct FailoverLab {
     nodes: [Node; 2],
     /// Stops the echo backends' threads.
     echo_stop: Arc<AtomicBool>,
+    /// Connections the echo backends saw reset.
+    backend_resets: Arc<AtomicU64>,
 }
 
 impl Drop for FailoverLab {
@@ -188,6 +191,7 @@ impl FailoverLab {
         let mut lab = Lab::new(test);
         let client = lab.host("client", CLIENT);
         let echo_stop = Arc::new(AtomicBool::new(false));
+        let backend_resets = Arc::new(AtomicU64::new(0));
         let count = if services.echo { ECHO_BACKENDS.len() } else { 1 };
         for (i, addr) in ECHO_BACKENDS.iter().take(count).enumerate() {
             let name = if i == 0 { "be".to_string() } else { format!("be{}", i + 1) };
@@ -224,7 +228,13 @@ impl FailoverLab {
                     (Ipv4Addr::UNSPECIFIED, ECHO_PORT)
                 };
                 let label: &'static str = if i == 0 { "be1" } else { "be2" };
-                crate::echo_backend(&ns, SocketAddrV4::new(bind, port), label, echo_stop.clone());
+                crate::flows::backend(
+                    &ns,
+                    SocketAddrV4::new(bind, port),
+                    label,
+                    echo_stop.clone(),
+                    backend_resets.clone(),
+                );
             }
         }
         let node = |lab: &mut Lab, i: usize, name: &'static str, spec: NodeSpec| Node {
@@ -246,6 +256,7 @@ impl FailoverLab {
             services,
             nodes,
             echo_stop,
+            backend_resets,
         };
         if services.sync.is_some() {
             let key = fl.lab.dir().join("sync.key");
@@ -484,6 +495,11 @@ virtual_ipaddress = ["{VIP}/32"]
         self.lab.ip(&["-n", &ns, "link", "set", "eth0", "down"]);
         self.kill(i);
         self.nodes[i].crashed = true;
+    }
+
+    /// Connections the echo service's backends saw reset.
+    pub fn backend_resets(&self) -> u64 {
+        self.backend_resets.load(Ordering::Relaxed)
     }
 
     /// Which node holds the VIP alone, if one does.
