@@ -13,16 +13,18 @@
 //! The tests run one at a time (a lock): 200 connections plus two daemons
 //! already keep a 2-core machine busy.
 use std::{
-    net::SocketAddrV4,
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
     path::Path,
     sync::Mutex,
     thread,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
+use lb_core::sync::wire::{Body, FlowRecord, Key, Message, seal};
 use lb_testlab::{
     flows::Conns,
-    vrrp::{ECHO_PORT, FailoverLab, Forwarding, NodeSpec, Services, Speaker, VIP, Vrrp},
+    in_ns,
+    vrrp::{ECHO_PORT, FailoverLab, Forwarding, NodeSpec, SYNC_PORT, Services, Speaker, VIP, Vrrp},
 };
 
 const LB_BIN: &str = env!("CARGO_BIN_EXE_lb");
@@ -160,4 +162,98 @@ fn dr_flows_survive_failovers_without_sync() {
 #[test]
 fn tun_flows_survive_failovers_without_sync() {
     flows_survive_failovers("fstun", Forwarding::Tun, 3);
+}
+
+/// A running node's sync channel applies an authentic message once and
+/// refuses (and counts) a replay of it, a wrong key, an altered byte, an old
+/// timestamp, a truncated and an oversized datagram, and any datagram from
+/// an address that is not a configured peer.
+#[test]
+fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let v = Vrrp {
+        version: 2,
+        advert_int: SEC,
+    };
+    let spec = |priority| NodeSpec {
+        speaker: Speaker::Lb,
+        priority,
+        nopreempt: false,
+    };
+    let services = Services {
+        forwarding: Forwarding::Nat,
+        echo: true,
+        sync: Some(SYNC_INTERVAL),
+    };
+    let mut fl = FailoverLab::with_services("fsauth", Path::new(LB_BIN), v, spec(150), spec(100), services);
+    fl.start(0);
+    ok(fl.wait_sole_master(0, 15 * SEC));
+    let secret = std::fs::read(fl.lab.dir().join("sync.key")).expect("lab key");
+    let key = Key::new(secret.trim_ascii()).expect("key");
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let message = |seq, sent_ms| Message {
+        boot_id: 1,
+        seq,
+        sent_ms,
+        body: Body::Flows(vec![FlowRecord {
+            proto: 6,
+            closing: false,
+            client_mac: [2, 0, 0, 0, 0, 1],
+            client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 1), 40_000),
+            vip: SocketAddrV4::new(VIP, ECHO_PORT),
+            backend: SocketAddrV4::new(Ipv4Addr::new(198, 18, 1, 1), ECHO_PORT + 1),
+            snat: SocketAddrV4::new(VIP, 2_000),
+        }]),
+    };
+    let authentic = seal(&key, &message(1, now_ms));
+    let other_key = Key::new(b"not the lab key, and 32 bytes!!!").expect("key");
+    let wrong_key = seal(&other_key, &message(2, now_ms));
+    let mut altered = seal(&key, &message(3, now_ms));
+    altered[40] ^= 1;
+    let stale = seal(&key, &message(4, now_ms - 3_600_000));
+    let truncated = authentic[..20].to_vec();
+    let oversized = vec![0u8; 2_000];
+    let node0 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), SYNC_PORT);
+    let from_peer = vec![
+        authentic.clone(),
+        authentic.clone(),
+        wrong_key,
+        altered,
+        stale,
+        truncated,
+        oversized,
+    ];
+    // Node 1 is not running: its address is the configured peer's.
+    in_ns(&fl.lab.ns("b"), move || {
+        let s = UdpSocket::bind((Ipv4Addr::new(198, 18, 0, 3), SYNC_PORT)).expect("bind");
+        for d in from_peer {
+            s.send_to(&d, node0).expect("send");
+            thread::sleep(Duration::from_millis(20));
+        }
+    });
+    in_ns(&fl.client, move || {
+        let s = UdpSocket::bind((Ipv4Addr::new(198, 18, 0, 1), 0)).expect("bind");
+        s.send_to(&authentic, node0).expect("send");
+    });
+    let rejected = |reason: &str| {
+        fl.metric(0, &format!("lb_sync_messages_rejected_total{{reason=\"{reason}\"}}"))
+    };
+    let expected = [
+        ("replayed", 1.0),
+        ("bad_tag", 2.0),
+        ("stale", 1.0),
+        ("truncated", 1.0),
+        ("oversized", 1.0),
+        ("unknown_peer", 1.0),
+    ];
+    let counted = wait_for(5 * SEC, || {
+        expected.iter().all(|(r, n)| rejected(r) == Some(*n))
+    });
+    let seen: Vec<(&str, Option<f64>)> = expected.iter().map(|(r, _)| (*r, rejected(r))).collect();
+    assert!(counted, "rejections counted: {seen:?}\n{}", fl.logs());
+    assert_eq!(fl.metric(0, "lb_sync_messages_received_total"), Some(1.0));
+    assert_eq!(fl.metric(0, "lb_sync_flows_applied_total"), Some(1.0));
 }

@@ -48,7 +48,7 @@ const KEEPALIVED: &str = "/usr/sbin/keepalived";
 const ECHO_BACKENDS: [Ipv4Addr; 2] = [BACKEND, Ipv4Addr::new(198, 18, 1, 2)];
 /// The echo service's VIP port; nat translates it to `ECHO_PORT + 1`.
 pub const ECHO_PORT: u16 = 9000;
-const SYNC_PORT: u16 = 8849;
+pub const SYNC_PORT: u16 = 8849;
 
 /// How the nodes forward (lb's `forwarding`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
