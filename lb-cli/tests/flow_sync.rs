@@ -74,7 +74,8 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
         echo: true,
         sync: nat.then_some(SYNC_INTERVAL),
     };
-    let mut fl = FailoverLab::with_services(test, Path::new(LB_BIN), v, spec(150), spec(100), services);
+    let mut fl =
+        FailoverLab::with_services(test, Path::new(LB_BIN), v, spec(150), spec(100), services);
     fl.start(0);
     ok(fl.wait_sole_master(0, 15 * SEC));
     fl.start(1);
@@ -91,7 +92,10 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
         &conns.failures()[..conns.failures().len().min(5)],
         fl.logs()
     );
-    println!("{forwarding:?}: {CONNS} connections, per backend {:?}", conns.backends());
+    println!(
+        "{forwarding:?}: {CONNS} connections, per backend {:?}",
+        conns.backends()
+    );
     let mut master = 0;
     for round in 1..=rounds {
         let standby = 1 - master;
@@ -101,7 +105,11 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
                 fl.metric(standby, "lb_sync_flows_applied_total")
                     .is_some_and(|n| n >= CONNS as f64)
             });
-            assert!(synced, "round {round}: node {standby} never got the flows\n{}", fl.logs());
+            assert!(
+                synced,
+                "round {round}: node {standby} never got the flows\n{}",
+                fl.logs()
+            );
             thread::sleep(2 * SYNC_INTERVAL);
         }
         let crashed_at = Instant::now();
@@ -185,7 +193,14 @@ fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
         echo: true,
         sync: Some(SYNC_INTERVAL),
     };
-    let mut fl = FailoverLab::with_services("fsauth", Path::new(LB_BIN), v, spec(150), spec(100), services);
+    let mut fl = FailoverLab::with_services(
+        "fsauth",
+        Path::new(LB_BIN),
+        v,
+        spec(150),
+        spec(100),
+        services,
+    );
     fl.start(0);
     ok(fl.wait_sole_master(0, 15 * SEC));
     let secret = std::fs::read(fl.lab.dir().join("sync.key")).expect("lab key");
@@ -239,7 +254,10 @@ fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
         s.send_to(&authentic, node0).expect("send");
     });
     let rejected = |reason: &str| {
-        fl.metric(0, &format!("lb_sync_messages_rejected_total{{reason=\"{reason}\"}}"))
+        fl.metric(
+            0,
+            &format!("lb_sync_messages_rejected_total{{reason=\"{reason}\"}}"),
+        )
     };
     let expected = [
         ("replayed", 1.0),

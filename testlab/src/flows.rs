@@ -85,7 +85,9 @@ pub fn backend(
                 Ok((c, _)) => {
                     let (stop, resets) = (stop.clone(), resets.clone());
                     thread::spawn(move || {
-                        if serve(c, name, &stop).is_err_and(|e| e.kind() == ErrorKind::ConnectionReset) {
+                        if serve(c, name, &stop)
+                            .is_err_and(|e| e.kind() == ErrorKind::ConnectionReset)
+                        {
                             resets.fetch_add(1, Ordering::Relaxed);
                         }
                     });
@@ -145,7 +147,12 @@ fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop:
     };
     let s = match TcpStream::connect_timeout(&addr.into(), Duration::from_secs(10)) {
         Ok(s) => s,
-        Err(e) => return fail(format!("connect: {e}"), e.kind() == ErrorKind::ConnectionReset),
+        Err(e) => {
+            return fail(
+                format!("connect: {e}"),
+                e.kind() == ErrorKind::ConnectionReset,
+            );
+        }
     };
     let _ = s.set_read_timeout(Some(ECHO_TIMEOUT));
     let _ = s.set_nodelay(true);
@@ -156,7 +163,10 @@ fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop:
     let mut w = s;
     let mut greeting = String::new();
     if let Err(e) = r.read_line(&mut greeting) {
-        return fail(format!("greeting: {e}"), e.kind() == ErrorKind::ConnectionReset);
+        return fail(
+            format!("greeting: {e}"),
+            e.kind() == ErrorKind::ConnectionReset,
+        );
     }
     *c.backend.lock().expect("lock") = greeting.trim().to_string();
     let push = id % 2 == 1;
@@ -167,7 +177,10 @@ fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop:
     while push && !stop.load(Ordering::Relaxed) {
         let mut got = [0u8; MESSAGE];
         if let Err(e) = r.read_exact(&mut got) {
-            return fail(format!("push {round}: read: {e}"), e.kind() == ErrorKind::ConnectionReset);
+            return fail(
+                format!("push {round}: read: {e}"),
+                e.kind() == ErrorKind::ConnectionReset,
+            );
         }
         if got != message(0, round) {
             return fail(
@@ -182,15 +195,24 @@ fn run(ns: &str, addr: SocketAddrV4, id: usize, every: Duration, c: &Conn, stop:
     while !stop.load(Ordering::Relaxed) {
         let m = message(id, round);
         if let Err(e) = w.write_all(&m) {
-            return fail(format!("round {round}: write: {e}"), e.kind() == ErrorKind::ConnectionReset);
+            return fail(
+                format!("round {round}: write: {e}"),
+                e.kind() == ErrorKind::ConnectionReset,
+            );
         }
         let mut back = [0u8; MESSAGE];
         if let Err(e) = r.read_exact(&mut back) {
-            return fail(format!("round {round}: read: {e}"), e.kind() == ErrorKind::ConnectionReset);
+            return fail(
+                format!("round {round}: read: {e}"),
+                e.kind() == ErrorKind::ConnectionReset,
+            );
         }
         if back != m {
             return fail(
-                format!("round {round}: echo differs: {:?}", String::from_utf8_lossy(&back)),
+                format!(
+                    "round {round}: echo differs: {:?}",
+                    String::from_utf8_lossy(&back)
+                ),
                 false,
             );
         }
@@ -206,7 +228,13 @@ impl Conns {
     /// half sending a message every `every` and checking its echo, half
     /// checking what the backend pushes, and waits (up to `timeout`) until
     /// each has had its first message or failed.
-    pub fn open(ns: &str, addr: SocketAddrV4, n: usize, every: Duration, timeout: Duration) -> Conns {
+    pub fn open(
+        ns: &str,
+        addr: SocketAddrV4,
+        n: usize,
+        every: Duration,
+        timeout: Duration,
+    ) -> Conns {
         let stop = Arc::new(AtomicBool::new(false));
         let mut conns = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -236,10 +264,9 @@ impl Conns {
         };
         let t0 = Instant::now();
         while t0.elapsed() < timeout
-            && all
-                .conns
-                .iter()
-                .any(|c| c.echoes.load(Ordering::Relaxed) == 0 && c.failure.lock().expect("lock").is_none())
+            && all.conns.iter().any(|c| {
+                c.echoes.load(Ordering::Relaxed) == 0 && c.failure.lock().expect("lock").is_none()
+            })
         {
             thread::sleep(Duration::from_millis(20));
         }
@@ -294,14 +321,18 @@ impl Conns {
 
     /// Messages received and checked, all connections together.
     pub fn echoes(&self) -> u64 {
-        self.conns.iter().map(|c| c.echoes.load(Ordering::Relaxed)).sum()
+        self.conns
+            .iter()
+            .map(|c| c.echoes.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Connections per backend (by greeting).
     pub fn backends(&self) -> std::collections::BTreeMap<String, usize> {
         let mut m = std::collections::BTreeMap::new();
         for c in &self.conns {
-            *m.entry(c.backend.lock().expect("lock").clone()).or_insert(0) += 1;
+            *m.entry(c.backend.lock().expect("lock").clone())
+                .or_insert(0) += 1;
         }
         m
     }

@@ -192,9 +192,17 @@ impl FailoverLab {
         let client = lab.host("client", CLIENT);
         let echo_stop = Arc::new(AtomicBool::new(false));
         let backend_resets = Arc::new(AtomicU64::new(0));
-        let count = if services.echo { ECHO_BACKENDS.len() } else { 1 };
+        let count = if services.echo {
+            ECHO_BACKENDS.len()
+        } else {
+            1
+        };
         for (i, addr) in ECHO_BACKENDS.iter().take(count).enumerate() {
-            let name = if i == 0 { "be".to_string() } else { format!("be{}", i + 1) };
+            let name = if i == 0 {
+                "be".to_string()
+            } else {
+                format!("be{}", i + 1)
+            };
             let ns = lab.host(&name, &format!("{addr}/15"));
             let nat = services.forwarding == Forwarding::Nat;
             if !nat {
@@ -321,11 +329,19 @@ address = "{BACKEND}:{http_port}"
                 fwd.name()
             ));
             for b in ECHO_BACKENDS {
-                c.push_str(&format!("\n[[service.backend]]\naddress = \"{b}:{port}\"\n"));
+                c.push_str(&format!(
+                    "\n[[service.backend]]\naddress = \"{b}:{port}\"\n"
+                ));
             }
         }
         if let Some(interval) = sync {
-            let addr = |j: usize| NODE_ADDRS[j].split('/').next().unwrap_or_default().to_string();
+            let addr = |j: usize| {
+                NODE_ADDRS[j]
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            };
             c.push_str(&format!(
                 "\n[sync]\nsource_address = \"{}\"\npeers = [\"{}\"]\nport = {SYNC_PORT}\n\
                  key_file = \"{}\"\ninterval = \"{}ms\"\n",

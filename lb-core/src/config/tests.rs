@@ -1115,7 +1115,10 @@ fn sync_defaults_and_the_only_instance() {
     assert_eq!(s.port, DEFAULT_SYNC_PORT);
     assert_eq!(s.interval, DEFAULT_SYNC_INTERVAL);
     assert_eq!(s.vrrp_instance, "VI_1");
-    assert_eq!(s.peers, ["198.18.0.3".parse::<std::net::Ipv4Addr>().expect("ip")]);
+    assert_eq!(
+        s.peers,
+        ["198.18.0.3".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
     assert!(ok(MINIMAL).sync.is_none());
 }
 
@@ -1137,14 +1140,17 @@ fn example_configs_sync_with_the_snat_address_on_the_vip() {
     }
     let c = example("chime-portal.toml");
     assert_eq!(
-        c.sync.map(|s| (s.source_address.to_string(), s.peers[0].to_string())),
+        c.sync
+            .map(|s| (s.source_address.to_string(), s.peers[0].to_string())),
         Some(("192.168.231.11".into(), "192.168.231.12".into()))
     );
 }
 
 #[test]
 fn sync_errors_are_precise() {
-    let e = errors(&format!("{SYNCED}\n[sync]\nport = 70000\ninterval = \"1h\"\n"));
+    let e = errors(&format!(
+        "{SYNCED}\n[sync]\nport = 70000\ninterval = \"1h\"\n"
+    ));
     let joined = e.join("\n");
     for want in [
         "sync.source_address: missing required key",
@@ -1172,31 +1178,41 @@ fn sync_errors_are_precise() {
 
 #[test]
 fn sync_needs_a_vrrp_instance_and_a_moving_snat_address() {
-    let sync = "\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.3\"]\nkey_file = \"/k\"\n";
+    let sync =
+        "\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.3\"]\nkey_file = \"/k\"\n";
     let e = errors(&format!("{MINIMAL}{sync}"));
     assert!(
-        e.iter().any(|l| l.contains("sync: needs a [[vrrp_instance]]")),
+        e.iter()
+            .any(|l| l.contains("sync: needs a [[vrrp_instance]]")),
         "{e:?}"
     );
     // The default SNAT address (the interface's own) stays on the old node.
     let unset = SYNCED.replace("snat_address = \"198.18.0.100\"\n", "");
     let e = errors(&format!("{unset}{sync}"));
     assert!(
-        e.iter().any(|l| l.contains("service[0].snat_address: with [sync]")
-            && l.contains("must move to the new master")),
+        e.iter()
+            .any(|l| l.contains("service[0].snat_address: with [sync]")
+                && l.contains("must move to the new master")),
         "{e:?}"
     );
-    let fixed = SYNCED.replace("snat_address = \"198.18.0.100\"", "snat_address = \"198.18.0.2\"");
+    let fixed = SYNCED.replace(
+        "snat_address = \"198.18.0.100\"",
+        "snat_address = \"198.18.0.2\"",
+    );
     let e = errors(&format!("{fixed}{sync}"));
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(e[0].starts_with("t.toml:6:16: service[0].snat_address"), "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:6:16: service[0].snat_address"),
+        "{e:?}"
+    );
     let two = format!(
         "{SYNCED}\n[[vrrp_instance]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvirtual_router_id = 52\n\
          virtual_ipaddress = [\"198.18.0.101/32\"]\n{sync}"
     );
     let e = errors(&two);
     assert!(
-        e.iter().any(|l| l.contains("sync.vrrp_instance: there are several")),
+        e.iter()
+            .any(|l| l.contains("sync.vrrp_instance: there are several")),
         "{e:?}"
     );
 }

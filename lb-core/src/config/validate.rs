@@ -15,14 +15,13 @@ use super::Environment;
 use super::error::{ConfigError, Locator};
 use super::model::{
     Backend, Check, CheckKind, CheckType, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN,
-    DEFAULT_SNAT_PORTS, Daemon, Forwarding, HttpCheck, Observe, PortRange, Protocol, Scheduler,
-    DEFAULT_SYNC_INTERVAL, DEFAULT_SYNC_PORT, ScriptCheck, Service, ServiceKey, StatusRange, Sync,
-    TrackInterface, TrackScript, VirtualAddress,
-    VrrpInstance, VrrpVersion, XdpMode,
+    DEFAULT_SNAT_PORTS, DEFAULT_SYNC_INTERVAL, DEFAULT_SYNC_PORT, Daemon, Forwarding, HttpCheck,
+    Observe, PortRange, Protocol, Scheduler, ScriptCheck, Service, ServiceKey, StatusRange, Sync,
+    TrackInterface, TrackScript, VirtualAddress, VrrpInstance, VrrpVersion, XdpMode,
 };
 use super::schema::{
-    RawBackend, RawCheck, RawConfig, RawDaemon, RawService, RawSync, RawTrackInterface, RawTrackScript,
-    RawVrrpInstance, S,
+    RawBackend, RawCheck, RawConfig, RawDaemon, RawService, RawSync, RawTrackInterface,
+    RawTrackScript, RawVrrpInstance, S,
 };
 use crate::table::is_prime;
 
@@ -261,7 +260,11 @@ impl<'a> Validator<'a> {
         let mut peers = Vec::new();
         if let Some(list) = self.required(&r.peers, &span, &peers_key) {
             if list.get_ref().is_empty() {
-                self.err(&list.span(), &peers_key, "must list at least one peer address");
+                self.err(
+                    &list.span(),
+                    &peers_key,
+                    "must list at least one peer address",
+                );
             }
             for (i, a) in list.get_ref().iter().enumerate() {
                 let k = format!("{peers_key}[{i}]");

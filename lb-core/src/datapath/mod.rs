@@ -336,7 +336,8 @@ impl Datapath {
     pub fn write_flows(&mut self, entries: &[(FlowKey, Flow)]) -> Result<()> {
         let mut m: BpfHashMap<_, FlowKey, Flow> = self.typed(abi::map::FLOWS)?;
         for (k, f) in entries {
-            m.insert(k, f, 0).map_err(write_err("connection table entry"))?;
+            m.insert(k, f, 0)
+                .map_err(write_err("connection table entry"))?;
         }
         Ok(())
     }

@@ -114,10 +114,22 @@ fn sync_counters_are_read_live_at_each_scrape() {
     let text = render(&st, Some(&snapshot(1)));
     promtool(&text);
     has(&text, "lb_sync_flows_sent_total 200");
-    has(&text, r#"lb_sync_messages_rejected_total{reason="bad_tag"} 2"#);
-    has(&text, r#"lb_sync_messages_rejected_total{reason="replayed"} 1"#);
-    has(&text, r#"lb_sync_messages_rejected_total{reason="unknown_peer"} 0"#);
-    has(&text, r#"lb_sync_flows_skipped_total{reason="local_backend"} 1"#);
+    has(
+        &text,
+        r#"lb_sync_messages_rejected_total{reason="bad_tag"} 2"#,
+    );
+    has(
+        &text,
+        r#"lb_sync_messages_rejected_total{reason="replayed"} 1"#,
+    );
+    has(
+        &text,
+        r#"lb_sync_messages_rejected_total{reason="unknown_peer"} 0"#,
+    );
+    has(
+        &text,
+        r#"lb_sync_flows_skipped_total{reason="local_backend"} 1"#,
+    );
     C::add(&counters.flows_applied, 5);
     has(&render(&st, None), "lb_sync_flows_applied_total 5");
 }

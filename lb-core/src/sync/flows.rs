@@ -167,8 +167,7 @@ pub fn select(
         let due = match sent.at.get(k) {
             None => true,
             Some((at, was_closing)) => {
-                *was_closing != closing
-                    || (last_seen > *at && now.saturating_sub(*at) >= refresh)
+                *was_closing != closing || (last_seen > *at && now.saturating_sub(*at) >= refresh)
             }
         };
         if due && out.len() < limit {
@@ -314,7 +313,10 @@ mod tests {
         let mut sent = Sent::default();
         let records = select(&table, &[service(1)], &mut sent, now, 100);
         assert_eq!(records.len(), 3);
-        let r = records.iter().find(|r| r.client.port() == 40_001).expect("flow");
+        let r = records
+            .iter()
+            .find(|r| r.client.port() == 40_001)
+            .expect("flow");
         assert_eq!(*r, record(40_001, 2_001));
         let [(fk, f), (rk, rf)] = rebuild(r, &[service(2)], 7 * SEC).expect("rebuild");
         assert_eq!(fk, table[2].0, "same 5-tuple keys on both nodes");
@@ -326,7 +328,11 @@ mod tests {
         assert_eq!((f.last_seen_ns, rf.last_seen_ns), (7 * SEC, 7 * SEC));
         assert_eq!(
             (f.rw_src_addr, f.rw_src_port, f.rw_dst_port),
-            (table[2].1.rw_src_addr, table[2].1.rw_src_port, table[2].1.rw_dst_port)
+            (
+                table[2].1.rw_src_addr,
+                table[2].1.rw_src_port,
+                table[2].1.rw_dst_port
+            )
         );
     }
 
@@ -385,13 +391,22 @@ mod tests {
         let r = record(40_000, 2_000);
         let mut other_vip = r;
         other_vip.vip = a("198.18.0.101:80");
-        assert_eq!(rebuild(&other_vip, &[svc.clone()], 0), Err(Skip::UnknownService));
+        assert_eq!(
+            rebuild(&other_vip, std::slice::from_ref(&svc), 0),
+            Err(Skip::UnknownService)
+        );
         let mut other_snat = r;
         other_snat.snat = a("198.18.0.2:2000");
-        assert_eq!(rebuild(&other_snat, &[svc.clone()], 0), Err(Skip::SnatMismatch));
+        assert_eq!(
+            rebuild(&other_snat, std::slice::from_ref(&svc), 0),
+            Err(Skip::SnatMismatch)
+        );
         let mut other_be = r;
         other_be.backend = a("198.18.1.2:8033");
-        assert_eq!(rebuild(&other_be, &[svc.clone()], 0), Err(Skip::UnknownBackend));
+        assert_eq!(
+            rebuild(&other_be, std::slice::from_ref(&svc), 0),
+            Err(Skip::UnknownBackend)
+        );
         let mut local = svc.clone();
         for (_, be) in local.backends.values_mut() {
             be.flags = BACKEND_LOCAL;

@@ -27,7 +27,11 @@ pub fn load(path: &Path) -> Result<Key, KeyFileError> {
         path: shown.clone(),
         error,
     };
-    let mode = std::fs::metadata(path).map_err(read_err)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(path)
+        .map_err(read_err)?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode & 0o007 != 0 {
         return Err(KeyFileError::Exposed { path: shown, mode });
     }
@@ -57,9 +61,15 @@ mod tests {
         let group = write("group", b"0123456789abcdef0123\n", 0o640);
         assert!(load(&group).is_ok());
         let world = write("world", b"0123456789abcdef0123\n", 0o644);
-        assert!(matches!(load(&world), Err(KeyFileError::Exposed { mode: 0o644, .. })));
+        assert!(matches!(
+            load(&world),
+            Err(KeyFileError::Exposed { mode: 0o644, .. })
+        ));
         let short = write("short", b"  tooshort \n", 0o600);
-        assert!(matches!(load(&short), Err(KeyFileError::Short { len: 8, .. })));
+        assert!(matches!(
+            load(&short),
+            Err(KeyFileError::Short { len: 8, .. })
+        ));
         let missing = std::env::temp_dir().join("lb-sync-key-does-not-exist");
         assert!(matches!(load(&missing), Err(KeyFileError::Read { .. })));
         for p in [good, group, world, short] {

@@ -278,7 +278,12 @@ impl Gate {
         }
     }
 
-    pub fn accept(&mut self, from: Ipv4Addr, datagram: &[u8], now_ms: u64) -> Result<Message, Reject> {
+    pub fn accept(
+        &mut self,
+        from: Ipv4Addr,
+        datagram: &[u8],
+        now_ms: u64,
+    ) -> Result<Message, Reject> {
         let replay = self.peers.get_mut(&from).ok_or(Reject::UnknownPeer)?;
         let m = open(&self.key, datagram)?;
         replay.check(&m, now_ms)?;
