@@ -2,10 +2,11 @@
 //! real `lb run` nodes in network namespaces (198.18.0.0/15), 200 long-lived
 //! TCP connections exchanging data through the VIP, half echoed by the
 //! backends, half pushed by them (each connection checks every byte; see
-//! `lb_testlab::flows`), and the master host
-//! crashes (SIGKILL, and it falls off the network) again and again, back and
-//! forth: the killed node is restarted each time and the other is killed
-//! next.
+//! `lb_testlab::flows`), and the master fails again and again, back and
+//! forth: the failed node is restarted each time and the other fails next.
+//! A failure is a SIGKILL of `lb run` (its datapath is pinned, so the
+//! host's kernel, which keeps the VIP, does not reset the flows before the
+//! takeover) or a host crash (SIGKILL, and the host falls off the network).
 //!
 //! nat needs the connection-state sync (`[sync]`); dr and tun rely on both
 //! nodes building the same Maglev table.
@@ -52,9 +53,19 @@ fn wait_for(timeout: Duration, f: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Crashes the master `rounds` times, alternating nodes, and checks after
-/// each crash that every connection still echoes through the new master.
-fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
+/// How the master fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// SIGKILL of `lb run` on a host that stays up: its pinned datapath
+    /// forwards on until the other node's gratuitous ARPs move the traffic.
+    Sigkill,
+    /// The host dies: SIGKILL and it falls off the network at once.
+    HostCrash,
+}
+
+/// Fails the master `rounds` times, alternating nodes, and checks after
+/// each failure that every connection still works through the new master.
+fn flows_survive_failovers(test: &str, forwarding: Forwarding, failure: Failure, rounds: usize) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
     let v = Vrrp {
@@ -73,6 +84,7 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
         forwarding,
         echo: true,
         sync: nat.then_some(SYNC_INTERVAL),
+        pin: failure == Failure::Sigkill,
     };
     let mut fl =
         FailoverLab::with_services(test, Path::new(LB_BIN), v, spec(150), spec(100), services);
@@ -113,13 +125,21 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
             thread::sleep(2 * SYNC_INTERVAL);
         }
         let crashed_at = Instant::now();
-        fl.crash(master);
+        match failure {
+            Failure::Sigkill => fl.kill(master),
+            Failure::HostCrash => fl.crash(master),
+        }
         let takeover = ok(fl.wait_vip(standby, 10 * SEC));
-        let echoed = conns.wait_echoed_since(crashed_at, 30 * SEC);
+        // A second after the takeover the gratuitous ARPs have moved the
+        // client and the backends to the new master: what works from then
+        // on works through it.
+        let moved = Instant::now() + SEC;
+        thread::sleep(SEC);
+        let echoed = conns.wait_echoed_since(moved, 30 * SEC);
         let recovered = crashed_at.elapsed();
         println!(
-            "{forwarding:?} round {round}: node {master} crashed, node {standby} took over after {takeover:?}; \
-             {echoed}/{CONNS} connections echoed through it within {recovered:?}; \
+            "{forwarding:?} {failure:?} round {round}: node {master} failed, node {standby} took over after {takeover:?}; \
+             {echoed}/{CONNS} connections exchanged data through it (all by {recovered:?}); \
              {} failed ({} reset at the client, {} at the backends)",
             conns.failures().len(),
             conns.resets(),
@@ -145,11 +165,20 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
             "round {round}: restarted node {master} never became backup\n{}",
             fl.logs()
         );
+        if failure == Failure::Sigkill {
+            let replaced = fl.lb_log(master).matches("replaced the datapath").count();
+            assert_eq!(
+                replaced,
+                round.div_ceil(2),
+                "round {round}: node {master} did not replace its pinned datapath\n{}",
+                fl.logs()
+            );
+        }
         master = standby;
     }
     let failures = conns.failures();
     println!(
-        "{forwarding:?}: after {rounds} failovers {}/{CONNS} connections work, {} echoes checked, test took {:?}",
+        "{forwarding:?} {failure:?}: after {rounds} failovers {}/{CONNS} connections work, {} echoes checked, test took {:?}",
         CONNS - failures.len(),
         conns.echoes(),
         started.elapsed()
@@ -158,18 +187,25 @@ fn flows_survive_failovers(test: &str, forwarding: Forwarding, rounds: usize) {
 }
 
 #[test]
-fn nat_flows_survive_ten_failovers_with_sync() {
-    flows_survive_failovers("fsnat", Forwarding::Nat, 10);
+fn nat_flows_survive_ten_sigkills_with_sync() {
+    flows_survive_failovers("fsnatk", Forwarding::Nat, Failure::Sigkill, 10);
 }
 
 #[test]
-fn dr_flows_survive_failovers_without_sync() {
-    flows_survive_failovers("fsdr", Forwarding::Dr, 3);
+fn nat_flows_survive_host_crashes_with_sync() {
+    flows_survive_failovers("fsnatc", Forwarding::Nat, Failure::HostCrash, 4);
 }
 
 #[test]
-fn tun_flows_survive_failovers_without_sync() {
-    flows_survive_failovers("fstun", Forwarding::Tun, 3);
+fn dr_flows_survive_sigkills_and_host_crashes_without_sync() {
+    flows_survive_failovers("fsdrk", Forwarding::Dr, Failure::Sigkill, 3);
+    flows_survive_failovers("fsdrc", Forwarding::Dr, Failure::HostCrash, 2);
+}
+
+#[test]
+fn tun_flows_survive_sigkills_and_host_crashes_without_sync() {
+    flows_survive_failovers("fstunk", Forwarding::Tun, Failure::Sigkill, 3);
+    flows_survive_failovers("fstunc", Forwarding::Tun, Failure::HostCrash, 2);
 }
 
 /// A running node's sync channel applies an authentic message once and
@@ -192,6 +228,7 @@ fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
         forwarding: Forwarding::Nat,
         echo: true,
         sync: Some(SYNC_INTERVAL),
+        pin: false,
     };
     let mut fl = FailoverLab::with_services(
         "fsauth",

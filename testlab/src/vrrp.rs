@@ -78,6 +78,9 @@ pub struct Services {
     /// `[sync]` between two lb nodes (nat: the SNAT address is the VIP), with
     /// this interval.
     pub sync: Option<Duration>,
+    /// lb nodes pin their XDP attachment (`daemon.pin_dir`, in a bpffs the
+    /// lab mounts), so their datapath outlives a SIGKILL.
+    pub pin: bool,
 }
 
 impl Default for Services {
@@ -86,6 +89,7 @@ impl Default for Services {
             forwarding: Forwarding::Nat,
             echo: false,
             sync: None,
+            pin: false,
         }
     }
 }
@@ -169,6 +173,10 @@ pub struct FailoverLab {
 impl Drop for FailoverLab {
     fn drop(&mut self) {
         self.echo_stop.store(true, Ordering::Relaxed);
+        if self.services.pin {
+            // Unmounting releases whatever a killed node left pinned.
+            let _ = Command::new("umount").arg(self.bpffs()).status();
+        }
     }
 }
 
@@ -266,6 +274,20 @@ impl FailoverLab {
             echo_stop,
             backend_resets,
         };
+        if services.pin {
+            let dir = fl.bpffs();
+            std::fs::create_dir_all(&dir).expect("bpffs dir");
+            let out = Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(&dir)
+                .output()
+                .expect("mount");
+            assert!(
+                out.status.success(),
+                "mounting a bpffs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         if services.sync.is_some() {
             let key = fl.lab.dir().join("sync.key");
             std::fs::write(&key, "lab sync key, 32 bytes of secret\n").expect("sync key");
@@ -279,6 +301,11 @@ impl FailoverLab {
         self.nodes[i].spec
     }
 
+    /// The lab's own bpf filesystem (with `Services::pin`).
+    fn bpffs(&self) -> PathBuf {
+        self.lab.dir().join("bpffs")
+    }
+
     fn file(&self, i: usize, what: &str) -> PathBuf {
         self.lab
             .dir()
@@ -290,18 +317,24 @@ impl FailoverLab {
         let fwd = self.services.forwarding;
         let nat = fwd == Forwarding::Nat;
         let sync = self.services.sync.filter(|_| with_vrrp);
-        // Synced nat flows need replies to follow the VIP.
+        // Synced nat flows need replies to follow the VIP; its SNAT ports
+        // stay clear of the VIP's service ports.
         let snat = if nat && sync.is_some() {
-            format!("snat_address = \"{VIP}\"\n")
+            format!("snat_address = \"{VIP}\"\nsnat_ports = \"10000-32767\"\n")
         } else {
             String::new()
         };
         let http_port = if nat { BACKEND_PORT } else { VIP_PORT };
+        let pin = if self.services.pin {
+            format!("pin_dir = \"{}\"\n", self.bpffs().join(n.name).display())
+        } else {
+            String::new()
+        };
         let mut c = format!(
             r#"[daemon]
 xdp_mode = "generic"
 admin_socket = "{sock}"
-
+{pin}
 [[service]]
 vip = "{VIP}:{VIP_PORT}"
 interface = "eth0"

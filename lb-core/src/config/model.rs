@@ -61,6 +61,8 @@ pub struct Daemon {
     pub max_backends: u32,
     pub table_size: u32,
     pub log_level: String,
+    /// Where the XDP attachment is pinned; `None`: not pinned.
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

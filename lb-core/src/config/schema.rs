@@ -82,6 +82,11 @@ pub(crate) struct RawDaemon {
     pub table_size: Option<S<i64>>,
     /// tracing filter directive (`RUST_LOG` syntax). Default: `info`.
     pub log_level: Option<S<String>>,
+    /// Directory on a bpf filesystem where the XDP attachment is pinned, so
+    /// the datapath keeps forwarding if lb dies without a clean stop
+    /// (SIGKILL, OOM, panic); the next start replaces it, a clean stop
+    /// removes it. Default: none (the datapath leaves with the process).
+    pub pin_dir: Option<S<String>>,
 }
 
 /// keepalived's `virtual_server`.

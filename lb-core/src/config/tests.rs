@@ -110,6 +110,10 @@ fn reference_toml_loads_and_sets_every_key() {
         ]
     );
     assert_eq!(v.track_script[0].interval, Duration::from_secs(2));
+    assert_eq!(
+        c.daemon.pin_dir.as_deref(),
+        Some(Path::new("/sys/fs/bpf/lb"))
+    );
 }
 
 #[test]
@@ -189,6 +193,7 @@ fn config_defaults_are_applied() {
             max_backends: 4096,
             table_size: 65_537,
             log_level: "info".into(),
+            pin_dir: None,
         }
     );
     let s = &c.services[0];
@@ -336,7 +341,7 @@ fn config_error_unknown_keys_are_all_reported() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`",
+            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`, `pin_dir`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
             "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
@@ -1215,4 +1220,25 @@ fn sync_needs_a_vrrp_instance_and_a_moving_snat_address() {
             .any(|l| l.contains("sync.vrrp_instance: there are several")),
         "{e:?}"
     );
+}
+
+#[test]
+fn snat_ports_must_avoid_the_ports_of_vips_on_the_snat_address() {
+    let two = format!(
+        "{SYNCED}\n[[service]]\nvip = \"198.18.0.100:9000\"\ninterface = \"eth0\"\nforwarding = \"dr\"\n\n\
+         [[service.backend]]\naddress = \"198.18.1.1:9000\"\n"
+    );
+    let e = errors(&two);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(
+            "service[0].snat_ports: 1024-32767 includes port 9000 of the VIP 198.18.0.100:9000/tcp"
+        ),
+        "{e:?}"
+    );
+    let fixed = two.replace(
+        "snat_address = \"198.18.0.100\"",
+        "snat_address = \"198.18.0.100\"\nsnat_ports = \"10000-32767\"",
+    );
+    ok(&fixed);
 }

@@ -224,6 +224,7 @@ impl<'a> Validator<'a> {
     pub(crate) fn config(&mut self, raw: &RawConfig) -> Config {
         let daemon = self.daemon(raw.daemon.as_ref().unwrap_or(&RawDaemon::default()));
         let services = self.services(&raw.service, &daemon);
+        self.snat_ports_clear_of_vips(raw, &services);
         let vrrp_instances = self.vrrp_instances(&raw.vrrp_instance);
         let sync = raw
             .sync
@@ -334,6 +335,43 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// A nat service whose SNAT address carries VIPs (the VIP itself, as
+    /// `[sync]` suggests) must not translate to one of their ports: the
+    /// datapath looks VIPs up first, so a backend's reply to that port would
+    /// be taken for a new connection to the service.
+    fn snat_ports_clear_of_vips(&mut self, raw: &RawConfig, services: &[Service]) {
+        for (i, (svc, rs)) in services.iter().zip(&raw.service).enumerate() {
+            let Some(snat) = svc
+                .snat_address
+                .filter(|_| svc.forwarding == Forwarding::Nat)
+            else {
+                continue;
+            };
+            let clash = services.iter().find(|o| {
+                o.vip.ip() == snat
+                    && o.protocol == svc.protocol
+                    && (svc.snat_ports.first..=svc.snat_ports.last).contains(&o.vip.port())
+            });
+            if let Some(o) = clash {
+                let reason = format!(
+                    "{}-{} includes port {} of the VIP {}/{} on the SNAT address: replies to it would be \
+                     taken for new connections to that service; choose ports that avoid it",
+                    svc.snat_ports.first,
+                    svc.snat_ports.last,
+                    o.vip.port(),
+                    o.vip,
+                    o.protocol
+                );
+                let span = rs
+                    .get_ref()
+                    .snat_ports
+                    .as_ref()
+                    .map_or_else(|| rs.span(), |a| a.span());
+                self.err(&span, &format!("service[{i}].snat_ports"), reason);
+            }
+        }
+    }
+
     /// Synced nat flows survive a failover only if the backends' replies
     /// follow the new master: they go to the SNAT address, so it must be one
     /// of the instance's virtual addresses.
@@ -397,6 +435,14 @@ impl<'a> Validator<'a> {
             Some(v) => v.get_ref().clone(),
             None => "info".to_owned(),
         };
+        let pin_dir = match &raw.pin_dir {
+            Some(v) if !v.get_ref().starts_with('/') => {
+                self.err(&v.span(), &key(p, "pin_dir"), "must be an absolute path");
+                None
+            }
+            Some(v) => Some(PathBuf::from(v.get_ref())),
+            None => None,
+        };
         let u32_range = 1..=U32_MAX;
         Daemon {
             admin_socket,
@@ -431,6 +477,7 @@ impl<'a> Validator<'a> {
             ),
             table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
             log_level,
+            pin_dir,
         }
     }
 

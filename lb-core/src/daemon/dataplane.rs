@@ -63,15 +63,23 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the datapath on a new thread; fails if loading fails.
-    pub fn start(limits: Limits, mode: AttachMode) -> Result<Self, DatapathError> {
+    /// Loads the datapath on a new thread; fails if loading fails. With
+    /// `pin_dir`, XDP attachments are pinned there (`Datapath::pin_xdp_in`).
+    pub fn start(
+        limits: Limits,
+        mode: AttachMode,
+        pin_dir: Option<std::path::PathBuf>,
+    ) -> Result<Self, DatapathError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         thread::Builder::new()
             .name("datapath".into())
             .spawn(move || {
                 let mut balancer = match Datapath::load(limits) {
-                    Ok(dp) => {
+                    Ok(mut dp) => {
+                        if let Some(dir) = pin_dir {
+                            dp.pin_xdp_in(dir);
+                        }
                         let _ = ready_tx.send(Ok(()));
                         Balancer::new(dp, mode)
                     }
@@ -100,6 +108,12 @@ impl Dataplane {
         // The thread lives as long as a handle exists, so both ends stay open.
         self.tx.send(job).expect("datapath thread gone");
         rx.await.expect("datapath job panicked")
+    }
+
+    /// A clean stop: the datapath leaves the interfaces with the process,
+    /// pinned or not.
+    pub async fn release_pins(&self) {
+        self.call(|b| b.datapath_mut().release_pins()).await
     }
 
     pub async fn add_service(&self, spec: ServiceSpec) -> Result<u32, BalancerError> {

@@ -195,6 +195,7 @@ impl Daemon {
         let dataplane = Dataplane::start(
             convert::limits(&cfg),
             convert::attach_mode(cfg.daemon.xdp_mode),
+            cfg.daemon.pin_dir.clone(),
         )?;
         let (health_tx, health_rx) = mpsc::channel(1024);
         let (admin_tx, admin_rx) = mpsc::channel(64);
@@ -895,6 +896,7 @@ impl Daemon {
                 r.shutdown().await;
             }
         }
+        self.dataplane.release_pins().await;
         Ok(())
     }
 }

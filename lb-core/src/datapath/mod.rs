@@ -4,7 +4,11 @@
 //! first, generic as fallback) and the tc egress helper, writes VIPs and
 //! backends, swaps Maglev tables atomically ([`ring`]) and sums the per-CPU
 //! counters. Attachments are bpf_links owned by the process, so the programs
-//! leave the interfaces when it exits, even on SIGKILL.
+//! leave the interfaces when it exits, even on SIGKILL — unless a pin
+//! directory is set ([`Datapath::pin_xdp_in`], `daemon.pin_dir`): the XDP
+//! link is then pinned in bpffs and keeps forwarding, with its maps, after a
+//! crash of the process (as IPVS outlives keepalived), until the next start
+//! replaces it or a clean stop removes it.
 //!
 //! [`balancer`] builds on it with services, id allocation and neighbour
 //! resolution ([`neigh`]).
@@ -18,7 +22,11 @@ use std::{collections::HashMap, fmt};
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
 };
 use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
 
@@ -57,6 +65,14 @@ pub enum DatapathError {
     ThreadGone,
     #[error("test run of {prog}: {error}")]
     TestRun { prog: &'static str, error: String },
+    #[error(
+        "pinning the XDP link of {iface} at {path}: {error} (pin_dir must be on a bpf filesystem: mount -t bpf bpf /sys/fs/bpf)"
+    )]
+    Pin {
+        iface: String,
+        path: String,
+        error: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -159,6 +175,17 @@ pub struct Datapath {
     attached: HashMap<String, XdpRunMode>,
     vip_addr_refs: HashMap<u32, u32>,
     snat_refs: HashMap<u32, u32>,
+    /// Where XDP links are pinned, if anywhere.
+    pin_dir: Option<std::path::PathBuf>,
+    pinned: Vec<PinnedLink>,
+    /// The load balancer's XDP link per interface, until pinned.
+    xdp_links: HashMap<String, aya::programs::xdp::XdpLinkId>,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.release_pins();
+    }
 }
 
 impl Datapath {
@@ -209,7 +236,26 @@ impl Datapath {
             attached: HashMap::new(),
             vip_addr_refs: HashMap::new(),
             snat_refs: HashMap::new(),
+            pin_dir: None,
+            pinned: Vec::new(),
+            xdp_links: HashMap::new(),
         })
+    }
+
+    /// From now on, [`Datapath::attach`] pins each XDP link as
+    /// `dir/xdp-IFACE`, replacing a link left there by a previous process.
+    pub fn pin_xdp_in(&mut self, dir: std::path::PathBuf) {
+        self.pin_dir = Some(dir);
+    }
+
+    /// Unpins the links: they leave their interfaces with the process, as
+    /// a clean stop must. Also done on drop.
+    pub fn release_pins(&mut self) {
+        for p in self.pinned.drain(..) {
+            if let Err(e) = p.unpin() {
+                tracing::warn!(error = %e, "unpinning an XDP link");
+            }
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -219,7 +265,24 @@ impl Datapath {
     /// Attaches the load balancer at XDP on `iface` and the nat reply helper
     /// at its tc egress. Returns the XDP mode obtained.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpRunMode> {
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| (d.clone(), d.join(format!("xdp-{iface}"))));
+        if let Some((_, path)) = &pin
+            && let Ok(old) = PinnedLink::from_pin(path)
+        {
+            // A datapath left by a process that did not stop cleanly: it
+            // must go before ours can attach (one XDP link per interface).
+            match old.unpin() {
+                Ok(_) => tracing::info!(iface, "replaced the datapath a previous lb left attached"),
+                Err(e) => tracing::warn!(iface, error = %e, "removing a stale pinned XDP link"),
+            }
+        }
         let run = self.attach_xdp(abi::prog::XDP_LB, iface, mode)?;
+        if let Some((dir, path)) = pin {
+            self.pin_last(iface, &dir, &path)?;
+        }
         if let Err(e) = tc::qdisc_add_clsact(iface) {
             // EEXIST: the clsact qdisc is already there, which is fine.
             if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
@@ -240,6 +303,37 @@ impl Datapath {
         self.attached.insert(iface.to_string(), run);
         tracing::info!(iface, mode = %run, "XDP attached");
         Ok(run)
+    }
+
+    /// Pins the XDP link `attach` just made.
+    fn pin_last(
+        &mut self,
+        iface: &str,
+        dir: &std::path::Path,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let err = |error: String| DatapathError::Pin {
+            iface: iface.to_string(),
+            path: path.display().to_string(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(abi::prog::XDP_LB)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program(abi::prog::XDP_LB))?;
+        let id = self
+            .xdp_links
+            .remove(iface)
+            .ok_or_else(|| err("no link to pin".into()))?;
+        let link = p.take_link(id).map_err(|e| err(describe(&e)))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| err(describe(&e)))?;
+        let pinned = fd.pin(path).map_err(|e| err(describe(&e)))?;
+        self.pinned.push(pinned);
+        Ok(())
     }
 
     /// Attaches the trivial XDP_PASS program. Native-mode veth drops XDP_TX
@@ -271,22 +365,30 @@ impl Datapath {
             iface: iface.to_string(),
             error: describe(&e),
         };
-        match mode {
-            AttachMode::Native => p.attach(iface, XdpMode::Driver).map_err(err)?,
-            AttachMode::Generic => p.attach(iface, XdpMode::Skb).map_err(err)?,
+        let (id, run) = match mode {
+            AttachMode::Native => (
+                p.attach(iface, XdpMode::Driver).map_err(err)?,
+                XdpRunMode::Native,
+            ),
+            AttachMode::Generic => (
+                p.attach(iface, XdpMode::Skb).map_err(err)?,
+                XdpRunMode::Generic,
+            ),
             AttachMode::Auto => match p.attach(iface, XdpMode::Driver) {
-                Ok(id) => id,
+                Ok(id) => (id, XdpRunMode::Native),
                 Err(e) => {
                     tracing::warn!(iface, error = %e, "native XDP unavailable, falling back to generic");
-                    p.attach(iface, XdpMode::Skb).map_err(err)?;
-                    return Ok(XdpRunMode::Generic);
+                    (
+                        p.attach(iface, XdpMode::Skb).map_err(err)?,
+                        XdpRunMode::Generic,
+                    )
                 }
             },
         };
-        Ok(match mode {
-            AttachMode::Generic => XdpRunMode::Generic,
-            _ => XdpRunMode::Native,
-        })
+        if prog == abi::prog::XDP_LB {
+            self.xdp_links.insert(iface.to_string(), id);
+        }
+        Ok(run)
     }
 
     /// Interfaces with the load balancer attached, and their XDP mode.

@@ -70,7 +70,14 @@
 //! The SNAT address of every nat service must be a VRRP virtual address
 //! that moves with the VIP (it may be the VIP itself): backends answer to
 //! it, so it must follow the master. Validation refuses a `[sync]` config
-//! where it is not. Both nodes need the same services and backends.
+//! where it is not, and SNAT ports that include a port of a VIP on that
+//! address. Both nodes need the same services and backends.
+//!
+//! A SIGKILLed `lb run` takes its datapath with it unless `daemon.pin_dir`
+//! pins the XDP link: its host's kernel, which keeps the VIP, would then
+//! reset every flow until the other node's gratuitous ARPs. With the pin,
+//! the dead daemon's datapath forwards on until the takeover, as IPVS
+//! outlives keepalived.
 //!
 //! Flows to a backend that runs on the old master itself are not carried
 //! over (they die with that node anyway), nor are flows whose backend is
