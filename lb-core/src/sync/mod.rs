@@ -53,11 +53,12 @@
 //! * **Authentication**: HMAC-SHA256 (ring, already in the tree through
 //!   rustls) over the whole datagram with a shared key read from
 //!   `sync.key_file`, which must not be accessible to "other". **Replay**:
-//!   each message carries the sender's boot id (its start time, so it grows
-//!   across restarts), a sequence number strictly increasing within the boot
-//!   and a timestamp; a receiver accepts only messages newer than the last
-//!   it accepted from that peer, and within [`wire::MAX_CLOCK_SKEW_MS`] of
-//!   its own clock (which bounds replays to a receiver that just restarted).
+//!   each message carries the sender's boot id (its start time), a sequence
+//!   number strictly increasing within the boot and a timestamp; a receiver
+//!   accepts only messages newer than the last it accepted from that peer
+//!   (a higher sequence number in the same boot, a later timestamp from
+//!   another boot) and within [`wire::MAX_CLOCK_SKEW_MS`] of its own clock,
+//!   which bounds replays to a receiver that just restarted.
 //!   Datagrams from an address that is not a configured peer are dropped
 //!   before any crypto.
 //! * **Bounds**: datagrams of at most [`wire::MAX_MESSAGE`] bytes (no

@@ -63,8 +63,8 @@ pub enum Body {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    /// The sender's start time (Unix ns): grows with each restart, so a
-    /// message from an earlier run of the sender is recognised as old.
+    /// The sender's start time (Unix ns): a new value means the sender
+    /// restarted (with an empty table).
     pub boot_id: u64,
     /// Strictly increasing within a boot.
     pub seq: u64,
@@ -232,33 +232,42 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Message, Reject> {
     })
 }
 
-/// What a receiver remembers of one peer to refuse replays: the newest boot
-/// id seen and the last sequence number within it.
+/// What a receiver remembers of one peer to refuse replays: the last
+/// message accepted (boot id, sequence number, timestamp).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Replay {
-    last: Option<(u64, u64)>,
+    last: Option<(u64, u64, u64)>,
 }
 
 impl Replay {
-    /// Accepts a message that is newer than every message accepted before
-    /// (a later boot, or a later sequence number in the same boot) and
-    /// within [`MAX_CLOCK_SKEW_MS`] of `now_ms`, and remembers it.
+    /// Accepts a message within [`MAX_CLOCK_SKEW_MS`] of `now_ms` that is
+    /// newer than the last one accepted, and remembers it. Newer means a
+    /// higher sequence number in the same boot; across boots, a later
+    /// timestamp: every message of an earlier run of the sender was sent
+    /// before the last one accepted, and a sender whose clock was stepped
+    /// back across its restart is heard again once its clock passes that
+    /// point, not refused until the receiver restarts.
     pub fn check(&mut self, m: &Message, now_ms: u64) -> Result<(), Reject> {
         if m.sent_ms.abs_diff(now_ms) > MAX_CLOCK_SKEW_MS {
             return Err(Reject::Stale);
         }
-        if let Some((boot, seq)) = self.last
-            && (m.boot_id, m.seq) <= (boot, seq)
-        {
-            return Err(Reject::Replayed);
+        if let Some((boot, seq, sent_ms)) = self.last {
+            let newer = if m.boot_id == boot {
+                m.seq > seq
+            } else {
+                m.sent_ms > sent_ms
+            };
+            if !newer {
+                return Err(Reject::Replayed);
+            }
         }
-        self.last = Some((m.boot_id, m.seq));
+        self.last = Some((m.boot_id, m.seq, m.sent_ms));
         Ok(())
     }
 
     /// The peer's boot id, once a message of it was accepted.
     pub fn boot_id(&self) -> Option<u64> {
-        self.last.map(|(b, _)| b)
+        self.last.map(|(b, _, _)| b)
     }
 }
 
@@ -398,14 +407,21 @@ mod tests {
         assert_eq!(r.check(&m(5, 1, now), now), Err(Reject::Replayed));
         assert_eq!(r.check(&m(5, 3, now), now), Ok(()));
         assert_eq!(r.check(&m(5, 2, now), now), Err(Reject::Replayed));
-        // A restarted sender starts its sequence again under a later boot.
-        assert_eq!(r.check(&m(6, 1, now), now), Ok(()));
-        assert_eq!(r.check(&m(5, 9, now), now), Err(Reject::Replayed));
+        // A restarted sender starts its sequence again under a new boot.
+        assert_eq!(r.check(&m(6, 1, now + 5), now), Ok(()));
         assert_eq!(r.boot_id(), Some(6));
-        let late = now + MAX_CLOCK_SKEW_MS + 1;
-        assert_eq!(r.check(&m(6, 2, now), late), Err(Reject::Stale));
+        // Anything of the earlier run was sent before that.
+        assert_eq!(r.check(&m(5, 9, now), now), Err(Reject::Replayed));
+        assert_eq!(r.check(&m(5, 4, now + 4), now), Err(Reject::Replayed));
+        let late = now + MAX_CLOCK_SKEW_MS + 6;
+        assert_eq!(r.check(&m(6, 2, now + 5), late), Err(Reject::Stale));
         // A refused message does not advance the state.
-        assert_eq!(r.check(&m(6, 2, now), now), Ok(()));
+        assert_eq!(r.check(&m(6, 2, now + 5), now), Ok(()));
+        // A sender restarted with its clock stepped back (smaller boot id)
+        // is heard once its clock passes the last message accepted.
+        assert_eq!(r.check(&m(3, 1, now + 2), now), Err(Reject::Replayed));
+        assert_eq!(r.check(&m(3, 2, now + 6), now), Ok(()));
+        assert_eq!(r.boot_id(), Some(3));
     }
 
     #[test]
