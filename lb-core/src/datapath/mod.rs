@@ -14,10 +14,11 @@
 //! resolution ([`neigh`]).
 
 pub mod balancer;
+mod batch;
 pub mod neigh;
 mod ring;
 
-use std::{collections::HashMap, fmt};
+use std::{collections::HashMap, fmt, os::fd::AsFd};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
@@ -578,10 +579,16 @@ impl Datapath {
         self.counters(abi::map::VIP_STATS, self.limits.max_vips)
     }
 
-    /// A snapshot of the connection table.
+    /// A snapshot of the connection table, read in batches; entry by entry
+    /// where the kernel refuses batches.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
         let name = abi::map::FLOWS;
         let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
+        if let aya::maps::Map::LruHashMap(data) = m
+            && let Ok(all) = batch::lookup_all(data.fd().as_fd())
+        {
+            return Ok(all);
+        }
         let m: BpfHashMap<&MapData, FlowKey, Flow> =
             BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
         Ok(m.iter().filter_map(|r| r.ok()).collect())
