@@ -15,7 +15,11 @@ fn entry(i: u32) -> (FlowKey, Flow) {
     let flow = Flow {
         last_seen_ns: u64::from(i) * 7,
         backend: i % 13,
-        kind: if i % 2 == 0 { FLOW_FORWARD } else { FLOW_REPLY },
+        kind: if i.is_multiple_of(2) {
+            FLOW_FORWARD
+        } else {
+            FLOW_REPLY
+        },
         rw_src_port: i as u16,
         ..Default::default()
     };
