@@ -1242,3 +1242,10 @@ fn snat_ports_must_avoid_the_ports_of_vips_on_the_snat_address() {
     );
     ok(&fixed);
 }
+
+#[test]
+fn pin_dir_must_be_absolute() {
+    let e = errors(&format!("[daemon]\npin_dir = \"bpf/lb\"\n{MINIMAL}"));
+    assert_eq!(e, ["t.toml:2:11: daemon.pin_dir: must be an absolute path"]);
+    assert_eq!(ok(MINIMAL).daemon.pin_dir, None);
+}
