@@ -229,6 +229,19 @@ fn vrrp(instances: &[VrrpView]) -> String {
 }
 
 fn footer(out: &mut String, s: &StatusView) {
+    if let Some(y) = &s.sync {
+        let _ = writeln!(
+            out,
+            "Sync: {} flows sent, {} flows applied, {} datagrams received",
+            y.flows_sent, y.flows_applied, y.messages_received
+        );
+        if let Some(r) = nonzero(&y.rejected) {
+            let _ = writeln!(out, "Sync datagrams rejected: {r}");
+        }
+        if let Some(r) = nonzero(&y.skipped) {
+            let _ = writeln!(out, "Sync flows skipped: {r}");
+        }
+    }
     let _ = writeln!(
         out,
         "Config {}: {} reloads, {} rejected",
@@ -252,7 +265,9 @@ fn footer(out: &mut String, s: &StatusView) {
 mod tests {
     use std::collections::BTreeMap;
 
-    use lb_core::admin::view::{BackendView, ServiceView, StatusView, UsageView, VrrpView};
+    use lb_core::admin::view::{
+        BackendView, ServiceView, StatusView, SyncView, UsageView, VrrpView,
+    };
     use lb_core::health::ProbeSnapshot;
 
     use super::*;
@@ -366,6 +381,15 @@ mod tests {
                     rejected: BTreeMap::new(),
                 },
             ],
+            sync: Some(SyncView {
+                messages_sent: 610,
+                flows_sent: 1_200,
+                send_errors: 0,
+                messages_received: 305,
+                flows_applied: 40,
+                rejected: BTreeMap::from([("replayed".to_string(), 1), ("bad_tag".to_string(), 0)]),
+                skipped: BTreeMap::from([("local_backend".to_string(), 2)]),
+            }),
         }
     }
 

@@ -90,6 +90,7 @@ impl Fake {
                 transitions: 0,
                 rejected: BTreeMap::new(),
             }],
+            sync: None,
         };
         f
     }

@@ -6,5 +6,6 @@ pub mod datapath;
 pub mod health;
 pub mod import;
 pub mod metrics;
+pub mod sync;
 pub mod table;
 pub mod vrrp;

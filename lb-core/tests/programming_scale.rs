@@ -32,14 +32,14 @@ const TABLE: u32 = 65_537;
 /// machine under other builds. The measured time is printed.
 const BOUND: Duration = Duration::from_secs(20);
 
-fn vip(v: u16) -> SocketAddrV4 {
-    SocketAddrV4::new(VIP, 1_000 + v)
+fn vip(v: u16) -> SocketAddr {
+    SocketAddrV4::new(VIP, 1_000 + v).into()
 }
 
 fn backends(v: u16) -> Vec<BackendSpec> {
     (0..PER_VIP)
         .map(|b| BackendSpec {
-            addr: SocketAddrV4::new(BACKEND, 10_000 + v * PER_VIP + b),
+            addr: SocketAddrV4::new(BACKEND, 10_000 + v * PER_VIP + b).into(),
             weight: 1,
         })
         .collect()
@@ -102,7 +102,7 @@ fn ten_thousand_vip_backend_pairs_program_in_bounded_time_and_look_up_right() {
     let full = lb.call(|b| {
         let mut more = backends(0);
         more.push(BackendSpec {
-            addr: SocketAddrV4::new(BACKEND, 9_999),
+            addr: SocketAddrV4::new(BACKEND, 9_999).into(),
             weight: 1,
         });
         b.set_backends(vip(0), Protocol::Tcp, &more)
@@ -119,7 +119,7 @@ fn ten_thousand_vip_backend_pairs_program_in_bounded_time_and_look_up_right() {
     for v in (0..VIPS).step_by(11) {
         // The table the datapath must hold, rebuilt from the loader's ids.
         let (members, table) = lb.call(move |b| {
-            let members: Vec<(u32, SocketAddrV4)> = backends(v)
+            let members: Vec<(u32, SocketAddr)> = backends(v)
                 .iter()
                 .map(|s| (b.backend_id("eth0", s.addr).expect("backend id"), s.addr))
                 .collect();
@@ -127,7 +127,7 @@ fn ten_thousand_vip_backend_pairs_program_in_bounded_time_and_look_up_right() {
                 .iter()
                 .map(|(id, a)| Member {
                     id: *id,
-                    addr: SocketAddr::V4(*a),
+                    addr: *a,
                     weight: 1,
                 })
                 .collect();
@@ -162,10 +162,10 @@ fn ten_thousand_vip_backend_pairs_program_in_bounded_time_and_look_up_right() {
                 .find(|(i, _)| *i == id)
                 .map(|(_, a)| *a)
                 .expect("table id is a member");
-            let got = SocketAddrV4::new(
+            let got = SocketAddr::from(SocketAddrV4::new(
                 Ipv4Addr::new(out.data[30], out.data[31], out.data[32], out.data[33]),
                 u16::from_be_bytes([out.data[36], out.data[37]]),
-            );
+            ));
             assert_eq!(got, want, "VIP {} flow from port {sport}", vip(v));
         }
     }

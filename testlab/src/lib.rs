@@ -22,6 +22,7 @@ use std::{
 };
 
 pub mod chaos;
+pub mod flows;
 pub mod vrrp;
 
 /// Tests that load eBPF or create namespaces need root. They fail loudly

@@ -11,7 +11,14 @@
 //! A crash (`kill`) takes the whole node's stack down: `lb run`, or
 //! keepalived and its service daemon. A clean stop (`term`) stops the VRRP
 //! speaker only, as `systemctl stop` of that unit would: for an lb node
-//! that is its datapath too, for a keepalived node it is not.
+//! that is its datapath too, for a keepalived node it is not. A node crash
+//! (`crash`) is `kill` plus the node falling silent on the network, as a
+//! host that lost power; it comes back (`start`) without the VIP, as a
+//! rebooted host would.
+//!
+//! [`Services`] chooses the forwarding mode, an echo service with two
+//! backends for long-lived connections (`crate::flows`), and connection-state
+//! sync between the lb nodes.
 
 use std::{
     io::{Read, Write},
@@ -20,7 +27,7 @@ use std::{
     process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::{self, JoinHandle},
@@ -37,6 +44,55 @@ const NODE_ADDRS: [&str; 2] = ["198.18.0.2/15", "198.18.0.3/15"];
 const BACKEND: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
 const BACKEND_PORT: u16 = 8080;
 const KEEPALIVED: &str = "/usr/sbin/keepalived";
+/// The echo service's backends (the first is also the HTTP backend).
+const ECHO_BACKENDS: [Ipv4Addr; 2] = [BACKEND, Ipv4Addr::new(198, 18, 1, 2)];
+/// The echo service's VIP port; nat translates it to `ECHO_PORT + 1`.
+pub const ECHO_PORT: u16 = 9000;
+pub const SYNC_PORT: u16 = 8849;
+
+/// How the nodes forward (lb's `forwarding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forwarding {
+    Nat,
+    Dr,
+    Tun,
+}
+
+impl Forwarding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::Nat => "nat",
+            Forwarding::Dr => "dr",
+            Forwarding::Tun => "tun",
+        }
+    }
+}
+
+/// What the nodes serve besides the HTTP VIP.
+#[derive(Clone, Copy, Debug)]
+pub struct Services {
+    pub forwarding: Forwarding,
+    /// A service on `VIP:ECHO_PORT` with two `crate::flows::backend`s (echo
+    /// and push connections).
+    pub echo: bool,
+    /// `[sync]` between two lb nodes (nat: the SNAT address is the VIP), with
+    /// this interval.
+    pub sync: Option<Duration>,
+    /// lb nodes pin their XDP attachment (`daemon.pin_dir`, in a bpffs the
+    /// lab mounts), so their datapath outlives a SIGKILL.
+    pub pin: bool,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services {
+            forwarding: Forwarding::Nat,
+            echo: false,
+            sync: None,
+            pin: false,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Speaker {
@@ -97,6 +153,8 @@ struct Node {
     /// Sent SIGTERM, not yet reaped.
     stopping: Option<u32>,
     starts: u32,
+    /// Off the network since a `crash`.
+    crashed: bool,
 }
 
 pub struct FailoverLab {
@@ -104,17 +162,97 @@ pub struct FailoverLab {
     pub client: String,
     lb_bin: PathBuf,
     vrrp: Vrrp,
+    services: Services,
     nodes: [Node; 2],
+    /// Stops the echo backends' threads.
+    echo_stop: Arc<AtomicBool>,
+    /// Connections the echo backends saw reset.
+    backend_resets: Arc<AtomicU64>,
+}
+
+impl Drop for FailoverLab {
+    fn drop(&mut self) {
+        self.echo_stop.store(true, Ordering::Relaxed);
+        if self.services.pin {
+            // Unmounting releases whatever a killed node left pinned.
+            let _ = Command::new("umount").arg(self.bpffs()).status();
+        }
+    }
 }
 
 impl FailoverLab {
     /// Client, backend and two nodes on one bridge; nothing runs on the
     /// nodes until `start`.
     pub fn new(test: &str, lb_bin: &Path, vrrp: Vrrp, a: NodeSpec, b: NodeSpec) -> FailoverLab {
+        Self::with_services(test, lb_bin, vrrp, a, b, Services::default())
+    }
+
+    /// Like `new`, with the given forwarding mode, echo service and sync.
+    pub fn with_services(
+        test: &str,
+        lb_bin: &Path,
+        vrrp: Vrrp,
+        a: NodeSpec,
+        b: NodeSpec,
+        services: Services,
+    ) -> FailoverLab {
         let mut lab = Lab::new(test);
         let client = lab.host("client", CLIENT);
-        let backend = lab.host("be", &format!("{BACKEND}/15"));
-        lab.http_backend(&backend, &BACKEND.to_string(), BACKEND_PORT, "be1");
+        let echo_stop = Arc::new(AtomicBool::new(false));
+        let backend_resets = Arc::new(AtomicU64::new(0));
+        let count = if services.echo {
+            ECHO_BACKENDS.len()
+        } else {
+            1
+        };
+        for (i, addr) in ECHO_BACKENDS.iter().take(count).enumerate() {
+            let name = if i == 0 {
+                "be".to_string()
+            } else {
+                format!("be{}", i + 1)
+            };
+            let ns = lab.host(&name, &format!("{addr}/15"));
+            let nat = services.forwarding == Forwarding::Nat;
+            if !nat {
+                // LVS-DR backend: the VIP on loopback, never answered for in ARP.
+                lab.ip(&["-n", &ns, "addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+                lab.sh(
+                    &ns,
+                    "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
+                );
+            }
+            if services.forwarding == Forwarding::Tun {
+                // No IPIP device on this kernel: lb's decap helper stands in.
+                let cmd = format!(
+                    "{} decap --interface eth0 --xdp-mode generic",
+                    lb_bin.display()
+                );
+                lab.spawn(&ns, &cmd);
+            }
+            if i == 0 {
+                let (bind, port) = if nat {
+                    (BACKEND.to_string(), BACKEND_PORT)
+                } else {
+                    ("0.0.0.0".to_string(), VIP_PORT)
+                };
+                lab.http_backend(&ns, &bind, port, "be1");
+            }
+            if services.echo {
+                let (bind, port) = if nat {
+                    (*addr, ECHO_PORT + 1)
+                } else {
+                    (Ipv4Addr::UNSPECIFIED, ECHO_PORT)
+                };
+                let label: &'static str = if i == 0 { "be1" } else { "be2" };
+                crate::flows::backend(
+                    &ns,
+                    SocketAddrV4::new(bind, port),
+                    label,
+                    echo_stop.clone(),
+                    backend_resets.clone(),
+                );
+            }
+        }
         let node = |lab: &mut Lab, i: usize, name: &'static str, spec: NodeSpec| Node {
             name,
             ns: lab.host(name, NODE_ADDRS[i]),
@@ -123,19 +261,49 @@ impl FailoverLab {
             service_pid: None,
             stopping: None,
             starts: 0,
+            crashed: false,
         };
         let nodes = [node(&mut lab, 0, "a", a), node(&mut lab, 1, "b", b)];
-        FailoverLab {
+        let fl = FailoverLab {
             lab,
             client,
             lb_bin: lb_bin.to_path_buf(),
             vrrp,
+            services,
             nodes,
+            echo_stop,
+            backend_resets,
+        };
+        if services.pin {
+            let dir = fl.bpffs();
+            std::fs::create_dir_all(&dir).expect("bpffs dir");
+            let out = Command::new("mount")
+                .args(["-t", "bpf", "bpf"])
+                .arg(&dir)
+                .output()
+                .expect("mount");
+            assert!(
+                out.status.success(),
+                "mounting a bpffs: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
+        if services.sync.is_some() {
+            let key = fl.lab.dir().join("sync.key");
+            std::fs::write(&key, "lab sync key, 32 bytes of secret\n").expect("sync key");
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod sync key");
+        }
+        fl
     }
 
     pub fn spec(&self, i: usize) -> NodeSpec {
         self.nodes[i].spec
+    }
+
+    /// The lab's own bpf filesystem (with `Services::pin`).
+    fn bpffs(&self) -> PathBuf {
+        self.lab.dir().join("bpffs")
     }
 
     fn file(&self, i: usize, what: &str) -> PathBuf {
@@ -146,19 +314,36 @@ impl FailoverLab {
 
     fn lb_config(&self, i: usize, with_vrrp: bool) -> String {
         let n = &self.nodes[i];
+        let fwd = self.services.forwarding;
+        let nat = fwd == Forwarding::Nat;
+        let sync = self.services.sync.filter(|_| with_vrrp);
+        // Synced nat flows need replies to follow the VIP; its SNAT ports
+        // stay clear of the VIP's service ports.
+        let snat = if nat && sync.is_some() {
+            format!("snat_address = \"{VIP}\"\nsnat_ports = \"10000-32767\"\n")
+        } else {
+            String::new()
+        };
+        let http_port = if nat { BACKEND_PORT } else { VIP_PORT };
+        let pin = if self.services.pin {
+            format!("pin_dir = \"{}\"\n", self.bpffs().join(n.name).display())
+        } else {
+            String::new()
+        };
         let mut c = format!(
             r#"[daemon]
 xdp_mode = "generic"
 admin_socket = "{sock}"
-
+{pin}
 [[service]]
 vip = "{VIP}:{VIP_PORT}"
 interface = "eth0"
-forwarding = "nat"
-
+forwarding = "{mode}"
+{snat}
 [[service.backend]]
-address = "{BACKEND}:{BACKEND_PORT}"
+address = "{BACKEND}:{http_port}"
 "#,
+            mode = fwd.name(),
             sock = self
                 .file(
                     i,
@@ -170,6 +355,35 @@ address = "{BACKEND}:{BACKEND_PORT}"
                 )
                 .display(),
         );
+        if self.services.echo {
+            let port = if nat { ECHO_PORT + 1 } else { ECHO_PORT };
+            c.push_str(&format!(
+                "\n[[service]]\nvip = \"{VIP}:{ECHO_PORT}\"\ninterface = \"eth0\"\nforwarding = \"{}\"\n{snat}",
+                fwd.name()
+            ));
+            for b in ECHO_BACKENDS {
+                c.push_str(&format!(
+                    "\n[[service.backend]]\naddress = \"{b}:{port}\"\n"
+                ));
+            }
+        }
+        if let Some(interval) = sync {
+            let addr = |j: usize| {
+                NODE_ADDRS[j]
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            c.push_str(&format!(
+                "\n[sync]\nsource_address = \"{}\"\npeers = [\"{}\"]\nport = {SYNC_PORT}\n\
+                 key_file = \"{}\"\ninterval = \"{}ms\"\n",
+                addr(i),
+                addr(1 - i),
+                self.lab.dir().join("sync.key").display(),
+                interval.as_millis(),
+            ));
+        }
         if with_vrrp {
             c.push_str(&format!(
                 r#"
@@ -233,6 +447,14 @@ virtual_ipaddress = ["{VIP}/32"]
             self.wait_stopped(i, Duration::from_secs(10)),
             "node {i} still running 10 s after SIGTERM"
         );
+        if self.nodes[i].crashed {
+            // A rebooted host: back on the network, without the VIP.
+            let ns = self.nodes[i].ns.clone();
+            self.lab
+                .try_sh(&ns, &format!("ip addr del {VIP}/32 dev eth0"));
+            self.lab.ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            self.nodes[i].crashed = false;
+        }
         self.nodes[i].starts += 1;
         if self.nodes[i].spec.speaker == Speaker::Keepalived && self.nodes[i].service_pid.is_none()
         {
@@ -311,6 +533,43 @@ virtual_ipaddress = ["{VIP}/32"]
             }
         }
         self.lab.kill(pid);
+    }
+
+    /// A crash of the whole host: `kill`, and the node falls silent on the
+    /// network at once, as a host that lost power. Without this the node's
+    /// kernel, still holding the VIP, would answer the flows' next packets
+    /// with resets until the new master's gratuitous ARP.
+    pub fn crash(&mut self, i: usize) {
+        let ns = self.nodes[i].ns.clone();
+        self.lab.ip(&["-n", &ns, "link", "set", "eth0", "down"]);
+        self.kill(i);
+        self.nodes[i].crashed = true;
+    }
+
+    /// Connections the echo service's backends saw reset.
+    pub fn backend_resets(&self) -> u64 {
+        self.backend_resets.load(Ordering::Relaxed)
+    }
+
+    /// Which node holds the VIP alone, if one does.
+    pub fn master(&self) -> Option<usize> {
+        match (self.has_vip(0), self.has_vip(1)) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    }
+
+    /// A counter or gauge from node `i`'s metrics (`lb run` with VRRP), if
+    /// its exporter answers and has the series.
+    pub fn metric(&self, i: usize, series: &str) -> Option<f64> {
+        let out = self.lab.try_sh(
+            &self.nodes[i].ns,
+            "curl -s --max-time 1 http://127.0.0.1:9658/metrics",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// A clean stop of the VRRP speaker; returns at once (see

@@ -70,6 +70,7 @@ pub fn status() -> Status {
             transitions: 1,
             rejected: BTreeMap::new(),
         }],
+        sync: None,
     }
 }
 

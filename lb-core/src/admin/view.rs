@@ -33,6 +33,24 @@ pub struct StatusView {
     /// Drops of packets to a VIP address that matched no service, by reason.
     pub unmatched_drops: BTreeMap<String, u64>,
     pub vrrp: Vec<VrrpView>,
+    /// Connection-state sync; absent without `[sync]` (and from daemons
+    /// that predate it).
+    #[serde(default)]
+    pub sync: Option<SyncView>,
+}
+
+/// The sync channel's counters since start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncView {
+    pub messages_sent: u64,
+    pub flows_sent: u64,
+    pub send_errors: u64,
+    pub messages_received: u64,
+    pub flows_applied: u64,
+    /// Datagrams refused, by reason.
+    pub rejected: BTreeMap<String, u64>,
+    /// Received flows not applied, by reason.
+    pub skipped: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -212,6 +230,22 @@ pub fn merge(
         services,
         unmatched_drops: snap.map(|u| drops(&u.unmatched)).unwrap_or_default(),
         vrrp: status.vrrp.iter().map(vrrp_view).collect(),
+        sync: status.sync.as_ref().map(|s| sync_view(&s.0)),
+    }
+}
+
+fn sync_view(c: &crate::sync::Counters) -> SyncView {
+    use crate::sync::Counters as C;
+    let map =
+        |v: Vec<(&'static str, u64)>| v.into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+    SyncView {
+        messages_sent: C::get(&c.messages_sent),
+        flows_sent: C::get(&c.flows_sent),
+        send_errors: C::get(&c.send_errors),
+        messages_received: C::get(&c.messages_received),
+        flows_applied: C::get(&c.flows_applied),
+        rejected: map(c.rejected()),
+        skipped: map(c.skipped()),
     }
 }
 

@@ -28,6 +28,26 @@ pub struct Config {
     pub daemon: Daemon,
     pub services: Vec<Service>,
     pub vrrp_instances: Vec<VrrpInstance>,
+    pub sync: Option<Sync>,
+}
+
+/// Default `sync.port`: next to LVS's sync daemon (8848), so firewall rules
+/// read alike, without colliding with an IPVS sync daemon kept during a
+/// migration.
+pub const DEFAULT_SYNC_PORT: u16 = 8849;
+/// Default `sync.interval`.
+pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+
+/// `[sync]`: connection-state sync between the VRRP nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sync {
+    pub source_address: Ipv4Addr,
+    pub peers: Vec<Ipv4Addr>,
+    pub port: u16,
+    pub key_file: PathBuf,
+    pub interval: Duration,
+    /// Name of the instance whose master sends.
+    pub vrrp_instance: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,6 +61,8 @@ pub struct Daemon {
     pub max_backends: u32,
     pub table_size: u32,
     pub log_level: String,
+    /// Where the XDP attachment is pinned; `None`: not pinned.
+    pub pin_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

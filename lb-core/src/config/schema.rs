@@ -29,6 +29,33 @@ pub(crate) struct RawConfig {
     /// something else must route the VIPs to it).
     #[serde(default)]
     pub vrrp_instance: Vec<S<RawVrrpInstance>>,
+    /// Connection-state sync with the other VRRP node(s), so nat flows
+    /// survive a failover. Default: none (no sync; dr and tun flows survive
+    /// anyway, see `lb_core::sync`).
+    pub sync: Option<S<RawSync>>,
+}
+
+/// The sync channel (like the LVS sync daemon or conntrackd).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSync {
+    /// This node's IPv4 address: the channel binds to it and sends from it.
+    /// Required.
+    pub source_address: Option<S<String>>,
+    /// The other nodes' `source_address`es; only they are listened to.
+    /// Required, at least one.
+    pub peers: Option<S<Vec<S<String>>>>,
+    /// UDP port, the same on every node. Default: 8849.
+    pub port: Option<S<i64>>,
+    /// File holding the shared key (at least 16 bytes, surrounding
+    /// whitespace ignored); refused if "other" may access it. Required.
+    pub key_file: Option<S<String>>,
+    /// Time between two scans of the connection table by the master (and
+    /// between hellos). Default: "1s".
+    pub interval: Option<S<String>>,
+    /// The `[[vrrp_instance]]` whose MASTER sends its flows. Default: the
+    /// only instance (required when there are several).
+    pub vrrp_instance: Option<S<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -55,6 +82,11 @@ pub(crate) struct RawDaemon {
     pub table_size: Option<S<i64>>,
     /// tracing filter directive (`RUST_LOG` syntax). Default: `info`.
     pub log_level: Option<S<String>>,
+    /// Directory on a bpf filesystem where the XDP attachment is pinned, so
+    /// the datapath keeps forwarding if lb dies without a clean stop
+    /// (SIGKILL, OOM, panic); the next start replaces it, a clean stop
+    /// removes it. Default: none (the datapath leaves with the process).
+    pub pin_dir: Option<S<String>>,
 }
 
 /// keepalived's `virtual_server`.

@@ -110,6 +110,10 @@ fn reference_toml_loads_and_sets_every_key() {
         ]
     );
     assert_eq!(v.track_script[0].interval, Duration::from_secs(2));
+    assert_eq!(
+        c.daemon.pin_dir.as_deref(),
+        Some(Path::new("/sys/fs/bpf/lb"))
+    );
 }
 
 #[test]
@@ -189,6 +193,7 @@ fn config_defaults_are_applied() {
             max_backends: 4096,
             table_size: 65_537,
             log_level: "info".into(),
+            pin_dir: None,
         }
     );
     let s = &c.services[0];
@@ -335,7 +340,7 @@ fn config_error_unknown_keys_are_all_reported() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`",
+            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`, `pin_dir`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
             "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
@@ -1024,7 +1029,7 @@ fn config_error_collection_stops_after_100() {
     assert_eq!(errs.len(), 101);
     assert_eq!(
         errs[0],
-        "t.toml:1:1: k0: unknown key; expected one of `daemon`, `service`, `vrrp_instance`"
+        "t.toml:1:1: k0: unknown key; expected one of `daemon`, `service`, `vrrp_instance`, `sync`"
     );
     assert_eq!(errs[100], "t.toml:151:1: stopped after 100 errors");
 }
@@ -1150,4 +1155,160 @@ fn config_error_a_service_mixing_families() {
             "t.toml:6:14: service[0].tun_source: 2001:2:: is IPv6 but the VIP 198.18.0.100:80 is IPv4: a service's addresses must all be of one family"
         ]
     );
+}
+
+const SYNCED: &str = r#"
+[[service]]
+vip = "198.18.0.100:80"
+interface = "eth0"
+forwarding = "nat"
+snat_address = "198.18.0.100"
+
+[[service.backend]]
+address = "198.18.1.1:8080"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "eth0"
+virtual_router_id = 51
+virtual_ipaddress = ["198.18.0.100/32"]
+"#;
+
+#[test]
+fn sync_defaults_and_the_only_instance() {
+    let c = ok(&format!(
+        "{SYNCED}\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.3\"]\nkey_file = \"/etc/lb/k\"\n"
+    ));
+    let s = c.sync.expect("sync");
+    assert_eq!(s.port, DEFAULT_SYNC_PORT);
+    assert_eq!(s.interval, DEFAULT_SYNC_INTERVAL);
+    assert_eq!(s.vrrp_instance, "VI_1");
+    assert_eq!(
+        s.peers,
+        ["198.18.0.3".parse::<std::net::Ipv4Addr>().expect("ip")]
+    );
+    assert!(ok(MINIMAL).sync.is_none());
+}
+
+#[test]
+fn example_configs_sync_with_the_snat_address_on_the_vip() {
+    for name in ["reference.toml", "chime-portal.toml"] {
+        let c = example(name);
+        let s = c.sync.as_ref().expect("sync");
+        let inst = c
+            .vrrp_instances
+            .iter()
+            .find(|v| v.name == s.vrrp_instance)
+            .expect("instance");
+        let snat = c.services[0].snat_address.expect("snat");
+        assert!(
+            inst.virtual_ipaddress.iter().any(|v| v.addr == snat),
+            "{name}"
+        );
+    }
+    let c = example("chime-portal.toml");
+    assert_eq!(
+        c.sync
+            .map(|s| (s.source_address.to_string(), s.peers[0].to_string())),
+        Some(("192.168.231.11".into(), "192.168.231.12".into()))
+    );
+}
+
+#[test]
+fn sync_errors_are_precise() {
+    let e = errors(&format!(
+        "{SYNCED}\n[sync]\nport = 70000\ninterval = \"1h\"\n"
+    ));
+    let joined = e.join("\n");
+    for want in [
+        "sync.source_address: missing required key",
+        "sync.peers: missing required key",
+        "sync.key_file: missing required key",
+        "sync.port: 70000 is out of range",
+        "sync.interval: must be from 10ms to 60s",
+    ] {
+        assert!(joined.contains(want), "{want:?} not in\n{joined}");
+    }
+    let e = errors(&format!(
+        "{SYNCED}\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.2\", \"::1\"]\n\
+         key_file = \"k\"\nvrrp_instance = \"VI_9\"\n"
+    ));
+    let joined = e.join("\n");
+    for want in [
+        "sync.peers[0]: is this node's own source_address",
+        "sync.peers[1]: IPv6 is not supported",
+        "sync.key_file: must be an absolute path",
+        "sync.vrrp_instance: no [[vrrp_instance]] is named \"VI_9\"",
+    ] {
+        assert!(joined.contains(want), "{want:?} not in\n{joined}");
+    }
+}
+
+#[test]
+fn sync_needs_a_vrrp_instance_and_a_moving_snat_address() {
+    let sync =
+        "\n[sync]\nsource_address = \"198.18.0.2\"\npeers = [\"198.18.0.3\"]\nkey_file = \"/k\"\n";
+    let e = errors(&format!("{MINIMAL}{sync}"));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("sync: needs a [[vrrp_instance]]")),
+        "{e:?}"
+    );
+    // The default SNAT address (the interface's own) stays on the old node.
+    let unset = SYNCED.replace("snat_address = \"198.18.0.100\"\n", "");
+    let e = errors(&format!("{unset}{sync}"));
+    assert!(
+        e.iter()
+            .any(|l| l.contains("service[0].snat_address: with [sync]")
+                && l.contains("must move to the new master")),
+        "{e:?}"
+    );
+    let fixed = SYNCED.replace(
+        "snat_address = \"198.18.0.100\"",
+        "snat_address = \"198.18.0.2\"",
+    );
+    let e = errors(&format!("{fixed}{sync}"));
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("t.toml:6:16: service[0].snat_address"),
+        "{e:?}"
+    );
+    let two = format!(
+        "{SYNCED}\n[[vrrp_instance]]\nname = \"VI_2\"\ninterface = \"eth0\"\nvirtual_router_id = 52\n\
+         virtual_ipaddress = [\"198.18.0.101/32\"]\n{sync}"
+    );
+    let e = errors(&two);
+    assert!(
+        e.iter()
+            .any(|l| l.contains("sync.vrrp_instance: there are several")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn snat_ports_must_avoid_the_ports_of_vips_on_the_snat_address() {
+    let two = format!(
+        "{SYNCED}\n[[service]]\nvip = \"198.18.0.100:9000\"\ninterface = \"eth0\"\nforwarding = \"dr\"\n\n\
+         [[service.backend]]\naddress = \"198.18.1.1:9000\"\n"
+    );
+    let e = errors(&two);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].contains(
+            "service[0].snat_ports: 1024-32767 includes port 9000 of the VIP 198.18.0.100:9000/tcp"
+        ),
+        "{e:?}"
+    );
+    let fixed = two.replace(
+        "snat_address = \"198.18.0.100\"",
+        "snat_address = \"198.18.0.100\"\nsnat_ports = \"10000-32767\"",
+    );
+    ok(&fixed);
+}
+
+#[test]
+fn pin_dir_must_be_absolute() {
+    let e = errors(&format!("[daemon]\npin_dir = \"bpf/lb\"\n{MINIMAL}"));
+    assert_eq!(e, ["t.toml:2:11: daemon.pin_dir: must be an absolute path"]);
+    assert_eq!(ok(MINIMAL).daemon.pin_dir, None);
 }

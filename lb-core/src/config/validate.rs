@@ -15,13 +15,13 @@ use super::Environment;
 use super::error::{ConfigError, Locator};
 use super::model::{
     Backend, Check, CheckKind, CheckType, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN,
-    DEFAULT_SNAT_PORTS, Daemon, Forwarding, HttpCheck, Observe, PortRange, Protocol, Scheduler,
-    ScriptCheck, Service, ServiceKey, StatusRange, TrackInterface, TrackScript, VirtualAddress,
-    VrrpInstance, VrrpVersion, XdpMode,
+    DEFAULT_SNAT_PORTS, DEFAULT_SYNC_INTERVAL, DEFAULT_SYNC_PORT, Daemon, Forwarding, HttpCheck,
+    Observe, PortRange, Protocol, Scheduler, ScriptCheck, Service, ServiceKey, StatusRange, Sync,
+    TrackInterface, TrackScript, VirtualAddress, VrrpInstance, VrrpVersion, XdpMode,
 };
 use super::schema::{
-    RawBackend, RawCheck, RawConfig, RawDaemon, RawService, RawTrackInterface, RawTrackScript,
-    RawVrrpInstance, S,
+    RawBackend, RawCheck, RawConfig, RawDaemon, RawService, RawSync, RawTrackInterface,
+    RawTrackScript, RawVrrpInstance, S,
 };
 use crate::table::is_prime;
 
@@ -158,6 +158,17 @@ impl<'a> Validator<'a> {
         }
     }
 
+    /// An IPv4 address: the sync channel speaks IPv4 only, as VRRP here.
+    fn ipv4(&mut self, v: &S<String>, key: &str) -> Option<Ipv4Addr> {
+        match self.ip(v, key)? {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => {
+                self.err(&v.span(), key, "IPv6 is not supported by the sync channel");
+                None
+            }
+        }
+    }
+
     /// An address of the VIP's family: a service is IPv4 or IPv6 throughout.
     /// An invalid VIP (reported already, stood in for by 0.0.0.0:0) sets
     /// off nothing here.
@@ -227,11 +238,176 @@ impl<'a> Validator<'a> {
     pub(crate) fn config(&mut self, raw: &RawConfig) -> Config {
         let daemon = self.daemon(raw.daemon.as_ref().unwrap_or(&RawDaemon::default()));
         let services = self.services(&raw.service, &daemon);
+        self.snat_ports_clear_of_vips(raw, &services);
         let vrrp_instances = self.vrrp_instances(&raw.vrrp_instance);
+        let sync = raw
+            .sync
+            .as_ref()
+            .map(|s| self.sync(s, &vrrp_instances, raw, &services));
         Config {
             daemon,
             services,
             vrrp_instances,
+            sync,
+        }
+    }
+
+    fn sync(
+        &mut self,
+        v: &S<RawSync>,
+        instances: &[VrrpInstance],
+        raw: &RawConfig,
+        services: &[Service],
+    ) -> Sync {
+        let p = "sync";
+        let span = v.span();
+        let r = v.get_ref();
+        let src_key = key(p, "source_address");
+        let source_address = self
+            .required(&r.source_address, &span, &src_key)
+            .and_then(|a| self.ipv4(a, &src_key))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED);
+        let peers_key = key(p, "peers");
+        let mut peers = Vec::new();
+        if let Some(list) = self.required(&r.peers, &span, &peers_key) {
+            if list.get_ref().is_empty() {
+                self.err(
+                    &list.span(),
+                    &peers_key,
+                    "must list at least one peer address",
+                );
+            }
+            for (i, a) in list.get_ref().iter().enumerate() {
+                let k = format!("{peers_key}[{i}]");
+                if let Some(ip) = self.ipv4(a, &k) {
+                    if ip == source_address {
+                        self.err(&a.span(), &k, "is this node's own source_address");
+                    }
+                    peers.push(ip);
+                }
+            }
+        }
+        let port = self.int(&r.port, &key(p, "port"), 1..=65535, DEFAULT_SYNC_PORT);
+        let kf_key = key(p, "key_file");
+        let key_file = match self.required(&r.key_file, &span, &kf_key) {
+            Some(f) if !f.get_ref().starts_with('/') => {
+                self.err(&f.span(), &kf_key, "must be an absolute path");
+                PathBuf::new()
+            }
+            Some(f) => PathBuf::from(f.get_ref()),
+            None => PathBuf::new(),
+        };
+        let iv_key = key(p, "interval");
+        let interval = self.duration(&r.interval, &iv_key, DEFAULT_SYNC_INTERVAL);
+        if let Some(d) = &r.interval
+            && !(Duration::from_millis(10)..=secs(60)).contains(&interval)
+        {
+            self.err(&d.span(), &iv_key, "must be from 10ms to 60s");
+        }
+        let vi_key = key(p, "vrrp_instance");
+        let instance = match (&r.vrrp_instance, instances) {
+            (Some(n), _) => {
+                let found = instances.iter().find(|i| i.name == *n.get_ref());
+                if found.is_none() {
+                    let reason = format!("no [[vrrp_instance]] is named {:?}", n.get_ref());
+                    self.err(&n.span(), &vi_key, reason);
+                }
+                found
+            }
+            (None, [only]) => Some(only),
+            (None, []) => {
+                self.err(
+                    &span,
+                    p,
+                    "needs a [[vrrp_instance]]: only the VRRP master sends its flows",
+                );
+                None
+            }
+            (None, _) => {
+                self.err(
+                    &span,
+                    &vi_key,
+                    "there are several [[vrrp_instance]]s: name the one whose master sends",
+                );
+                None
+            }
+        };
+        if let Some(inst) = instance {
+            self.snat_moves_with_vip(inst, raw, services);
+        }
+        Sync {
+            source_address,
+            peers,
+            port,
+            key_file,
+            interval,
+            vrrp_instance: instance.map(|i| i.name.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// A nat service whose SNAT address carries VIPs (the VIP itself, as
+    /// `[sync]` suggests) must not translate to one of their ports: the
+    /// datapath looks VIPs up first, so a backend's reply to that port would
+    /// be taken for a new connection to the service.
+    fn snat_ports_clear_of_vips(&mut self, raw: &RawConfig, services: &[Service]) {
+        for (i, (svc, rs)) in services.iter().zip(&raw.service).enumerate() {
+            let Some(snat) = svc
+                .snat_address
+                .filter(|_| svc.forwarding == Forwarding::Nat)
+            else {
+                continue;
+            };
+            let clash = services.iter().find(|o| {
+                o.vip.ip() == snat
+                    && o.protocol == svc.protocol
+                    && (svc.snat_ports.first..=svc.snat_ports.last).contains(&o.vip.port())
+            });
+            if let Some(o) = clash {
+                let reason = format!(
+                    "{}-{} includes port {} of the VIP {}/{} on the SNAT address: replies to it would be \
+                     taken for new connections to that service; choose ports that avoid it",
+                    svc.snat_ports.first,
+                    svc.snat_ports.last,
+                    o.vip.port(),
+                    o.vip,
+                    o.protocol
+                );
+                let span = rs
+                    .get_ref()
+                    .snat_ports
+                    .as_ref()
+                    .map_or_else(|| rs.span(), |a| a.span());
+                self.err(&span, &format!("service[{i}].snat_ports"), reason);
+            }
+        }
+    }
+
+    /// Synced nat flows survive a failover only if the backends' replies
+    /// follow the new master: they go to the SNAT address, so it must be one
+    /// of the instance's virtual addresses.
+    fn snat_moves_with_vip(&mut self, inst: &VrrpInstance, raw: &RawConfig, services: &[Service]) {
+        for (i, (svc, rs)) in services.iter().zip(&raw.service).enumerate() {
+            if svc.forwarding != Forwarding::Nat {
+                continue;
+            }
+            let moves = svc
+                .snat_address
+                .is_some_and(|a| inst.virtual_ipaddress.iter().any(|v| v.addr == a));
+            if moves {
+                continue;
+            }
+            let k = format!("service[{i}].snat_address");
+            let reason = format!(
+                "with [sync], a nat service's snat_address must be a virtual_ipaddress of vrrp_instance {:?} \
+                 (the VIP itself will do): backends answer to it, so it must move to the new master",
+                inst.name
+            );
+            let span = rs
+                .get_ref()
+                .snat_address
+                .as_ref()
+                .map_or_else(|| rs.span(), |a| a.span());
+            self.err(&span, &k, reason);
         }
     }
 
@@ -269,6 +445,14 @@ impl<'a> Validator<'a> {
             Some(v) => v.get_ref().clone(),
             None => "info".to_owned(),
         };
+        let pin_dir = match &raw.pin_dir {
+            Some(v) if !v.get_ref().starts_with('/') => {
+                self.err(&v.span(), &key(p, "pin_dir"), "must be an absolute path");
+                None
+            }
+            Some(v) => Some(PathBuf::from(v.get_ref())),
+            None => None,
+        };
         let u32_range = 1..=U32_MAX;
         Daemon {
             admin_socket,
@@ -303,6 +487,7 @@ impl<'a> Validator<'a> {
             ),
             table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
             log_level,
+            pin_dir,
         }
     }
 

@@ -17,6 +17,10 @@ use crate::{
         balancer::{BackendSpec, Balancer, BalancerError, ServiceSpec, Swap},
         monotonic_ns,
     },
+    sync::{
+        flows::{self, Sent, Skip},
+        wire::FlowRecord,
+    },
 };
 
 type Job = Box<dyn FnOnce(&mut Balancer) + Send>;
@@ -59,15 +63,23 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads the datapath on a new thread; fails if loading fails.
-    pub fn start(limits: Limits, mode: AttachMode) -> Result<Self, DatapathError> {
+    /// Loads the datapath on a new thread; fails if loading fails. With
+    /// `pin_dir`, XDP attachments are pinned there (`Datapath::pin_xdp_in`).
+    pub fn start(
+        limits: Limits,
+        mode: AttachMode,
+        pin_dir: Option<std::path::PathBuf>,
+    ) -> Result<Self, DatapathError> {
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
         thread::Builder::new()
             .name("datapath".into())
             .spawn(move || {
                 let mut balancer = match Datapath::load(limits) {
-                    Ok(dp) => {
+                    Ok(mut dp) => {
+                        if let Some(dir) = pin_dir {
+                            dp.pin_xdp_in(dir);
+                        }
                         let _ = ready_tx.send(Ok(()));
                         Balancer::new(dp, mode)
                     }
@@ -98,6 +110,12 @@ impl Dataplane {
         rx.await.expect("datapath job panicked")
     }
 
+    /// A clean stop: the datapath leaves the interfaces with the process,
+    /// pinned or not.
+    pub async fn release_pins(&self) {
+        self.call(|b| b.datapath_mut().release_pins()).await
+    }
+
     pub async fn add_service(&self, spec: ServiceSpec) -> Result<u32, BalancerError> {
         self.call(move |b| b.add_service(spec)).await
     }
@@ -113,6 +131,62 @@ impl Dataplane {
         backends: Vec<BackendSpec>,
     ) -> Result<Swap, BalancerError> {
         self.call(move |b| b.set_backends(vip, p, &backends)).await
+    }
+
+    /// Connection-state sync, sending side: the nat flows to send from the
+    /// current connection table (see `sync::flows::select`).
+    pub async fn sync_scan(
+        &self,
+        mut sent: Sent,
+        limit: usize,
+    ) -> Result<(Vec<FlowRecord>, Sent), DatapathError> {
+        self.call(move |b| {
+            let services = b.sync_services();
+            if services.is_empty() {
+                return Ok((Vec::new(), sent));
+            }
+            let table = b.datapath().flows()?;
+            let records = flows::select(&table, &services, &mut sent, monotonic_ns(), limit);
+            Ok((records, sent))
+        })
+        .await
+    }
+
+    /// Connection-state sync, receiving side: writes both entries of each
+    /// record this node can honour. Returns how many were applied and why
+    /// the others were not.
+    pub async fn sync_apply(
+        &self,
+        records: Vec<FlowRecord>,
+    ) -> Result<(u64, Vec<Skip>), DatapathError> {
+        self.call(move |b| {
+            let services = b.sync_services();
+            let now = monotonic_ns();
+            let mut entries = Vec::with_capacity(records.len() * 2);
+            let mut skipped = Vec::new();
+            for r in &records {
+                match flows::rebuild(r, &services, now) {
+                    Ok([forward, reply]) => {
+                        // An older flow on the client's 5-tuple keeps its SNAT
+                        // port taken unless its reply entry goes.
+                        if let Some(old) = b.datapath().flow(&forward.0)
+                            && old.kind == FLOW_FORWARD
+                        {
+                            let old_reply = flows::reply_key(&forward.0, &old);
+                            if old_reply != reply.0 {
+                                b.datapath_mut().remove_flow(&old_reply)?;
+                            }
+                        }
+                        entries.push(forward);
+                        entries.push(reply);
+                    }
+                    Err(s) => skipped.push(s),
+                }
+            }
+            b.datapath_mut().write_flows(&entries)?;
+            Ok(((entries.len() / 2) as u64, skipped))
+        })
+        .await
     }
 
     /// Counters of the given services and backends, and live flows counted

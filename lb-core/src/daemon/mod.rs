@@ -9,6 +9,7 @@
 
 pub mod convert;
 mod dataplane;
+pub mod flow_sync;
 pub mod status;
 pub mod vrrp;
 
@@ -75,6 +76,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Vrrp(#[from] vrrp::VrrpSetupError),
+    #[error(transparent)]
+    Sync(#[from] flow_sync::SyncSetupError),
     #[error("installing the SIGHUP handler: {0}")]
     Signal(std::io::Error),
 }
@@ -202,6 +205,10 @@ pub struct Daemon {
     vrrp_changed: mpsc::Receiver<()>,
     /// Passive health per (service, backend), kept across runner restarts.
     observers: HashMap<(ServiceKey, SocketAddr), Observer>,
+    /// Connection-state sync (`[sync]`): its counters, task and stop.
+    sync_counters: Option<Arc<crate::sync::Counters>>,
+    sync_task: Option<tokio::task::JoinHandle<()>>,
+    sync_stop: CancellationToken,
 }
 
 impl Daemon {
@@ -212,6 +219,7 @@ impl Daemon {
         let dataplane = Dataplane::start(
             convert::limits(&cfg),
             convert::attach_mode(cfg.daemon.xdp_mode),
+            cfg.daemon.pin_dir.clone(),
         )?;
         let (health_tx, health_rx) = mpsc::channel(1024);
         let (admin_tx, admin_rx) = mpsc::channel(64);
@@ -234,6 +242,9 @@ impl Daemon {
             vrrp_stop: CancellationToken::new(),
             vrrp_changed,
             observers: HashMap::new(),
+            sync_counters: None,
+            sync_task: None,
+            sync_stop: CancellationToken::new(),
         };
         for s in &cfg.services {
             d.program(s.clone(), HashMap::new(), HashMap::new()).await?;
@@ -249,6 +260,29 @@ impl Daemon {
         let failed = d.flush().await;
         if let Some(key) = failed.first() {
             tracing::error!(service = %key.vip, "initial table not programmed; new flows to it are dropped until a swap succeeds");
+        }
+        // Sync starts once the backends are programmed: flows received
+        // before would be skipped for want of them, and not sent again.
+        if let Some(s) = &cfg.sync {
+            let role = d
+                .vrrp
+                .iter()
+                .find(|r| r.config().name == s.vrrp_instance)
+                .map(|r| r.watch())
+                .ok_or_else(|| flow_sync::SyncSetupError::NoInstance(s.vrrp_instance.clone()))?;
+            let counters = Arc::new(crate::sync::Counters::default());
+            d.sync_task = Some(
+                flow_sync::start(
+                    s,
+                    dataplane.clone(),
+                    role,
+                    counters.clone(),
+                    d.sync_stop.clone(),
+                )
+                .await?,
+            );
+            d.sync_counters = Some(counters);
+            d.publish();
         }
         let handle = DaemonHandle {
             status,
@@ -504,6 +538,9 @@ impl Daemon {
         if new.daemon != self.cfg.daemon {
             tracing::warn!("[daemon] settings changed: they apply at the next restart");
         }
+        if new.sync != self.cfg.sync {
+            tracing::warn!("[sync] changes apply at the next restart");
+        }
         if new.vrrp_instances != self.cfg.vrrp_instances {
             // Restarting an instance would release the VIP (priority 0) and
             // move traffic for nothing; keepalived users expect no flap.
@@ -687,6 +724,7 @@ impl Daemon {
             reload_failures: self.reload_failures,
             services,
             vrrp: self.vrrp_status(),
+            sync: self.sync_counters.clone().map(status::SyncStatus),
         }));
     }
 
@@ -840,6 +878,10 @@ impl Daemon {
         for r in std::mem::take(&mut self.vrrp) {
             r.join().await;
         }
+        self.sync_stop.cancel();
+        if let Some(t) = self.sync_task.take() {
+            let _ = t.await;
+        }
         if let Some(wait) = handover {
             tracing::info!(
                 ?wait,
@@ -852,6 +894,7 @@ impl Daemon {
                 r.shutdown().await;
             }
         }
+        self.dataplane.release_pins().await;
         Ok(())
     }
 }

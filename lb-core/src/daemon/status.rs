@@ -18,6 +18,20 @@ pub struct Status {
     pub reload_failures: u64,
     pub services: Vec<ServiceStatus>,
     pub vrrp: Vec<VrrpStatus>,
+    /// Connection-state sync counters, live (read when shown); absent
+    /// without `[sync]`.
+    pub sync: Option<SyncStatus>,
+}
+
+/// The sync task's counters, shared: a snapshot of the status still shows
+/// the current values.
+#[derive(Clone, Debug, Default)]
+pub struct SyncStatus(pub std::sync::Arc<crate::sync::Counters>);
+
+impl Serialize for SyncStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 /// One VRRP instance, as `lb status` and the metrics show it.

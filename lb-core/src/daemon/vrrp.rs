@@ -143,6 +143,12 @@ impl Running {
         &self.cfg
     }
 
+    /// The instance's live status (state, master), for tasks that follow
+    /// its role.
+    pub fn watch(&self) -> watch::Receiver<vrrp::Status> {
+        self.status.clone()
+    }
+
     pub fn status(&self) -> VrrpStatus {
         let s = self.status.borrow();
         VrrpStatus {

@@ -17,6 +17,7 @@ use lb_ebpf::abi::{self, VipKey, VipKey6, VipMeta, VipMeta6};
 use super::{AttachMode, Datapath, DatapathError, XdpRunMode, addr6, neigh, neigh6};
 use crate::{
     config::{Forwarding, Protocol},
+    sync::flows::LocalService,
     table::{self, Member, TableError},
 };
 
@@ -536,6 +537,57 @@ impl Balancer {
                 self.backend_ids.remove(&key);
             }
         }
+    }
+
+    /// This node's side of every IPv4 nat service, as connection-state sync
+    /// needs it: ids, SNAT address, interface, and the programmed backends.
+    /// A service whose interface cannot be read is left out; IPv6 services
+    /// are not synced.
+    pub fn sync_services(&self) -> Vec<LocalService> {
+        let mut out = Vec::new();
+        for ((vip, p), svc) in &self.services {
+            let SocketAddr::V4(vip) = vip else {
+                continue;
+            };
+            if svc.spec.forwarding != Forwarding::Nat {
+                continue;
+            }
+            let Some(meta) = self.dp.vip_meta(&vip_key(*vip, *p)) else {
+                continue;
+            };
+            let (Some(ifindex), Ok(mac)) = (
+                neigh::ifindex(&svc.spec.interface),
+                neigh::mac(&svc.spec.interface),
+            ) else {
+                continue;
+            };
+            let backends = svc
+                .backends
+                .iter()
+                .filter_map(|b| {
+                    let SocketAddr::V4(addr) = b.addr else {
+                        return None;
+                    };
+                    let id = self.backend_id(&svc.spec.interface, b.addr)?;
+                    Some((addr, (id, self.written.get(&id)?.0)))
+                })
+                .collect();
+            let timeout = match p {
+                Protocol::Tcp => svc.spec.tcp_timeout,
+                Protocol::Udp => svc.spec.udp_timeout,
+            };
+            out.push(LocalService {
+                vip_id: svc.id,
+                vip: *vip,
+                proto: proto_number(*p),
+                snat: Ipv4Addr::from(meta.snat_addr.to_ne_bytes()),
+                timeout_ns: timeout.as_nanos().min(u64::MAX as u128) as u64,
+                ifindex,
+                mac,
+                backends,
+            });
+        }
+        out
     }
 
     /// The XDP mode per attached interface.

@@ -4,23 +4,32 @@
 //! first, generic as fallback) and the tc egress helper, writes VIPs and
 //! backends, swaps Maglev tables atomically ([`ring`]) and sums the per-CPU
 //! counters. Attachments are bpf_links owned by the process, so the programs
-//! leave the interfaces when it exits, even on SIGKILL.
+//! leave the interfaces when it exits, even on SIGKILL — unless a pin
+//! directory is set ([`Datapath::pin_xdp_in`], `daemon.pin_dir`): the XDP
+//! link is then pinned in bpffs and keeps forwarding, with its maps, after a
+//! crash of the process (as IPVS outlives keepalived), until the next start
+//! replaces it or a clean stop removes it.
 //!
 //! [`balancer`] builds on it with services, id allocation and neighbour
 //! resolution ([`neigh`]).
 
 pub mod balancer;
+mod batch;
 mod ipv6;
 pub mod neigh;
 pub mod neigh6;
 mod ring;
 
-use std::{collections::HashMap, fmt};
+use std::{collections::HashMap, fmt, os::fd::AsFd};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, tc},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc,
+    },
 };
 use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
 
@@ -60,6 +69,14 @@ pub enum DatapathError {
     ThreadGone,
     #[error("test run of {prog}: {error}")]
     TestRun { prog: &'static str, error: String },
+    #[error(
+        "pinning the XDP link of {iface} at {path}: {error} (pin_dir must be on a bpf filesystem: mount -t bpf bpf /sys/fs/bpf)"
+    )]
+    Pin {
+        iface: String,
+        path: String,
+        error: String,
+    },
 }
 
 type Result<T> = std::result::Result<T, DatapathError>;
@@ -166,6 +183,17 @@ pub struct Datapath {
     snat_refs: HashMap<u32, u32>,
     vip_addr6_refs: HashMap<abi::Addr6, u32>,
     snat6_refs: HashMap<abi::Addr6, u32>,
+    /// Where XDP links are pinned, if anywhere.
+    pin_dir: Option<std::path::PathBuf>,
+    pinned: Vec<PinnedLink>,
+    /// The load balancer's XDP link per interface, until pinned.
+    xdp_links: HashMap<String, aya::programs::xdp::XdpLinkId>,
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        self.release_pins();
+    }
 }
 
 impl Datapath {
@@ -224,7 +252,26 @@ impl Datapath {
             snat_refs: HashMap::new(),
             vip_addr6_refs: HashMap::new(),
             snat6_refs: HashMap::new(),
+            pin_dir: None,
+            pinned: Vec::new(),
+            xdp_links: HashMap::new(),
         })
+    }
+
+    /// From now on, [`Datapath::attach`] pins each XDP link as
+    /// `dir/xdp-IFACE`, replacing a link left there by a previous process.
+    pub fn pin_xdp_in(&mut self, dir: std::path::PathBuf) {
+        self.pin_dir = Some(dir);
+    }
+
+    /// Unpins the links: they leave their interfaces with the process, as
+    /// a clean stop must. Also done on drop.
+    pub fn release_pins(&mut self) {
+        for p in self.pinned.drain(..) {
+            if let Err(e) = p.unpin() {
+                tracing::warn!(error = %e, "unpinning an XDP link");
+            }
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -234,7 +281,24 @@ impl Datapath {
     /// Attaches the load balancer at XDP on `iface` and the nat reply helper
     /// at its tc egress. Returns the XDP mode obtained.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<XdpRunMode> {
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| (d.clone(), d.join(format!("xdp-{iface}"))));
+        if let Some((_, path)) = &pin
+            && let Ok(old) = PinnedLink::from_pin(path)
+        {
+            // A datapath left by a process that did not stop cleanly: it
+            // must go before ours can attach (one XDP link per interface).
+            match old.unpin() {
+                Ok(_) => tracing::info!(iface, "replaced the datapath a previous lb left attached"),
+                Err(e) => tracing::warn!(iface, error = %e, "removing a stale pinned XDP link"),
+            }
+        }
         let run = self.attach_xdp(abi::prog::XDP_LB, iface, mode)?;
+        if let Some((dir, path)) = pin {
+            self.pin_last(iface, &dir, &path)?;
+        }
         if let Err(e) = tc::qdisc_add_clsact(iface) {
             // EEXIST: the clsact qdisc is already there, which is fine.
             if !matches!(&e, tc::TcError::NetlinkError(n) if n.raw_os_error() == Some(libc::EEXIST))
@@ -255,6 +319,37 @@ impl Datapath {
         self.attached.insert(iface.to_string(), run);
         tracing::info!(iface, mode = %run, "XDP attached");
         Ok(run)
+    }
+
+    /// Pins the XDP link `attach` just made.
+    fn pin_last(
+        &mut self,
+        iface: &str,
+        dir: &std::path::Path,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let err = |error: String| DatapathError::Pin {
+            iface: iface.to_string(),
+            path: path.display().to_string(),
+            error,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+        let p: &mut Xdp = self
+            .ebpf
+            .program_mut(abi::prog::XDP_LB)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(DatapathError::Program(abi::prog::XDP_LB))?;
+        let id = self
+            .xdp_links
+            .remove(iface)
+            .ok_or_else(|| err("no link to pin".into()))?;
+        let link = p.take_link(id).map_err(|e| err(describe(&e)))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| err(describe(&e)))?;
+        let pinned = fd.pin(path).map_err(|e| err(describe(&e)))?;
+        self.pinned.push(pinned);
+        Ok(())
     }
 
     /// Attaches the trivial XDP_PASS program. Native-mode veth drops XDP_TX
@@ -286,22 +381,30 @@ impl Datapath {
             iface: iface.to_string(),
             error: describe(&e),
         };
-        match mode {
-            AttachMode::Native => p.attach(iface, XdpMode::Driver).map_err(err)?,
-            AttachMode::Generic => p.attach(iface, XdpMode::Skb).map_err(err)?,
+        let (id, run) = match mode {
+            AttachMode::Native => (
+                p.attach(iface, XdpMode::Driver).map_err(err)?,
+                XdpRunMode::Native,
+            ),
+            AttachMode::Generic => (
+                p.attach(iface, XdpMode::Skb).map_err(err)?,
+                XdpRunMode::Generic,
+            ),
             AttachMode::Auto => match p.attach(iface, XdpMode::Driver) {
-                Ok(id) => id,
+                Ok(id) => (id, XdpRunMode::Native),
                 Err(e) => {
                     tracing::warn!(iface, error = %e, "native XDP unavailable, falling back to generic");
-                    p.attach(iface, XdpMode::Skb).map_err(err)?;
-                    return Ok(XdpRunMode::Generic);
+                    (
+                        p.attach(iface, XdpMode::Skb).map_err(err)?,
+                        XdpRunMode::Generic,
+                    )
                 }
             },
         };
-        Ok(match mode {
-            AttachMode::Generic => XdpRunMode::Generic,
-            _ => XdpRunMode::Native,
-        })
+        if prog == abi::prog::XDP_LB {
+            self.xdp_links.insert(iface.to_string(), id);
+        }
+        Ok(run)
     }
 
     /// Interfaces with the load balancer attached, and their XDP mode.
@@ -336,6 +439,46 @@ impl Datapath {
             self.bump(abi::map::SNAT_ADDRS, meta.snat_addr, 1)?;
         }
         Ok(())
+    }
+
+    /// What `VIPS` holds for a VIP.
+    pub fn vip_meta(&self, key: &VipKey) -> Option<VipMeta> {
+        let m = self.ebpf.map(abi::map::VIPS)?;
+        let vips: BpfHashMap<&MapData, VipKey, VipMeta> = BpfHashMap::try_from(m).ok()?;
+        vips.get(key, 0).ok()
+    }
+
+    /// Writes connection-table entries (connection-state sync). An entry of
+    /// the same key is replaced; a full table evicts its least recently used
+    /// entries, as for the datapath's own inserts.
+    pub fn write_flows(&mut self, entries: &[(FlowKey, Flow)]) -> Result<()> {
+        let mut m: BpfHashMap<_, FlowKey, Flow> = self.typed(abi::map::FLOWS)?;
+        for (k, f) in entries {
+            m.insert(k, f, 0)
+                .map_err(write_err("connection table entry"))?;
+        }
+        Ok(())
+    }
+
+    /// One connection-table entry, if present.
+    pub fn flow(&self, key: &FlowKey) -> Option<Flow> {
+        let m = self.ebpf.map(abi::map::FLOWS)?;
+        let flows: BpfHashMap<&MapData, FlowKey, Flow> = BpfHashMap::try_from(m).ok()?;
+        flows.get(key, 0).ok()
+    }
+
+    /// Removes a connection-table entry; absent is fine.
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
+        let mut m: BpfHashMap<_, FlowKey, Flow> = self.typed(abi::map::FLOWS)?;
+        match m.remove(key) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(write_err("removing a connection table entry")(e)),
+        }
     }
 
     /// Removes a VIP: new packets to it reach the kernel again. Its flows
@@ -451,10 +594,16 @@ impl Datapath {
         self.counters(abi::map::VIP_STATS, self.limits.max_vips)
     }
 
-    /// A snapshot of the connection table.
+    /// A snapshot of the connection table, read in batches; entry by entry
+    /// where the kernel refuses batches.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
         let name = abi::map::FLOWS;
         let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
+        if let aya::maps::Map::LruHashMap(data) = m
+            && let Ok(all) = batch::lookup_all(data.fd().as_fd())
+        {
+            return Ok(all);
+        }
         let m: BpfHashMap<&MapData, FlowKey, Flow> =
             BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
         Ok(m.iter().filter_map(|r| r.ok()).collect())

@@ -201,6 +201,49 @@ fn describe() {
         "lb_vrrp_adverts_rejected_total",
         "VRRP adverts the instance rejected, by reason."
     );
+    describe_counter!(
+        "lb_sync_messages_sent_total",
+        "Connection-state sync datagrams sent (hellos and flows, each peer counted)."
+    );
+    describe_counter!(
+        "lb_sync_flows_sent_total",
+        "nat flows sent to the sync peers (each peer counted)."
+    );
+    describe_counter!(
+        "lb_sync_send_errors_total",
+        "Sync datagrams the socket refused to send."
+    );
+    describe_counter!(
+        "lb_sync_messages_received_total",
+        "Sync datagrams accepted (authenticated, not replayed)."
+    );
+    describe_counter!(
+        "lb_sync_flows_applied_total",
+        "Received nat flows written into the connection table."
+    );
+    describe_counter!(
+        "lb_sync_messages_rejected_total",
+        "Sync datagrams refused, by reason (unknown peer, bad tag, replayed, ...)."
+    );
+    describe_counter!(
+        "lb_sync_flows_skipped_total",
+        "Received nat flows not applied, by reason (no such service or backend here, ...)."
+    );
+}
+
+fn sync(s: &crate::sync::Counters) {
+    use crate::sync::Counters as C;
+    counter!("lb_sync_messages_sent_total").absolute(C::get(&s.messages_sent));
+    counter!("lb_sync_flows_sent_total").absolute(C::get(&s.flows_sent));
+    counter!("lb_sync_send_errors_total").absolute(C::get(&s.send_errors));
+    counter!("lb_sync_messages_received_total").absolute(C::get(&s.messages_received));
+    counter!("lb_sync_flows_applied_total").absolute(C::get(&s.flows_applied));
+    for (reason, n) in s.rejected() {
+        counter!("lb_sync_messages_rejected_total", "reason" => reason).absolute(n);
+    }
+    for (reason, n) in s.skipped() {
+        counter!("lb_sync_flows_skipped_total", "reason" => reason).absolute(n);
+    }
 }
 
 fn record(status: &Status, usage: Option<&UsageSnapshot>) {
@@ -209,6 +252,9 @@ fn record(status: &Status, usage: Option<&UsageSnapshot>) {
     gauge!("lb_datapath_readable").set(if usage.is_some() { 1.0 } else { 0.0 });
     if let Some(u) = usage {
         drops("lb_unmatched_drops_total", &[], &u.unmatched);
+    }
+    if let Some(s) = &status.sync {
+        sync(&s.0);
     }
     for s in &status.services {
         let key = view::service_key(s);

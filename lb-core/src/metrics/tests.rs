@@ -120,6 +120,41 @@ fn scrape_passes_promtool_and_carries_the_values() {
         &format!(r#"lb_vrrp_adverts_rejected_total{{{vi},reason="bad_checksum"}} 4"#),
     );
     assert!(!text.contains("lb_backend_admin_weight{vip=\"198.18.0.100:80\",protocol=\"tcp\",backend=\"198.18.1.1:8080\"}"));
+    assert!(!text.contains("lb_sync_"), "no sync metrics without [sync]");
+}
+
+#[test]
+fn sync_counters_are_read_live_at_each_scrape() {
+    use crate::sync::{Counters as C, flows::Skip, wire::Reject};
+    let mut st = status();
+    let counters = Arc::new(C::default());
+    st.sync = Some(crate::daemon::status::SyncStatus(counters.clone()));
+    C::add(&counters.flows_sent, 200);
+    counters.reject(Reject::Replayed);
+    counters.reject(Reject::BadTag);
+    counters.reject(Reject::BadTag);
+    counters.skip(Skip::LocalBackend);
+    let text = render(&st, Some(&snapshot(1)));
+    promtool(&text);
+    has(&text, "lb_sync_flows_sent_total 200");
+    has(
+        &text,
+        r#"lb_sync_messages_rejected_total{reason="bad_tag"} 2"#,
+    );
+    has(
+        &text,
+        r#"lb_sync_messages_rejected_total{reason="replayed"} 1"#,
+    );
+    has(
+        &text,
+        r#"lb_sync_messages_rejected_total{reason="unknown_peer"} 0"#,
+    );
+    has(
+        &text,
+        r#"lb_sync_flows_skipped_total{reason="local_backend"} 1"#,
+    );
+    C::add(&counters.flows_applied, 5);
+    has(&render(&st, None), "lb_sync_flows_applied_total 5");
 }
 
 #[test]

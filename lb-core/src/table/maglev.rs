@@ -211,6 +211,30 @@ mod tests {
         assert_eq!(build(&m, 4_099).unwrap(), build(&r, 4_099).unwrap());
     }
 
+    /// Two LB nodes number their backends in the order they first saw them
+    /// (config order, reloads), so the ids differ; every slot must still
+    /// name the same backend address on both, which is what lets dr and tun
+    /// flows survive a failover without state sync.
+    #[test]
+    fn nodes_with_different_ids_and_order_pick_the_same_backends() {
+        let a = members(20);
+        let mut b: Vec<Member> = a
+            .iter()
+            .map(|m| Member {
+                id: 1000 - m.id * 3,
+                ..m.clone()
+            })
+            .collect();
+        b.rotate_left(7);
+        let addr_of = |ms: &[Member], id: u32| ms.iter().find(|m| m.id == id).map(|m| m.addr);
+        let ta = build(&a, 4_099).unwrap();
+        let tb = build(&b, 4_099).unwrap();
+        assert_ne!(ta, tb, "the ids do differ");
+        for (x, y) in ta.iter().zip(&tb) {
+            assert_eq!(addr_of(&a, *x), addr_of(&b, *y));
+        }
+    }
+
     #[test]
     fn drained_backends_get_no_slot_and_empty_set_gives_empty_table() {
         let mut m = members(3);
