@@ -23,7 +23,7 @@ use std::{
 
 use arc_swap::ArcSwap;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::{mpsc, oneshot},
     time::{Instant, sleep_until},
 };
@@ -209,12 +209,17 @@ pub struct Daemon {
     sync_counters: Option<Arc<crate::sync::Counters>>,
     sync_task: Option<tokio::task::JoinHandle<()>>,
     sync_stop: CancellationToken,
+    /// SIGHUP, caught from the start: a reload asked for while the daemon
+    /// is still programming waits for the run loop instead of killing it
+    /// (SIGHUP's default action).
+    hup: Option<Signal>,
 }
 
 impl Daemon {
     /// Loads and validates the config, loads the datapath and programs every
     /// service. Any error here is fatal: nothing is serving yet.
     pub async fn start(path: PathBuf) -> Result<(Daemon, DaemonHandle), DaemonError> {
+        let hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
         let cfg = config::load(&path).map_err(DaemonError::Config)?;
         let dataplane = Dataplane::start(
             convert::limits(&cfg),
@@ -245,6 +250,7 @@ impl Daemon {
             sync_counters: None,
             sync_task: None,
             sync_stop: CancellationToken::new(),
+            hup: Some(hup),
         };
         for s in &cfg.services {
             d.program(s.clone(), HashMap::new(), HashMap::new()).await?;
@@ -826,7 +832,10 @@ impl Daemon {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), DaemonError> {
-        let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+        let mut hup = match self.hup.take() {
+            Some(h) => h,
+            None => signal(SignalKind::hangup()).map_err(DaemonError::Signal)?,
+        };
         let mut reap = tokio::time::interval(Duration::from_secs(1));
         let mut observe = tokio::time::interval(OBSERVE_INTERVAL);
         tokio::pin!(shutdown);
