@@ -145,7 +145,7 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             })
         })
         .collect::<Result<_>>()?;
-    dp.swap_table(0, &build_maglev(&members, 65_537)?)?;
+    dp.swap_table(0, abi::TABLE_MAGLEV, &build_maglev(&members, 65_537)?)?;
     Ok(dp)
 }
 

@@ -19,7 +19,7 @@ use std::{
 };
 
 use lb_core::{
-    config::{Forwarding, Protocol},
+    config::{Forwarding, Protocol, Scheduler},
     datapath::{
         AttachMode, Datapath, Limits, XdpRunMode,
         balancer::{BackendSpec, Balancer, ServiceSpec},
@@ -51,6 +51,7 @@ fn spec(forwarding: Forwarding) -> ServiceSpec {
         protocol: Protocol::Tcp,
         interface: "eth0".into(),
         forwarding,
+        scheduler: Scheduler::Mh,
         table_size: 65_537,
         snat_address: None,
         snat_ports: (1_024, 32_767),

@@ -102,7 +102,7 @@ fn table(dp: &mut Datapath, ids: &[u32]) -> u32 {
         .collect();
     let t = build_maglev(&members, TABLE).expect("maglev");
     dp.set_members(0, ids).expect("members");
-    dp.swap_table(0, &t).expect("swap")
+    dp.swap_table(0, abi::TABLE_MAGLEV, &t).expect("swap")
 }
 
 fn setup(mode: u8, proto: u8) -> Datapath {
@@ -254,7 +254,8 @@ fn udp_without_checksum_keeps_zero() {
 fn nat_to_local_backend_passes_to_stack_and_tc_unnats_reply() {
     let mut dp = setup(abi::MODE_NAT, TCP);
     backend(&mut dp, 2, LB, abi::BACKEND_LOCAL);
-    dp.swap_table(0, &vec![2; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![2; TABLE as usize])
+        .unwrap();
     let (v, out) = run(&dp, &client_pkt(40_003, TCP));
     assert_eq!(v, XDP_PASS);
     // Only the destination changes: the local stack sees the real client.
@@ -486,7 +487,7 @@ fn truncated_and_malformed_headers_are_never_forwarded() {
 #[test]
 fn empty_table_drops_new_flows_as_no_backend() {
     let mut dp = setup(abi::MODE_DR, TCP);
-    dp.swap_table(0, &[]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &[]).unwrap();
     assert_eq!(run(&dp, &client_pkt(46_000, TCP)).0, XDP_DROP);
     assert_eq!(
         dp.vip_counters(0).unwrap().drops[DropReason::NoBackend as usize],
@@ -538,8 +539,12 @@ fn weighted_tables_spread_flows_by_weight() {
             weight: 3,
         },
     ];
-    dp.swap_table(0, &build_maglev(&members, TABLE).unwrap())
-        .unwrap();
+    dp.swap_table(
+        0,
+        abi::TABLE_MAGLEV,
+        &build_maglev(&members, TABLE).unwrap(),
+    )
+    .unwrap();
     let mut to = [0u32; 2];
     for p in 0..2_000u16 {
         let (_, out) = run(&dp, &client_pkt(10_000 + p, TCP));
@@ -724,7 +729,8 @@ fn persistence_keeps_a_client_on_its_backend_across_connections() {
     let (_, out) = run(&dp, &client_pkt(52_000, TCP));
     assert_eq!(&out[0..6], &BE_MAC[0]);
     // The table now says backend 1, but the client (and its /24) stays.
-    dp.swap_table(0, &vec![1; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![1; TABLE as usize])
+        .unwrap();
     let (_, out) = run(&dp, &client_pkt(52_001, TCP));
     assert_eq!(&out[0..6], &BE_MAC[0], "a new connection left its backend");
     let neighbour = frame(
@@ -763,7 +769,8 @@ fn persistence_keeps_a_client_on_its_backend_across_connections() {
     );
     // Templates expire after the timeout without new connections.
     dp.set_members(0, &[0, 1]).unwrap();
-    dp.swap_table(0, &vec![0; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![0; TABLE as usize])
+        .unwrap();
     let (_, out) = run(&dp, &client_pkt(52_005, TCP));
     assert_eq!(
         &out[0..6],

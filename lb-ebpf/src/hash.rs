@@ -1,4 +1,5 @@
-//! The flow hash that picks a Maglev slot.
+//! The hashes that pick a Maglev slot: of the flow (`mh`) or of the client
+//! address alone (`sh`).
 //!
 //! Both LB nodes must pick the same backend for a flow (so `dr` flows survive a
 //! VRRP failover with identical tables), hence a fixed, seedless function of
@@ -35,6 +36,13 @@ pub fn flow_hash(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, pro
     let h = mix(h, dst_addr);
     let h = mix(h, ports);
     fmix(h ^ 12)
+}
+
+/// Hash of the client address alone (the `sh` scheduler): every connection
+/// of a client, whatever its ports, lands on the same slot.
+#[inline(always)]
+pub fn client_hash(src_addr: u32) -> u32 {
+    fmix(mix(0, src_addr) ^ 4)
 }
 
 #[cfg(test)]

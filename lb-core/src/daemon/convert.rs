@@ -59,6 +59,7 @@ pub fn service_spec(s: &config::Service) -> Result<ServiceSpec, ConvertError> {
         protocol: s.protocol,
         interface: s.interface.clone(),
         forwarding: s.forwarding,
+        scheduler: s.scheduler,
         table_size: s.table_size,
         snat_address: match s.snat_address {
             Some(IpAddr::V4(a)) => Some(a),

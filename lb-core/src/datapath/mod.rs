@@ -2,14 +2,16 @@
 //!
 //! [`Datapath`] owns the loaded object: it attaches the XDP program (native
 //! first, generic as fallback) and the tc egress helper, writes VIPs and
-//! backends, swaps Maglev tables atomically ([`ring`]) and sums the per-CPU
-//! counters. Attachments are bpf_links owned by the process, so the programs
+//! backends, swaps scheduler tables atomically ([`ring`]), keeps lc/wlc's
+//! active flow counts right ([`active`]) and sums the per-CPU counters. Attachments are bpf_links owned by the process, so the programs
 //! leave the interfaces when it exits, even on SIGKILL.
 //!
 //! [`balancer`] builds on it with services, id allocation and neighbour
 //! resolution ([`neigh`]).
 
+pub mod active;
 pub mod balancer;
+mod mmap;
 pub mod neigh;
 mod ring;
 
@@ -155,6 +157,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     limits: Limits,
     tables: Tables,
+    active: active::ActiveFlows,
     /// Interfaces with an attached XDP program, and their mode.
     attached: HashMap<String, XdpRunMode>,
     vip_addr_refs: HashMap<u32, u32>,
@@ -187,6 +190,8 @@ impl Datapath {
             .map_max_entries(abi::map::BACKEND_STATS, limits.max_backends)
             .map_max_entries(abi::map::VIP_STATS, limits.max_vips + 1)
             .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
+            .map_max_entries(abi::map::CURSORS, limits.max_vips)
+            .map_max_entries(abi::map::ACTIVE, limits.max_backends)
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(describe(&e)))?;
         for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS, abi::prog::XDP_DECAP] {
@@ -202,10 +207,12 @@ impl Datapath {
             .ok_or(DatapathError::Program(abi::prog::TC_EGRESS))?;
         p.load().map_err(|e| DatapathError::Load(describe(&e)))?;
         let tables = Tables::map(&ebpf, limits)?;
+        let active = active::ActiveFlows::map(&ebpf, limits.max_backends)?;
         Ok(Datapath {
             ebpf,
             limits,
             tables,
+            active,
             attached: HashMap::new(),
             vip_addr_refs: HashMap::new(),
             snat_refs: HashMap::new(),
@@ -394,11 +401,35 @@ impl Datapath {
         Ok(())
     }
 
-    /// Installs `table` as the VIP's live Maglev table: written into the
-    /// inactive half, then made active by one atomic store. Returns the new
-    /// generation. An empty table makes the VIP drop new flows.
-    pub fn swap_table(&mut self, vip_id: u32, table: &[u32]) -> Result<u32> {
-        self.tables.swap(vip_id, table)
+    /// Installs `table` (of kind `abi::TABLE_*`) as the VIP's live table:
+    /// written into the inactive half, then made active by one atomic store.
+    /// Returns the new generation. An empty table makes the VIP drop new
+    /// flows.
+    pub fn swap_table(&mut self, vip_id: u32, kind: u8, table: &[u32]) -> Result<u32> {
+        self.tables.swap(vip_id, kind, table)
+    }
+
+    /// The datapath's active flow count of a backend id (lc/wlc).
+    pub fn active_flows(&self, backend_id: u32) -> i64 {
+        self.active.get(backend_id)
+    }
+
+    /// Recounts active flows from the connection table and corrects the
+    /// datapath's counts (see [`active`]). Returns the sum of corrections.
+    pub fn reconcile_active(&self) -> Result<u64> {
+        let now = monotonic_ns();
+        self.active.reconcile(
+            || {
+                let flows = self.flows()?;
+                let name = abi::map::VIPS;
+                let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
+                let m: BpfHashMap<&MapData, VipKey, VipMeta> =
+                    BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
+                let vips = m.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect();
+                Ok((flows, vips))
+            },
+            now,
+        )
     }
 
     /// Current generation and size of the VIP's live table.

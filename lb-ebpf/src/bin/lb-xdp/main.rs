@@ -1,21 +1,26 @@
 //! lb's datapath: an XDP load balancer with a tc egress helper.
 //!
 //! Per packet (IPv4 TCP/UDP): find the VIP, keep an established flow on its
-//! backend (connection table), else pick one from the VIP's live Maglev table
-//! and remember it; then forward in `dr` (MAC rewrite) or `nat` (address and
+//! backend (connection table), else pick one with the VIP's scheduler from
+//! its live table and remember it; then forward in `dr` (MAC rewrite) or `nat` (address and
 //! port translation, replies translated back) mode. Everything that is not
 //! addressed to a VIP, or a reply of a nat flow, goes to the kernel untouched.
 //!
 //! Module per concern: `headers` (wire formats, bounds), `maps` (state),
-//! `flow` (connection table and scheduling), `rewrite` (NAT and checksums).
+//! `flow` (connection table), `sched` (the scheduler's pick for a new
+//! flow), `rewrite` (NAT and checksums).
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the only atomic add the BPF target exposes (maps::active_add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod flow;
 mod headers;
 mod icmp;
 mod maps;
 mod rewrite;
+mod sched;
 mod tun;
 
 use aya_ebpf::{
@@ -187,7 +192,7 @@ fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
     }
     touch(f, now());
     flow::observe_answer(f, pkt.tcp_flags);
-    flow::observe_close(f, pkt.tcp_flags);
+    flow::observe_reply_close(f, pkt.tcp_flags, key.proto);
     rewrite::translate(pkt, f);
     rewrite::set_macs(pkt, &f.peer_mac, &f.local_mac);
     transmit(ctx, f.ifindex)

@@ -6,6 +6,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use lb_ebpf::abi::*;
 
 /// Slots per table half in `RING`; set by the loader (`abi::global`).
@@ -33,11 +35,27 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub static TABLE_STATE: Array<TableState> =
     Array::with_max_entries(DEFAULT_MAX_VIPS, BPF_F_MMAPABLE);
 
-/// Maglev tables: VIP `id`, half `h` occupies
+/// Scheduler tables (see `TableState::kind`): VIP `id`, half `h` occupies
 /// `[(2·id + h)·RING_STRIDE, (2·id + h)·RING_STRIDE + size[h])`.
 #[map(name = "RING")]
 pub static RING: Array<u32> =
     Array::with_max_entries(2 * DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
+
+/// rr/wrr: each CPU's position in its VIP's sequence. Per CPU so a new
+/// flow costs no shared cache line; each CPU walks the whole sequence in
+/// order, so shares are exact per CPU and across CPUs over many flows, but
+/// two consecutive connections handled by different CPUs may go to the same
+/// backend.
+#[map(name = "CURSORS")]
+pub static CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Active (pinned, not closing) forward flows per backend id, for lc/wlc.
+/// Shared and updated with atomic adds: +1 when a flow is pinned, -1 when
+/// its connection closes (first FIN or RST either way) or a live entry is
+/// replaced. Timeouts and LRU evictions have no hook, so userspace recounts
+/// `FLOWS` periodically and adds the difference (mmap, atomically too).
+#[map(name = "ACTIVE")]
+pub static ACTIVE: Array<i64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
@@ -96,6 +114,18 @@ pub fn count(map: &PerCpuArray<Counters>, idx: u32, bytes: u64, new_flow: bool) 
         c.packets += 1;
         c.bytes += bytes;
         c.new_flows += new_flow as u64;
+    }
+}
+
+/// Adds `delta` to a backend's active flows.
+#[inline(always)]
+pub fn active_add(backend: u32, delta: i64) {
+    if let Some(a) = ACTIVE.get_ptr_mut(backend) {
+        // SAFETY: a map value pointer stays valid for the program's run and
+        // is 8-aligned; other CPUs update it with atomics too. The BPF target
+        // offers no `AtomicI64::fetch_add`; with its result unused this
+        // intrinsic is the plain atomic add every BPF CPU version has.
+        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(a, delta) };
     }
 }
 

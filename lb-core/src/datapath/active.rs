@@ -1,0 +1,159 @@
+//! Active flows per backend (`ACTIVE`), which lc and wlc schedule by.
+//!
+//! The datapath adds 1 when it records a flow and subtracts 1 when the
+//! connection closes (first FIN or RST either way) or a live entry is
+//! replaced. Flows that idle out or are evicted from the LRU connection
+//! table have no such moment, so [`recount`] counts the connection table
+//! (forward entries, not closing, seen within their VIP's timeout) and the
+//! difference is added to the counters, atomically through mmap since the
+//! datapath keeps adding meanwhile. Flows opened or closed during the scan
+//! may be counted on one side only: the counter is read before and after,
+//! and the midpoint is corrected, so such an error is at most half the
+//! backend's churn during one scan, and the next recount corrects it again.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicI64, Ordering},
+};
+
+use aya::Ebpf;
+use lb_ebpf::abi::{self, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey, IPPROTO_TCP, VipMeta};
+
+use super::{
+    DatapathError,
+    mmap::{Mmap, slot_size},
+};
+
+/// How often the daemon recounts, while some service uses lc or wlc.
+pub const RECOUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+pub struct ActiveFlows {
+    mem: Mmap,
+    backends: u32,
+}
+
+impl ActiveFlows {
+    pub(super) fn map(ebpf: &Ebpf, backends: u32) -> Result<Self, DatapathError> {
+        Ok(ActiveFlows {
+            mem: Mmap::new(ebpf, abi::map::ACTIVE, backends as u64, 8)?,
+            backends,
+        })
+    }
+
+    fn cell(&self, id: u32) -> Option<&AtomicI64> {
+        (id < self.backends).then(|| {
+            // SAFETY: id < backends, so the 8-byte, 8-aligned slot is inside
+            // the mapping, which lives as long as `self`; the kernel side
+            // only touches it with atomic adds and loads.
+            unsafe { AtomicI64::from_ptr(self.mem.ptr().add(id as usize * slot_size(8)).cast()) }
+        })
+    }
+
+    /// The datapath's count for a backend id.
+    pub fn get(&self, id: u32) -> i64 {
+        self.cell(id).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn snapshot(&self) -> Vec<i64> {
+        (0..self.backends).map(|id| self.get(id)).collect()
+    }
+
+    /// Recounts from `scan` (a snapshot of the connection table taken by the
+    /// caller between two reads of the counters) and corrects the counters.
+    /// Returns the sum of the corrections' magnitudes.
+    pub(super) fn reconcile(
+        &self,
+        scan: impl FnOnce() -> Result<(Vec<(FlowKey, Flow)>, Vec<VipMeta>), DatapathError>,
+        now_ns: u64,
+    ) -> Result<u64, DatapathError> {
+        let before = self.snapshot();
+        let (flows, vips) = scan()?;
+        let after = self.snapshot();
+        let truth = recount(&flows, &vips, now_ns);
+        let mut fixed = 0u64;
+        for (id, (b, a)) in before.iter().zip(&after).enumerate() {
+            let want = truth.get(&(id as u32)).copied().unwrap_or(0);
+            let fix = want - (b + a).div_euclid(2);
+            if fix != 0
+                && let Some(c) = self.cell(id as u32)
+            {
+                c.fetch_add(fix, Ordering::Relaxed);
+                fixed += fix.unsigned_abs();
+            }
+        }
+        Ok(fixed)
+    }
+}
+
+/// Active flows per backend id in a connection table snapshot: forward
+/// entries of a programmed VIP, not closing, seen within its idle timeout.
+pub fn recount(flows: &[(FlowKey, Flow)], vips: &[VipMeta], now_ns: u64) -> HashMap<u32, i64> {
+    let timeouts: HashMap<u32, &VipMeta> = vips.iter().map(|v| (v.id, v)).collect();
+    let mut n = HashMap::new();
+    for (k, f) in flows {
+        if f.kind != FLOW_FORWARD || f.flags & FLOW_CLOSING != 0 {
+            continue;
+        }
+        let Some(v) = timeouts.get(&f.vip) else {
+            continue;
+        };
+        let idle_s = if k.proto == IPPROTO_TCP {
+            v.tcp_timeout_s
+        } else {
+            v.udp_timeout_s
+        };
+        if now_ns.saturating_sub(f.last_seen_ns) <= idle_s as u64 * 1_000_000_000 {
+            *n.entry(f.backend).or_insert(0) += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_ebpf::abi::{FLOW_REPLY, IPPROTO_UDP};
+
+    fn flow(backend: u32, last_seen_s: u64, kind: u8, flags: u8) -> Flow {
+        Flow {
+            last_seen_ns: last_seen_s * 1_000_000_000,
+            backend,
+            vip: 0,
+            kind,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn recount_skips_closing_expired_reply_and_foreign_entries() {
+        let tcp = FlowKey {
+            proto: IPPROTO_TCP,
+            ..Default::default()
+        };
+        let udp = FlowKey {
+            proto: IPPROTO_UDP,
+            ..Default::default()
+        };
+        let vip = VipMeta {
+            id: 0,
+            tcp_timeout_s: 100,
+            udp_timeout_s: 10,
+            ..Default::default()
+        };
+        let mut other_vip = flow(1, 195, FLOW_FORWARD, 0);
+        other_vip.vip = 7;
+        let flows = [
+            (tcp, flow(1, 195, FLOW_FORWARD, 0)),
+            (tcp, flow(1, 150, FLOW_FORWARD, 0)),
+            (tcp, flow(1, 195, FLOW_FORWARD, FLOW_CLOSING)),
+            (tcp, flow(1, 50, FLOW_FORWARD, 0)),
+            (udp, flow(2, 195, FLOW_FORWARD, 0)),
+            (udp, flow(2, 150, FLOW_FORWARD, 0)),
+            (tcp, flow(2, 195, FLOW_REPLY, 0)),
+            (tcp, other_vip),
+        ];
+        let n = recount(&flows, &[vip], 200 * 1_000_000_000);
+        assert_eq!(n, HashMap::from([(1, 2), (2, 1)]));
+    }
+}
