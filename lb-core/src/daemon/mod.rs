@@ -781,6 +781,25 @@ impl Daemon {
         }
     }
 
+    /// lc/wlc schedule by active flow counts that flows ending by timeout
+    /// or eviction leave too high: recount them while such a service exists
+    /// (the scan costs a syscall pair per connection table entry).
+    async fn recount_active(&mut self) {
+        if !self.services.values().any(|s| {
+            matches!(
+                s.cfg.scheduler,
+                config::Scheduler::Lc | config::Scheduler::Wlc
+            )
+        }) {
+            return;
+        }
+        match self.dataplane.reconcile_active().await {
+            Ok(0) => {}
+            Ok(fixed) => tracing::debug!(fixed, "active flow counts corrected"),
+            Err(e) => tracing::warn!(error = %e, "recounting active flows"),
+        }
+    }
+
     fn vrrp_status(&self) -> Vec<VrrpStatus> {
         self.vrrp.iter().map(|r| r.status()).collect()
     }
@@ -793,6 +812,7 @@ impl Daemon {
         let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
         let mut reap = tokio::time::interval(Duration::from_secs(1));
         let mut observe = tokio::time::interval(OBSERVE_INTERVAL);
+        let mut recount = tokio::time::interval(crate::datapath::active::RECOUNT_INTERVAL);
         tokio::pin!(shutdown);
         loop {
             let flush_at = self.flush_at;
@@ -824,6 +844,7 @@ impl Daemon {
                     }
                 }
                 _ = observe.tick() => self.observe().await,
+                _ = recount.tick() => self.recount_active().await,
                 Some(()) = self.vrrp_changed.recv() => self.publish(),
             }
         }
