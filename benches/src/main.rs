@@ -23,8 +23,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use etherparse::PacketBuilder;
 use lb_core::{
+    config::Scheduler,
     datapath::{Datapath, Limits},
-    table::{Member, build_maglev},
+    table::{self, Member, build_maglev},
 };
 use lb_ebpf::abi::{self, Backend, VipKey, VipMeta};
 
@@ -92,11 +93,22 @@ fn ip(a: [u8; 4]) -> u32 {
     u32::from_ne_bytes(a)
 }
 
-/// A datapath with one VIP in `mode`.
+/// A datapath with one VIP in `mode`, mh over 8 backends.
 fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
+    scheduled(mode, timeout_s, udp, Scheduler::Mh, 8)
+}
+
+/// A datapath with one VIP in `mode`, `scheduler` over `backends` backends.
+fn scheduled(
+    mode: u8,
+    timeout_s: u32,
+    udp: bool,
+    scheduler: Scheduler,
+    backends: u32,
+) -> Result<Datapath> {
     let mut dp = Datapath::load(Limits {
         max_vips: 2,
-        max_backends: 16,
+        max_backends: 64,
         ring_stride: 65_537,
         flow_capacity: 65_536,
         new_flow_cap: 0,
@@ -126,7 +138,7 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             ..Default::default()
         },
     )?;
-    let members: Vec<Member> = (0..8u32)
+    let members: Vec<Member> = (0..backends)
         .map(|i| -> Result<Member> {
             dp.set_backend(
                 i,
@@ -145,12 +157,13 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             })
         })
         .collect::<Result<_>>()?;
-    dp.swap_table(0, abi::TABLE_MAGLEV, &build_maglev(&members, 65_537)?)?;
+    let t = table::build(scheduler, &members, 65_537)?;
+    dp.swap_table(0, t.kind, &t.slots)?;
     Ok(dp)
 }
 
 struct Case {
-    name: &'static str,
+    name: String,
     prog: &'static str,
     dp: Datapath,
     frame: Vec<u8>,
@@ -168,7 +181,7 @@ fn cases() -> Result<Vec<Case>> {
     let tcp = frame(CLIENT, VIP, 40_000, 80, false)?;
     let mut out = Vec::new();
     out.push(Case {
-        name: "trivial XDP_PASS (baseline)",
+        name: "trivial XDP_PASS (baseline)".into(),
         prog: abi::prog::XDP_PASS,
         dp: datapath(abi::MODE_DR, 900, false)?,
         frame: tcp.clone(),
@@ -177,7 +190,7 @@ fn cases() -> Result<Vec<Case>> {
         new_flows: false,
     });
     out.push(Case {
-        name: "non-VIP packet (pass)",
+        name: "non-VIP packet (pass)".into(),
         prog: abi::prog::XDP_LB,
         dp: datapath(abi::MODE_DR, 900, false)?,
         frame: frame(CLIENT, [198, 18, 0, 200], 40_000, 80, false)?,
@@ -219,7 +232,7 @@ fn cases() -> Result<Vec<Case>> {
         ),
     ] {
         out.push(Case {
-            name,
+            name: name.into(),
             prog: abi::prog::XDP_LB,
             dp: datapath(mode, 900, udp)?,
             frame: frame(CLIENT, VIP, 40_000, 80, udp)?,
@@ -228,13 +241,39 @@ fn cases() -> Result<Vec<Case>> {
             new_flows,
         });
     }
+    // Every other scheduler beside mh (the dr cases above), in dr mode.
+    for (s, backends) in [
+        (Scheduler::Sh, 8),
+        (Scheduler::Rr, 8),
+        (Scheduler::Wrr, 8),
+        (Scheduler::Lc, 8),
+        (Scheduler::Wlc, 8),
+        (Scheduler::Wlc, abi::LEAST_MAX_BACKENDS),
+    ] {
+        for new_flows in [false, true] {
+            let what = if new_flows {
+                "new flow every packet"
+            } else {
+                "established TCP flow"
+            };
+            out.push(Case {
+                name: format!("dr {s} ({backends} backends), {what}"),
+                prog: abi::prog::XDP_LB,
+                dp: scheduled(abi::MODE_DR, 900, false, s, backends)?,
+                frame: tcp.clone(),
+                verdict: TX,
+                one_shot_only: new_flows,
+                new_flows,
+            });
+        }
+    }
     // A nat reply: learn the SNAT port from one forwarded packet.
     let dp = datapath(abi::MODE_NAT, 900, false)?;
     let fwd = dp.test_run(abi::prog::XDP_LB, &tcp, 1)?;
     let port = u16::from_be_bytes([fwd.data[34], fwd.data[35]]);
     let be: [u8; 4] = fwd.data[30..34].try_into()?;
     out.push(Case {
-        name: "nat, backend reply (un-NAT)",
+        name: "nat, backend reply (un-NAT)".into(),
         prog: abi::prog::XDP_LB,
         dp,
         frame: frame(be, LB, 8033, port, false)?,

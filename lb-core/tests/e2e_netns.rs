@@ -1,7 +1,8 @@
 //! End to end through the XDP datapath in network namespaces: a real HTTP
 //! client (curl) and real HTTP backends (python's http.server) through the
-//! VIP, in dr and nat mode, with XDP in generic and in native mode; plus a hot
-//! swap of the backend table under long-lived connections.
+//! VIP, in dr and nat mode, with XDP in generic and in native mode; a hot
+//! swap of the backend table under long-lived connections; and the rr and lc
+//! schedulers with real TCP connections.
 //!
 //! Layout (one L2 segment, the LVS one-armed shape), all in 198.18.0.0/15:
 //! client .0.1, lb .0.2 (holds the VIP .0.100), backends .1.1-.1.3.
@@ -532,4 +533,171 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
     );
     assert_eq!(now, generation + 1);
     serves(&lab);
+}
+
+/// A nat service on VIP:80 with `scheduler` over three echo backends (each
+/// greets a connection with its name). Dropping it stops the backends.
+struct EchoService {
+    /// Owns the namespaces.
+    _lab: Lab,
+    lb: NsWorker<Balancer>,
+    client: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EchoService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn echo_service(test: &str, scheduler: Scheduler) -> EchoService {
+    let mut lab = Lab::new(test);
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let names = ["be1", "be2", "be3"];
+    for (i, be) in BACKENDS.iter().enumerate() {
+        let ns = lab.host(names[i], &format!("{be}/15"));
+        echo_backend(&ns, SocketAddrV4::new(*be, 8033), names[i], stop.clone());
+    }
+    let lb = NsWorker::start(&lb_ns, || {
+        Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
+    });
+    let backends: Vec<BackendSpec> = BACKENDS
+        .iter()
+        .map(|a| BackendSpec {
+            addr: SocketAddrV4::new(*a, 8033),
+            weight: 1,
+        })
+        .collect();
+    lb.call(move |b| {
+        b.add_service(ServiceSpec {
+            scheduler,
+            ..spec(Forwarding::Nat)
+        })
+        .expect("add_service");
+        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+            .expect("set_backends");
+    });
+    EchoService {
+        _lab: lab,
+        lb,
+        client,
+        stop,
+    }
+}
+
+/// A connection from the client through the VIP, and the backend's name.
+fn connect(vip: SocketAddrV4) -> (TcpStream, String) {
+    let c = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut name = String::new();
+    BufReader::new(c.try_clone().unwrap())
+        .read_line(&mut name)
+        .expect("greeting");
+    (c, name.trim().to_string())
+}
+
+/// Keeps the calling thread on CPU 0: its SYNs then meet XDP on CPU 0 (veth
+/// receives on the sender's CPU), so one rr cursor serves them all.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// rr: consecutive real connections (from one CPU) go to the backends in
+/// turn, whatever their ports hash to.
+#[test]
+fn rr_gives_connections_to_backends_in_turn() {
+    let s = echo_service("rr", Scheduler::Rr);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let names = in_ns(&s.client, move || {
+        pin_to_cpu0();
+        (0..12).map(|_| connect(vip).1).collect::<Vec<_>>()
+    });
+    for w in names.windows(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, ["be1", "be2", "be3"], "not in turn: {names:?}");
+    }
+}
+
+/// lc: new connections go to the backend with the fewest open ones, and a
+/// connection the client closes stops counting.
+#[test]
+fn lc_sends_connections_to_the_least_busy_backend() {
+    let s = echo_service("lc", Scheduler::Lc);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let count = |names: &[String]| {
+        let mut n = HashMap::new();
+        for name in names {
+            *n.entry(name.clone()).or_insert(0) += 1;
+        }
+        n
+    };
+    let active = |s: &EchoService| {
+        s.lb.call(|b| {
+            BACKENDS.map(|a| {
+                let id = b
+                    .backend_id("eth0", SocketAddrV4::new(a, 8033))
+                    .expect("backend id");
+                b.datapath().active_flows(id)
+            })
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let (names_tx, names_rx) = std::sync::mpsc::channel();
+    let client = s.client.clone();
+    // The client holds its connections open, closing on demand those of
+    // the first backend, then opens `n` more.
+    let client = thread::spawn(move || {
+        enter(&client);
+        let mut conns: Vec<(TcpStream, String)> = (0..6).map(|_| connect(vip)).collect();
+        names_tx
+            .send(conns.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>())
+            .unwrap();
+        let Ok(n) = rx.recv() else { return };
+        conns.retain(|(_, name)| name != "be1");
+        // Dropping the streams sent FINs; give them a moment to pass.
+        thread::sleep(Duration::from_millis(200));
+        let more: Vec<(TcpStream, String)> = (0..n).map(|_| connect(vip)).collect();
+        names_tx
+            .send(more.iter().map(|(_, n)| n.clone()).collect())
+            .unwrap();
+        let _ = rx.recv();
+    });
+    let first = names_rx.recv().expect("client failed to connect");
+    assert_eq!(
+        count(&first),
+        HashMap::from([("be1".into(), 2), ("be2".into(), 2), ("be3".into(), 2)]),
+        "six connections over three idle backends: {first:?}"
+    );
+    assert_eq!(active(&s), [2, 2, 2]);
+    tx.send(2).unwrap();
+    let more = names_rx.recv().expect("client failed");
+    assert_eq!(
+        more,
+        ["be1", "be1"],
+        "be1 had closed both of its connections"
+    );
+    assert_eq!(active(&s), [2, 2, 2]);
+    let _ = tx.send(0);
+    client.join().expect("client panicked");
 }
