@@ -538,8 +538,7 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 /// A nat service on VIP:80 with `scheduler` over three echo backends (each
 /// greets a connection with its name). Dropping it stops the backends.
 struct EchoService {
-    /// Owns the namespaces.
-    _lab: Lab,
+    lab: Lab,
     lb: NsWorker<Balancer>,
     client: String,
     stop: Arc<AtomicBool>,
@@ -552,6 +551,16 @@ impl Drop for EchoService {
 }
 
 fn echo_service(test: &str, scheduler: Scheduler) -> EchoService {
+    echo_service_with(
+        test,
+        ServiceSpec {
+            scheduler,
+            ..spec(Forwarding::Nat)
+        },
+    )
+}
+
+fn echo_service_with(test: &str, service: ServiceSpec) -> EchoService {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     let lb_ns = lab.host("lb", "198.18.0.2/15");
@@ -581,16 +590,12 @@ fn echo_service(test: &str, scheduler: Scheduler) -> EchoService {
         })
         .collect();
     lb.call(move |b| {
-        b.add_service(ServiceSpec {
-            scheduler,
-            ..spec(Forwarding::Nat)
-        })
-        .expect("add_service");
+        b.add_service(service).expect("add_service");
         b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
             .expect("set_backends");
     });
     EchoService {
-        _lab: lab,
+        lab,
         lb,
         client,
         stop,
@@ -700,4 +705,138 @@ fn lc_sends_connections_to_the_least_busy_backend() {
     assert_eq!(active(&s), [2, 2, 2]);
     let _ = tx.send(0);
     client.join().expect("client panicked");
+}
+
+/// persistence_timeout: a client's new connections stick to its first
+/// backend (rr would rotate them); once it has opened none for the timeout,
+/// its next connection is scheduled afresh.
+#[test]
+fn persistence_keeps_a_clients_connections_on_one_backend() {
+    let s = echo_service_with(
+        "pers",
+        ServiceSpec {
+            scheduler: Scheduler::Rr,
+            persistence: Some((Duration::from_secs(2), Ipv4Addr::BROADCAST)),
+            ..spec(Forwarding::Nat)
+        },
+    );
+    let vip = SocketAddrV4::new(VIP, 80);
+    let (sticky, after) = in_ns(&s.client, move || {
+        pin_to_cpu0();
+        let sticky: Vec<String> = (0..6).map(|_| connect(vip).1).collect();
+        thread::sleep(Duration::from_millis(3_100));
+        (sticky, connect(vip).1)
+    });
+    assert!(
+        sticky.iter().all(|n| *n == sticky[0]),
+        "connections left the client's backend: {sticky:?}"
+    );
+    assert_ne!(
+        after, sticky[0],
+        "after the timeout rr's next turn should have been taken"
+    );
+}
+
+/// ICMP echo to a VIP is answered by the datapath itself: the LB holds no
+/// such address here (the client reaches its MAC through a static
+/// neighbour entry), so its kernel could not answer.
+#[test]
+fn icmp_echo_to_the_vip_is_answered_by_the_datapath() {
+    let s = echo_service("icmp", Scheduler::Mh);
+    let lb_ns = s.lab.ns("lb");
+    s.lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "del",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let mac = s.lab.sh(&lb_ns, "cat /sys/class/net/eth0/address");
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+    s.lab.ip(&[
+        "-n",
+        &s.client,
+        "neigh",
+        "replace",
+        "198.18.0.100",
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+    ]);
+    let answered = in_ns(&s.client, || {
+        (0..3u16).filter(|seq| echo(VIP, *seq)).count()
+    });
+    assert_eq!(answered, 3, "echo requests to the VIP went unanswered");
+    // Without the VIP in the datapath nothing answers: it was lb.
+    s.lb.call(|b| b.remove_service(SocketAddrV4::new(VIP, 80), Protocol::Tcp))
+        .expect("remove_service");
+    assert!(!in_ns(&s.client, || echo(VIP, 9)), "the kernel answered");
+}
+
+/// Sends one ICMP echo request to `dst` (raw socket, no ping binary needed)
+/// and waits up to 2 s for its reply.
+fn echo(dst: Ipv4Addr, seq: u16) -> bool {
+    // SAFETY: plain socket calls on a descriptor owned here and closed at
+    // the end; buffers outlive the calls that use them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        let id = 0x4c42u16;
+        let mut req = [8u8, 0, 0, 0, 0, 0, 0, 0, b'l', b'b'];
+        req[4..6].copy_from_slice(&id.to_be_bytes());
+        req[6..8].copy_from_slice(&seq.to_be_bytes());
+        let sum = req
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum::<u32>();
+        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        req[2..4].copy_from_slice(&sum.to_be_bytes());
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const to).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        let mut got = false;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sent > 0 && !got && Instant::now() < deadline {
+            let mut buf = [0u8; 256];
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 28 {
+                break;
+            }
+            // The raw socket hands the IPv4 header too (20 bytes here).
+            let icmp = &buf[20..n as usize];
+            got = icmp[0] == 0
+                && icmp[4..6] == id.to_be_bytes()
+                && icmp[6..8] == seq.to_be_bytes()
+                && buf[12..16] == dst.octets();
+        }
+        libc::close(fd);
+        got
+    }
 }
