@@ -76,6 +76,10 @@ struct Setup {
 /// Builds the lab, starts backends (`http` = python HTTP servers, else
 /// none) and programs the VIP in `forwarding` mode with XDP in `mode`.
 fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
+    setup_with(test, forwarding, mode, limits())
+}
+
+fn setup_with(test: &str, forwarding: Forwarding, mode: AttachMode, limits: Limits) -> Setup {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     let lb_ns = lab.host("lb", "198.18.0.2/15");
@@ -143,7 +147,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         })
     });
     let lb = NsWorker::start(&lb_ns, move || {
-        Balancer::new(Datapath::load(limits()).expect("loading datapath"), mode)
+        Balancer::new(Datapath::load(limits).expect("loading datapath"), mode)
     });
     let backends: Vec<BackendSpec> = BACKENDS
         .iter()
@@ -839,4 +843,53 @@ fn echo(dst: Ipv4Addr, seq: u16) -> bool {
         libc::close(fd);
         got
     }
+}
+
+/// SYN-flood guard (max_new_flows_per_cpu): past the cap, new dr flows are
+/// forwarded without a connection table entry and counted as unpinned; the
+/// flow hash keeps every packet of such a connection on one backend, so the
+/// connections still work.
+#[test]
+fn over_the_new_flow_cap_connections_work_unpinned() {
+    const CAP: u32 = 3;
+    const N: u64 = 20;
+    let s = setup_with(
+        "synf",
+        Forwarding::Dr,
+        AttachMode::Generic,
+        Limits {
+            new_flow_cap: CAP,
+            ..limits()
+        },
+    );
+    let started = Instant::now();
+    // One CPU, so one per-CPU budget.
+    let out = s.lab.sh(
+        &s.client,
+        &format!(
+            "for i in $(seq {N}); do taskset -c 0 curl -sS --fail --max-time 3 http://198.18.0.100/; echo; done"
+        ),
+    );
+    let secs = started.elapsed().as_secs() + 1;
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("be"))
+        .count() as u64;
+    assert_eq!(answered, N, "{}", String::from_utf8_lossy(&out.stderr));
+    let c =
+        s.lb.call(|b| b.datapath().vip_counters(0).expect("counters"));
+    // At most CAP flows per started second entered the table; every other
+    // new connection went unpinned (and later packets of it count again).
+    let pinned_max = CAP as u64 * (secs + 1);
+    assert!(
+        c.unpinned >= N.saturating_sub(pinned_max),
+        "{} unpinned of {N} connections in {secs} s: {c:?}",
+        c.unpinned
+    );
+    let recorded =
+        s.lb.call(|b| b.datapath().flows().expect("flows").len() as u64);
+    assert!(
+        recorded <= pinned_max,
+        "{recorded} flows recorded, cap {CAP}/s over {secs} s"
+    );
 }
