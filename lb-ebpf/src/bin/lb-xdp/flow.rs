@@ -76,6 +76,7 @@ pub fn observe_reply_close(f: &mut Flow, tcp_flags: u8, proto: u8) {
         // SAFETY: a map value pointer stays valid for the program's run.
         let fw = unsafe { &mut *fw };
         if fw.kind == FLOW_FORWARD {
+            // Closed as if by the client's own RST: once, and counted out.
             observe_forward_close(fw, TCP_RST);
         }
     }
