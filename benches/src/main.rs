@@ -57,6 +57,12 @@ enum What {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// Time of the lc/wlc active-flow recount (a scan of the connection
+    /// table) at several table fills (needs root).
+    Recount {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Failover gap seen by a client, lb and keepalived as VRRP speakers
     /// (needs root; takes a few minutes).
     Vrrp {
@@ -95,7 +101,7 @@ fn ip(a: [u8; 4]) -> u32 {
 
 /// A datapath with one VIP in `mode`, mh over 8 backends.
 fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
-    scheduled(mode, timeout_s, udp, Scheduler::Mh, 8)
+    scheduled(mode, timeout_s, udp, Scheduler::Mh, 8, 65_536)
 }
 
 /// A datapath with one VIP in `mode`, `scheduler` over `backends` backends.
@@ -105,12 +111,13 @@ fn scheduled(
     udp: bool,
     scheduler: Scheduler,
     backends: u32,
+    flow_capacity: u32,
 ) -> Result<Datapath> {
     let mut dp = Datapath::load(Limits {
         max_vips: 2,
         max_backends: 64,
         ring_stride: 65_537,
-        flow_capacity: 65_536,
+        flow_capacity,
         new_flow_cap: 0,
     })?;
     dp.set_vip(
@@ -259,7 +266,7 @@ fn cases() -> Result<Vec<Case>> {
             out.push(Case {
                 name: format!("dr {s} ({backends} backends), {what}"),
                 prog: abi::prog::XDP_LB,
-                dp: scheduled(abi::MODE_DR, 900, false, s, backends)?,
+                dp: scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?,
                 frame: tcp.clone(),
                 verdict: TX,
                 one_shot_only: new_flows,
@@ -374,6 +381,40 @@ fn bench_maglev(size: u32, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+fn bench_recount(rounds: usize) -> Result<()> {
+    println!(
+        "| flows in the table | recount time (median) | min–max | of which reading the table | correction |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [1_000u32, 10_000, 100_000, 262_144] {
+        // Twice the entries: an LRU map starts evicting before it is full.
+        let dp = scheduled(abi::MODE_DR, 900, false, Scheduler::Wlc, 8, 2 * n)
+            .context("setting up the datapath (root needed)")?;
+        let mut f = frame(CLIENT, VIP, 40_000, 80, false)?;
+        for i in 0..n {
+            // One client address and source port per flow: 198.19.x.y:1024+.
+            f[26..30].copy_from_slice(&[198, 19, (i >> 8) as u8, i as u8]);
+            f[34..36].copy_from_slice(&(1_024 + (i >> 16) as u16).to_be_bytes());
+            dp.test_run(abi::prog::XDP_LB, &f, 1)?;
+        }
+        let mut times = Vec::new();
+        let mut reads = Vec::new();
+        let mut fixed = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            fixed += dp.reconcile_active()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            std::hint::black_box(dp.flows()?);
+            reads.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let (med, min, max) = median(times);
+        let read = median(reads).0;
+        println!("| {n} | {med:.1} ms | {min:.1}–{max:.1} ms | {read:.1} ms | {fixed} |");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Args::parse().what {
         What::Datapath {
@@ -382,6 +423,7 @@ fn main() -> Result<()> {
             singles,
         } => bench_datapath(repeat, rounds, singles),
         What::Maglev { size, rounds } => bench_maglev(size, rounds),
+        What::Recount { rounds } => bench_recount(rounds),
         What::Vrrp { reps, lb } => vrrp::bench(reps, lb),
     }
 }

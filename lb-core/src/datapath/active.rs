@@ -11,10 +11,7 @@
 //! and the midpoint is corrected, so such an error is at most half the
 //! backend's churn during one scan, and the next recount corrects it again.
 
-use std::{
-    collections::HashMap,
-    sync::atomic::{AtomicI64, Ordering},
-};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use aya::Ebpf;
 use lb_ebpf::abi::{self, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey, IPPROTO_TCP, VipMeta};
@@ -69,10 +66,9 @@ impl ActiveFlows {
         let before = self.snapshot();
         let (flows, vips) = scan()?;
         let after = self.snapshot();
-        let truth = recount(&flows, &vips, now_ns);
+        let truth = recount(&flows, &vips, now_ns, self.backends);
         let mut fixed = 0u64;
-        for (id, (b, a)) in before.iter().zip(&after).enumerate() {
-            let want = truth.get(&(id as u32)).copied().unwrap_or(0);
+        for (id, ((b, a), want)) in before.iter().zip(&after).zip(&truth).enumerate() {
             let fix = want - (b + a).div_euclid(2);
             if fix != 0
                 && let Some(c) = self.cell(id as u32)
@@ -85,25 +81,34 @@ impl ActiveFlows {
     }
 }
 
-/// Active flows per backend id in a connection table snapshot: forward
-/// entries of a programmed VIP, not closing, seen within its idle timeout.
-pub fn recount(flows: &[(FlowKey, Flow)], vips: &[VipMeta], now_ns: u64) -> HashMap<u32, i64> {
-    let timeouts: HashMap<u32, &VipMeta> = vips.iter().map(|v| (v.id, v)).collect();
-    let mut n = HashMap::new();
+/// Active flows per backend id (index) in a connection table snapshot:
+/// forward entries of a programmed VIP, not closing, seen within its idle
+/// timeout. Ids from `backends` on are not counted.
+pub fn recount(
+    flows: &[(FlowKey, Flow)],
+    vips: &[VipMeta],
+    now_ns: u64,
+    backends: u32,
+) -> Vec<i64> {
+    const NS: u64 = 1_000_000_000;
+    let slots = vips.iter().map(|v| v.id as usize + 1).max().unwrap_or(0);
+    let mut idle = vec![None; slots];
+    for v in vips {
+        idle[v.id as usize] = Some((v.tcp_timeout_s as u64 * NS, v.udp_timeout_s as u64 * NS));
+    }
+    let mut n = vec![0i64; backends as usize];
     for (k, f) in flows {
         if f.kind != FLOW_FORWARD || f.flags & FLOW_CLOSING != 0 {
             continue;
         }
-        let Some(v) = timeouts.get(&f.vip) else {
+        let Some(Some((tcp, udp))) = idle.get(f.vip as usize) else {
             continue;
         };
-        let idle_s = if k.proto == IPPROTO_TCP {
-            v.tcp_timeout_s
-        } else {
-            v.udp_timeout_s
-        };
-        if now_ns.saturating_sub(f.last_seen_ns) <= idle_s as u64 * 1_000_000_000 {
-            *n.entry(f.backend).or_insert(0) += 1;
+        let limit = if k.proto == IPPROTO_TCP { *tcp } else { *udp };
+        if now_ns.saturating_sub(f.last_seen_ns) <= limit
+            && let Some(c) = n.get_mut(f.backend as usize)
+        {
+            *c += 1;
         }
     }
     n
@@ -153,7 +158,7 @@ mod tests {
             (tcp, flow(2, 195, FLOW_REPLY, 0)),
             (tcp, other_vip),
         ];
-        let n = recount(&flows, &[vip], 200 * 1_000_000_000);
-        assert_eq!(n, HashMap::from([(1, 2), (2, 1)]));
+        let n = recount(&flows, &[vip], 200 * 1_000_000_000, 3);
+        assert_eq!(n, [0, 2, 1]);
     }
 }

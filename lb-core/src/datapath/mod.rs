@@ -11,6 +11,7 @@
 
 pub mod active;
 pub mod balancer;
+mod batch;
 mod mmap;
 pub mod neigh;
 mod ring;
@@ -467,13 +468,25 @@ impl Datapath {
         self.counters(abi::map::VIP_STATS, self.limits.max_vips)
     }
 
-    /// A snapshot of the connection table.
+    /// A snapshot of the connection table (batched reads where the kernel
+    /// has them).
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
         let name = abi::map::FLOWS;
         let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
         let m: BpfHashMap<&MapData, FlowKey, Flow> =
             BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
+        let data = match self.ebpf.map(name) {
+            Some(aya::maps::Map::LruHashMap(d)) => d,
+            _ => return Err(DatapathError::Map(name)),
+        };
+        match batch::dump(data) {
+            Ok(Some(all)) => Ok(all),
+            Ok(None) => Ok(m.iter().filter_map(|r| r.ok()).collect()),
+            Err(e) => Err(DatapathError::MapWrite {
+                what: format!("reading {name}"),
+                error: e.to_string(),
+            }),
+        }
     }
 
     /// Runs a program once (or `repeat` times) on `frame` with
