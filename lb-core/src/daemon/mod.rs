@@ -782,22 +782,24 @@ impl Daemon {
     }
 
     /// lc/wlc schedule by active flow counts that flows ending by timeout
-    /// or eviction leave too high: recount them while such a service exists
-    /// (the scan costs a syscall pair per connection table entry).
-    async fn recount_active(&mut self) {
+    /// or eviction leave too high: recount them while such a service
+    /// exists. Returns how long the scan of the connection table took.
+    async fn recount_active(&mut self) -> Option<Duration> {
         if !self.services.values().any(|s| {
             matches!(
                 s.cfg.scheduler,
                 config::Scheduler::Lc | config::Scheduler::Wlc
             )
         }) {
-            return;
+            return None;
         }
+        let started = Instant::now();
         match self.dataplane.reconcile_active().await {
             Ok(0) => {}
             Ok(fixed) => tracing::debug!(fixed, "active flow counts corrected"),
             Err(e) => tracing::warn!(error = %e, "recounting active flows"),
         }
+        Some(started.elapsed())
     }
 
     fn vrrp_status(&self) -> Vec<VrrpStatus> {
@@ -813,6 +815,7 @@ impl Daemon {
         let mut reap = tokio::time::interval(Duration::from_secs(1));
         let mut observe = tokio::time::interval(OBSERVE_INTERVAL);
         let mut recount = tokio::time::interval(crate::datapath::active::RECOUNT_INTERVAL);
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             let flush_at = self.flush_at;
@@ -844,7 +847,11 @@ impl Daemon {
                     }
                 }
                 _ = observe.tick() => self.observe().await,
-                _ = recount.tick() => self.recount_active().await,
+                _ = recount.tick() => {
+                    if let Some(took) = self.recount_active().await {
+                        recount.reset_after(crate::datapath::active::recount_interval(took));
+                    }
+                }
                 Some(()) = self.vrrp_changed.recv() => self.publish(),
             }
         }

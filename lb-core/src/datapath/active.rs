@@ -10,8 +10,13 @@
 //! may be counted on one side only: the counter is read before and after,
 //! and the midpoint is corrected, so such an error is at most half the
 //! backend's churn during one scan, and the next recount corrects it again.
+//! The daemon recounts every [`RECOUNT_INTERVAL`], stretched by
+//! [`recount_interval`] when the table is big.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::{
+    sync::atomic::{AtomicI64, Ordering},
+    time::Duration,
+};
 
 use aya::Ebpf;
 use lb_ebpf::abi::{self, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey, IPPROTO_TCP, VipMeta};
@@ -22,7 +27,14 @@ use super::{
 };
 
 /// How often the daemon recounts, while some service uses lc or wlc.
-pub const RECOUNT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+pub const RECOUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The wait before the next recount after one that took `took`: the
+/// interval, stretched so the scan takes at most a tenth of a core (a full
+/// 262144-entry table takes 120–200 ms here, see BENCHMARKS.md).
+pub fn recount_interval(took: Duration) -> Duration {
+    RECOUNT_INTERVAL.max(took * 10)
+}
 
 pub struct ActiveFlows {
     mem: Mmap,
@@ -128,6 +140,18 @@ mod tests {
             flags,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn long_scans_stretch_the_interval() {
+        assert_eq!(
+            recount_interval(Duration::from_millis(20)),
+            RECOUNT_INTERVAL
+        );
+        assert_eq!(
+            recount_interval(Duration::from_millis(150)),
+            Duration::from_millis(1_500)
+        );
     }
 
     #[test]
