@@ -1,4 +1,4 @@
-//! The daemon: config → health checks → live backend sets → Maglev tables in
+//! The daemon: config → health checks → live backend sets → scheduler tables in
 //! the datapath.
 //!
 //! One controller task owns the desired state. Health transitions and admin
