@@ -24,10 +24,10 @@ use clap::{Parser, Subcommand};
 use etherparse::PacketBuilder;
 use lb_core::{
     config::Scheduler,
-    datapath::{Datapath, Limits},
+    datapath::{Datapath, Limits, addr6},
     table::{self, Member, build_maglev},
 };
-use lb_ebpf::abi::{self, Backend, VipKey, VipMeta};
+use lb_ebpf::abi::{self, Backend, VipKey, VipKey6, VipMeta, VipMeta6};
 
 #[derive(Parser)]
 #[command(about = "lb micro benchmarks (Markdown output)")]
@@ -81,8 +81,24 @@ const VIP: [u8; 4] = [198, 18, 0, 100];
 const MAC_A: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC_B: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
-fn frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, udp: bool) -> Result<Vec<u8>> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(src, dst, 64);
+/// A TCP (ACK) or UDP frame with 64 bytes of payload, IPv4 or IPv6 by the
+/// addresses' length.
+fn frame<const N: usize>(
+    src: [u8; N],
+    dst: [u8; N],
+    sport: u16,
+    dport: u16,
+    udp: bool,
+) -> Result<Vec<u8>> {
+    let eth = PacketBuilder::ethernet2(MAC_A, MAC_B);
+    let b = match (<[u8; 4]>::try_from(&src[..]), <[u8; 4]>::try_from(&dst[..])) {
+        (Ok(s), Ok(d)) => eth.ipv4(s, d, 64),
+        _ => eth.ipv6(
+            <[u8; 16]>::try_from(&src[..])?,
+            <[u8; 16]>::try_from(&dst[..])?,
+            64,
+        ),
+    };
     let mut out = Vec::new();
     let payload = [0u8; 64];
     if udp {
@@ -99,12 +115,30 @@ fn ip(a: [u8; 4]) -> u32 {
     u32::from_ne_bytes(a)
 }
 
-/// A datapath with one VIP in `mode`, mh over 8 backends.
+/// The IPv6 addresses of the bench: 2001:2::/48 (RFC 5180).
+fn v6(last: u16) -> [u8; 16] {
+    std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, last).octets()
+}
+const CLIENT6: u16 = 1;
+const LB6: u16 = 2;
+const VIP6: u16 = 0x100;
+
+/// Source port offset of a frame built by [`frame`].
+fn sport_at(f: &[u8]) -> usize {
+    if f[12..14] == [0x86, 0xdd] { 54 } else { 34 }
+}
+
+/// A datapath with one VIP in `mode` for each family, mh over 8 backends.
 fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
     scheduled(mode, timeout_s, udp, Scheduler::Mh, 8, 65_536)
 }
 
-/// A datapath with one VIP in `mode`, `scheduler` over `backends` backends.
+/// Backend ids of the IPv6 VIP start here, after the IPv4 VIP's.
+const IDS6: u32 = abi::LEAST_MAX_BACKENDS;
+
+/// A datapath with one VIP in `mode` for each family, `scheduler` over
+/// `backends` backends: IPv4 (VIP id 0, backend ids from 0) and IPv6 (VIP
+/// id 1, backend ids from [`IDS6`]).
 fn scheduled(
     mode: u8,
     timeout_s: u32,
@@ -115,7 +149,7 @@ fn scheduled(
 ) -> Result<Datapath> {
     let mut dp = Datapath::load(Limits {
         max_vips: 2,
-        max_backends: 64,
+        max_backends: 2 * IDS6,
         ring_stride: 65_537,
         flow_capacity,
         new_flow_cap: 0,
@@ -166,6 +200,57 @@ fn scheduled(
         .collect::<Result<_>>()?;
     let t = table::build(scheduler, &members, 65_537)?;
     dp.swap_table(0, t.kind, &t.slots)?;
+    let proto = if udp {
+        abi::IPPROTO_UDP
+    } else {
+        abi::IPPROTO_TCP
+    };
+    dp.set_vip6(
+        VipKey6 {
+            addr: addr6(v6(VIP6).into()),
+            port: 80u16.to_be(),
+            proto,
+            _pad: 0,
+        },
+        VipMeta6 {
+            meta: VipMeta {
+                id: 1,
+                mode,
+                snat_port_min: 1_024,
+                snat_port_max: 32_767,
+                tcp_timeout_s: timeout_s,
+                udp_timeout_s: timeout_s,
+                tun_src_bits: 8,
+                mtu: 1_500,
+                ..Default::default()
+            },
+            snat_addr: addr6(v6(LB6).into()),
+            tun_src: addr6(std::net::Ipv6Addr::new(0x2001, 2, 0, 9, 0, 0, 0, 0)),
+            persist_mask: [u32::MAX; 4],
+        },
+    )?;
+    let members: Vec<Member> = (IDS6..IDS6 + backends)
+        .map(|i| -> Result<Member> {
+            let addr = v6(0x1000 + i as u16);
+            dp.set_backend6(
+                i,
+                addr.into(),
+                Backend {
+                    port: 8033u16.to_be(),
+                    mac: MAC_A,
+                    src_mac: MAC_B,
+                    ..Default::default()
+                },
+            )?;
+            Ok(Member {
+                id: i,
+                addr: SocketAddr::from((addr, 8033)),
+                weight: 1,
+            })
+        })
+        .collect::<Result<_>>()?;
+    let t = table::build(scheduler, &members, 65_537)?;
+    dp.swap_table(1, t.kind, &t.slots)?;
     Ok(dp)
 }
 
@@ -186,6 +271,7 @@ fn cases() -> Result<Vec<Case>> {
     const PASS: u32 = 2;
     const TX: u32 = 3;
     let tcp = frame(CLIENT, VIP, 40_000, 80, false)?;
+    let tcp6 = frame(v6(CLIENT6), v6(VIP6), 40_000, 80, false)?;
     let mut out = Vec::new();
     out.push(Case {
         name: "trivial XDP_PASS (baseline)".into(),
@@ -274,6 +360,58 @@ fn cases() -> Result<Vec<Case>> {
             });
         }
     }
+    out.push(Case {
+        name: "IPv6 non-VIP packet (pass)".into(),
+        prog: abi::prog::XDP_LB,
+        dp: datapath(abi::MODE_DR, 900, false)?,
+        frame: frame(v6(CLIENT6), v6(0x200), 40_000, 80, false)?,
+        verdict: PASS,
+        one_shot_only: false,
+        new_flows: false,
+    });
+    for (name, mode, udp, new_flows) in [
+        (
+            "IPv6 dr, VIP hit, established TCP flow",
+            abi::MODE_DR,
+            false,
+            false,
+        ),
+        (
+            "IPv6 dr, VIP hit, established UDP flow",
+            abi::MODE_DR,
+            true,
+            false,
+        ),
+        ("IPv6 dr, new flow every packet", abi::MODE_DR, false, true),
+        (
+            "IPv6 nat, VIP hit, established TCP flow",
+            abi::MODE_NAT,
+            false,
+            false,
+        ),
+        (
+            "IPv6 nat, new flow every packet (SNAT port alloc)",
+            abi::MODE_NAT,
+            false,
+            true,
+        ),
+        (
+            "IPv6 tun, VIP hit, established TCP flow (IPv6-in-IPv6 encap)",
+            abi::MODE_TUN,
+            false,
+            false,
+        ),
+    ] {
+        out.push(Case {
+            name: name.into(),
+            prog: abi::prog::XDP_LB,
+            dp: datapath(mode, 900, udp)?,
+            frame: frame(v6(CLIENT6), v6(VIP6), 40_000, 80, udp)?,
+            verdict: TX,
+            one_shot_only: mode != abi::MODE_DR || new_flows,
+            new_flows,
+        });
+    }
     // A nat reply: learn the SNAT port from one forwarded packet.
     let dp = datapath(abi::MODE_NAT, 900, false)?;
     let fwd = dp.test_run(abi::prog::XDP_LB, &tcp, 1)?;
@@ -284,6 +422,19 @@ fn cases() -> Result<Vec<Case>> {
         prog: abi::prog::XDP_LB,
         dp,
         frame: frame(be, LB, 8033, port, false)?,
+        verdict: TX,
+        one_shot_only: true,
+        new_flows: false,
+    });
+    let dp = datapath(abi::MODE_NAT, 900, false)?;
+    let fwd = dp.test_run(abi::prog::XDP_LB, &tcp6, 1)?;
+    let port = u16::from_be_bytes([fwd.data[54], fwd.data[55]]);
+    let be: [u8; 16] = fwd.data[38..54].try_into()?;
+    out.push(Case {
+        name: "IPv6 nat, backend reply (un-NAT)".into(),
+        prog: abi::prog::XDP_LB,
+        dp,
+        frame: frame(be, v6(LB6), 8033, port, false)?,
         verdict: TX,
         one_shot_only: true,
         new_flows: false,
@@ -323,7 +474,8 @@ fn bench_datapath(repeat: u32, rounds: usize, singles: usize) -> Result<()> {
         for (i, c) in cases.iter().enumerate() {
             if c.new_flows {
                 // Source ports 1..=singles; the checksum is not validated.
-                frames[i][34..36].copy_from_slice(&(n as u16 + 1).to_be_bytes());
+                let at = sport_at(&frames[i]);
+                frames[i][at..at + 2].copy_from_slice(&(n as u16 + 1).to_be_bytes());
             }
             let r = c.dp.test_run(c.prog, &frames[i], 1)?;
             single[i].push(r.duration.as_nanos() as f64);

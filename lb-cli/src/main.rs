@@ -62,14 +62,15 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
-    /// On a tun-mode backend: strip the IPIP header of packets from the LB.
+    /// On a tun-mode backend: strip the IPIP (or IPv6-in-IPv6) header of
+    /// packets from the LB.
     ///
-    /// For backends without an IPIP device (or whose kernel has none):
+    /// For backends without a tunnel device (or whose kernel has none):
     /// attaches lb's decapsulation XDP program to INTERFACE and keeps it
-    /// there until SIGTERM/SIGINT. IPIP packets lose their outer header and
-    /// reach the stack as the client sent them, to the VIP, which the backend
-    /// must hold on a loopback (with arp_ignore=1, arp_announce=2, as for
-    /// dr). Other packets pass untouched. Needs root (or CAP_BPF,
+    /// there until SIGTERM/SIGINT. IPIP and IPv6-in-IPv6 packets lose their
+    /// outer header and reach the stack as the client sent them, to the VIP,
+    /// which the backend must hold on a loopback (with arp_ignore=1,
+    /// arp_announce=2 for IPv4, as for dr). Other packets pass untouched. Needs root (or CAP_BPF,
     /// CAP_PERFMON, CAP_NET_ADMIN).
     Decap {
         /// The interface the LB's packets arrive on.

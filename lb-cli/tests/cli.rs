@@ -44,7 +44,7 @@ fn backend(a: SocketAddrV4) -> BackendStatus {
         live_weight: Some(10),
         healthy: true,
         reason: Some("tcp connect ok".into()),
-        probe_latency_seconds: None,
+        probes: None,
         sorry_server: false,
     }
 }
@@ -139,10 +139,10 @@ impl Control for Fake {
             active_flows: flows,
         };
         Ok(UsageSnapshot {
-            vips: vec![((VIP, Protocol::Tcp), u(b1_flows + 5))],
+            vips: vec![((VIP.into(), Protocol::Tcp), u(b1_flows + 5))],
             backends: vec![
-                ((VIP, Protocol::Tcp, B1), u(b1_flows)),
-                ((VIP, Protocol::Tcp, B2), u(5)),
+                ((VIP.into(), Protocol::Tcp, B1.into()), u(b1_flows)),
+                ((VIP.into(), Protocol::Tcp, B2.into()), u(5)),
             ],
             unmatched: Counters::default(),
         })

@@ -44,6 +44,17 @@ fn setup(
     config: impl Fn(&Path) -> String,
     backends_up: impl FnOnce(&mut Lab, &[String]),
 ) -> Setup {
+    setup_as(test, config, backends_up, |_, lb| lb.to_string())
+}
+
+/// [`setup`], with the daemon's command line (`lb run --config ...`) passed
+/// through `launch` with the lab's directory, e.g. to drop privileges.
+fn setup_as(
+    test: &str,
+    config: impl Fn(&Path) -> String,
+    backends_up: impl FnOnce(&mut Lab, &[String]),
+    launch: impl Fn(&Path, &str) -> String,
+) -> Setup {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     let lb = lab.host("lb", "198.18.0.2/15");
@@ -60,7 +71,10 @@ fn setup(
     let log = dir.join("lb.log");
     let lb_pid = lab.spawn_logged(
         &lb,
-        &format!("{LB_BIN} run --config {}", cfg_path.display()),
+        &launch(
+            &dir,
+            &format!("{LB_BIN} run --config {}", cfg_path.display()),
+        ),
         Some(&log),
     );
     Setup {
@@ -420,6 +434,124 @@ fn run_without_privileges_fails_clearly() {
             && err.contains("Operation not permitted"),
         "unclear error: {err}"
     );
+}
+
+/// The capabilities `configs/lb.service` grants instead of root, as the
+/// `lb` user (here nobody) with them ambient, as systemd runs it.
+fn unit_capabilities() -> Vec<String> {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../configs/lb.service"
+    ))
+    .expect("configs/lb.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities= in the unit");
+    line.split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect()
+}
+
+#[test]
+fn the_units_capabilities_are_enough_without_root() {
+    lb_testlab::require_root();
+    let caps = unit_capabilities();
+    assert!(caps.contains(&"bpf".to_string()), "{caps:?}");
+    let plus = caps
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut s = setup_as(
+        "caps",
+        |dir| {
+            let mut c = http_config(dir).replace("admin.sock", "run/admin.sock");
+            // VRRP: raw IP protocol 112 (CAP_NET_RAW), the address by
+            // netlink (CAP_NET_ADMIN).
+            c.push_str(
+                "\n[[vrrp_instance]]\nname = \"VI_CAPS\"\ninterface = \"eth0\"\nvirtual_router_id = 52\npriority = 150\nadvert_int = \"1s\"\nvirtual_ipaddress = [\"198.18.0.101/32\"]\n",
+            );
+            c
+        },
+        |lab, backends| {
+            for (i, ns) in backends.iter().enumerate() {
+                lab.http_backend(ns, &BACKENDS[i].to_string(), 8080, &format!("be{}", i + 1));
+            }
+        },
+        |dir, cmd| {
+            // The build tree may sit where nobody cannot enter (CI clones
+            // into /root): run a copy from the lab's directory, whose `run/`
+            // the daemon's user owns, as systemd's RuntimeDirectory would be.
+            use std::os::unix::fs::PermissionsExt;
+            let bin = dir.join("lb");
+            std::fs::copy(LB_BIN, &bin).expect("copy lb");
+            for p in [dir, bin.as_path()] {
+                std::fs::set_permissions(p, PermissionsExt::from_mode(0o755)).expect("chmod");
+            }
+            std::fs::set_permissions(dir.join("lb.toml"), PermissionsExt::from_mode(0o644))
+                .expect("chmod");
+            let run = dir.join("run");
+            std::fs::create_dir_all(&run).expect("run dir");
+            std::os::unix::fs::chown(&run, Some(65534), Some(65534)).expect("chown");
+            format!(
+                "setpriv --reuid=65534 --regid=65534 --clear-groups --no-new-privs \
+                 --inh-caps=-all,{plus} --ambient-caps=-all,{plus} --bounding-set=-all,{plus} {}",
+                cmd.replacen(LB_BIN, &bin.display().to_string(), 1)
+            )
+        },
+    );
+    let lb_ns = s.lab.ns("lb");
+    let client = s.client.clone();
+    wait_until("the VIP to answer", Duration::from_secs(15), || {
+        in_ns(&client, get).is_ok()
+    });
+    let bodies: Vec<String> = in_ns(&client, || (0..30).filter_map(|_| get().ok()).collect());
+    assert_eq!(
+        bodies.len(),
+        30,
+        "every request answered: {bodies:?}\n{}",
+        log_of(&s)
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.lb_pid)).unwrap_or_default();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("65534")),
+        "the daemon runs as nobody: {status}"
+    );
+    wait_until(
+        "VRRP master with its address",
+        Duration::from_secs(10),
+        || {
+            let out = s.lab.sh(&lb_ns, "ip -4 -o addr show dev eth0");
+            String::from_utf8_lossy(&out.stdout).contains("198.18.0.101/32")
+        },
+    );
+    let socket = s.lab.dir().join("run/admin.sock");
+    let out = std::process::Command::new(LB_BIN)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["status"])
+        .output()
+        .expect("lb status");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && shown.contains("MASTER"),
+        "lb status: {shown}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.lab.signal(s.lb_pid, libc::SIGHUP);
+    wait_until("the reload", Duration::from_secs(10), || {
+        log_of(&s).contains("config reloaded")
+    });
+    s.lab.signal(s.lb_pid, libc::SIGTERM);
+    assert!(
+        s.lab.wait_exit(s.lb_pid, Duration::from_secs(10)),
+        "SIGTERM ends the daemon"
+    );
+    let log = log_of(&s);
+    assert!(!log.contains("ERROR"), "{log}");
 }
 
 /// Kills be2 under client load (a request every 10 ms) and returns the

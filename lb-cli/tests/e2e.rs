@@ -124,6 +124,10 @@ vip = "{VIP}"
 interface = "eth0"
 forwarding = "nat"
 
+[service.check]
+type = "tcp"
+delay_loop = "200ms"
+
 [[service.backend]]
 address = "{BE1}"
 
@@ -279,6 +283,17 @@ address = "{BE2}"
     let be1 = format!(r#"lb_backend_admin_weight{{vip="{VIP}",protocol="tcp",backend="{BE1}"}} 0"#);
     assert!(metrics.lines().any(|l| l == be1), "{metrics}");
     assert!(metrics.contains("\nlb_datapath_readable 1\n"), "{metrics}");
+    // Every probe lands in the latency histogram, as it happens.
+    let probes = format!(
+        r#"lb_backend_probe_duration_seconds_count{{vip="{VIP}",protocol="tcp",backend="{BE2}"}} "#
+    );
+    let count: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&probes))
+        .unwrap_or_else(|| panic!("{probes} in {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(count >= 3, "probes every 200 ms for seconds: {count}");
 
     // A second daemon on the same socket gives up before touching the datapath.
     let second = lb_in(&lb_ns, &["run", "--config", &config_arg])
@@ -360,4 +375,138 @@ address = "{BE2}"
 
     assert_eq!(daemon.terminate(), Some(0));
     assert!(!socket.exists(), "the socket is removed at exit");
+}
+
+/// `lb run` with an IPv6 service (nat, 80 → 8080, health-checked over
+/// IPv6): traffic through the VIP, counters and active flows in `lb
+/// status`, a drain by IPv6 address. Layout: 2001:2::/64 (RFC 5180) beside the IPv4 one, client
+/// ::1, lb ::2 holding the VIP ::100, backends ::11 and ::12.
+#[test]
+fn lb_run_balances_an_ipv6_service() {
+    require_root();
+    const VIP6: &str = "[2001:2::100]:80";
+    const BACKENDS6: [&str; 2] = ["[2001:2::11]:8080", "[2001:2::12]:8080"];
+    let mut lab = Lab::new("admin6");
+    let add6 = |lab: &Lab, ns: &str, cidr: &str| {
+        lab.ip(&["-n", ns, "addr", "add", cidr, "dev", "eth0", "nodad"]);
+    };
+    let client = lab.host("client", "198.18.0.1/15");
+    add6(&lab, &client, "2001:2::1/64");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    add6(&lab, &lb_ns, "2001:2::2/64");
+    add6(&lab, &lb_ns, "2001:2::100/128");
+    for i in 1..=2 {
+        let ns = lab.host(&format!("be{i}"), &format!("198.18.1.{i}/15"));
+        add6(&lab, &ns, &format!("2001:2::1{i}/64"));
+        lab.http_backend(&ns, &format!("2001:2::1{i}"), 8080, &format!("be{i}"));
+    }
+    let dir = std::env::temp_dir().join(format!("{}-run", lab.ns("admin6")));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("admin.sock");
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[daemon]
+xdp_mode = "generic"
+admin_socket = "{}"
+metrics_listen = "127.0.0.1:0"
+
+[[service]]
+name = "v6"
+vip = "{VIP6}"
+interface = "eth0"
+forwarding = "nat"
+
+[service.check]
+type = "tcp"
+delay_loop = "1s"
+
+[[service.backend]]
+address = "{}"
+
+[[service.backend]]
+address = "{}"
+"#,
+            socket.display(),
+            BACKENDS6[0],
+            BACKENDS6[1]
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("lb.log")).unwrap();
+    let config_arg = config.display().to_string();
+    let _daemon = Daemon(
+        lb_in(&lb_ns, &["run", "--config", &config_arg])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting lb run"),
+    );
+    let requests = |n: usize| -> Vec<String> {
+        let out = lab.sh(
+            &client,
+            &format!("for i in $(seq {n}); do curl -gs --max-time 2 http://{VIP6}/; echo; done"),
+        );
+        text(&out.stdout).lines().map(str::to_string).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = lb(&socket, &["status", "--json"]).status.success()
+            && status(&socket).services[0]
+                .backends
+                .iter()
+                .all(|b| b.healthy);
+        if up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lb run did not bring the IPv6 backends up; log:\n{}",
+            std::fs::read_to_string(dir.join("lb.log")).unwrap_or_default()
+        );
+        sleep(Duration::from_millis(200));
+    }
+    let seen = requests(20);
+    assert!(seen.iter().all(|b| b == "be1" || b == "be2"), "{seen:?}");
+    assert!(seen.iter().any(|b| b == "be1") && seen.iter().any(|b| b == "be2"));
+    let u = status(&socket).services[0]
+        .usage
+        .clone()
+        .expect("service counters");
+    assert!(u.packets >= 20 && u.new_flows >= 20, "{u:?}");
+
+    // Active flows are counted from the IPv6 connection table.
+    let active = || -> u64 {
+        status(&socket).services[0]
+            .backends
+            .iter()
+            .map(|b| b.usage.as_ref().map_or(0, |u| u.active_flows))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while active() > 0 {
+        assert!(Instant::now() < deadline, "closed connections still active");
+        sleep(Duration::from_millis(200));
+    }
+    let (close_tx, close_rx) = std::sync::mpsc::channel::<()>();
+    let (open_tx, open_rx) = std::sync::mpsc::channel();
+    let client_ns = client.clone();
+    let holder = std::thread::spawn(move || {
+        lb_testlab::enter(&client_ns);
+        let conn = std::net::TcpStream::connect(VIP6).expect("long-lived connection");
+        open_tx.send(()).unwrap();
+        let _ = close_rx.recv();
+        drop(conn);
+    });
+    open_rx.recv().unwrap();
+    sleep(Duration::from_millis(300));
+    assert_eq!(active(), 1);
+    close_tx.send(()).unwrap();
+    holder.join().unwrap();
+
+    let out = lb(&socket, &["drain", VIP6, BACKENDS6[0]]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let after = requests(10);
+    assert!(after.iter().all(|b| b == "be2"), "{after:?}");
 }

@@ -10,7 +10,7 @@
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -48,7 +48,7 @@ fn limits() -> Limits {
 
 fn spec(forwarding: Forwarding) -> ServiceSpec {
     ServiceSpec {
-        vip: SocketAddrV4::new(VIP, 80),
+        vip: SocketAddr::from((VIP, 80)),
         protocol: Protocol::Tcp,
         interface: "eth0".into(),
         forwarding,
@@ -56,7 +56,8 @@ fn spec(forwarding: Forwarding) -> ServiceSpec {
         table_size: 65_537,
         snat_address: None,
         snat_ports: (1_024, 32_767),
-        tun_source: (forwarding == Forwarding::Tun).then(|| (Ipv4Addr::new(198, 19, 0, 0), 24)),
+        tun_source: (forwarding == Forwarding::Tun)
+            .then(|| (Ipv4Addr::new(198, 19, 0, 0).into(), 24)),
         persistence: None,
         tcp_timeout: Duration::from_secs(900),
         udp_timeout: Duration::from_secs(300),
@@ -152,13 +153,13 @@ fn setup_with(test: &str, forwarding: Forwarding, mode: AttachMode, limits: Limi
     let backends: Vec<BackendSpec> = BACKENDS
         .iter()
         .map(|b| BackendSpec {
-            addr: SocketAddrV4::new(*b, port),
+            addr: SocketAddr::from((*b, port)),
             weight: 1,
         })
         .collect();
     lb.call(move |b| {
         b.add_service(spec(forwarding)).expect("add_service");
-        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
             .expect("set_backends");
     });
     let want = match mode {
@@ -270,16 +271,16 @@ fn nat_with_the_lb_node_as_a_backend() {
         .http_backend(&lb_ns, &LB.to_string(), 8033, "lb-local");
     let backends = vec![
         BackendSpec {
-            addr: SocketAddrV4::new(LB, 8033),
+            addr: SocketAddr::from((LB, 8033)),
             weight: 1,
         },
         BackendSpec {
-            addr: SocketAddrV4::new(BACKENDS[0], 8033),
+            addr: SocketAddr::from((BACKENDS[0], 8033)),
             weight: 1,
         },
     ];
     s.lb.call(move |b| {
-        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
             .expect("set_backends")
     });
     let seen = curl_many(&s, 30);
@@ -311,14 +312,14 @@ fn hot_swap_keeps_long_lived_connections() {
     let lb = NsWorker::start(&lb_ns, || {
         Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
     });
-    let vip = SocketAddrV4::new(VIP, 80);
+    let vip = SocketAddr::from((VIP, 80));
     let set = move |b: &mut Balancer, w: [u32; 3]| {
         let specs: Vec<BackendSpec> = BACKENDS
             .iter()
             .zip(w)
             .filter(|(_, w)| *w > 0)
             .map(|(a, w)| BackendSpec {
-                addr: SocketAddrV4::new(*a, 8033),
+                addr: SocketAddr::from((*a, 8033)),
                 weight: w,
             })
             .collect();
@@ -340,8 +341,7 @@ fn hot_swap_keeps_long_lived_connections() {
         let mut conns = Vec::new();
         let mut greeted = HashMap::new();
         for _ in 0..CONNS {
-            let c =
-                TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+            let c = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
             c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
             let mut r = BufReader::new(c.try_clone().unwrap());
             let mut name = String::new();
@@ -413,7 +413,7 @@ fn hot_swap_keeps_long_lived_connections() {
     // one with be3 only must land on be3.
     lb.call(move |b| set(b, [0, 0, 1]));
     let got = in_ns(&client, move || {
-        let c = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+        let c = TcpStream::connect_timeout(&vip, Duration::from_secs(3)).expect("connect");
         c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let mut name = String::new();
         BufReader::new(c).read_line(&mut name).expect("greeting");
@@ -448,9 +448,9 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
         };
         Balancer::new(Datapath::load(limits).expect("load"), AttachMode::Generic)
     });
-    let vip_a = SocketAddrV4::new(VIP, 80);
+    let vip_a = SocketAddr::from((VIP, 80));
     let be = |i: usize| BackendSpec {
-        addr: SocketAddrV4::new(BACKENDS[i], 8033),
+        addr: SocketAddr::from((BACKENDS[i], 8033)),
         weight: 1,
     };
     let generation = lb.call(move |b| {
@@ -467,7 +467,7 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 
     let err = lb.call(|b| {
         let mut s = spec(Forwarding::Nat);
-        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        s.vip = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 101), 80));
         s.interface = "nope0".into();
         b.add_service(s).unwrap_err().to_string()
     });
@@ -476,10 +476,10 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 
     let err = lb.call(|b| {
         let mut s = spec(Forwarding::Nat);
-        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        s.vip = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 101), 80));
         b.add_service(s).expect("second VIP fits");
         s = spec(Forwarding::Nat);
-        s.vip = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 102), 80);
+        s.vip = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 102), 80));
         b.add_service(s).unwrap_err().to_string()
     });
     assert!(
@@ -490,14 +490,14 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 
     // Four backend slots: A holds three; B asks for two new ones.
     let err = lb.call(move |b| {
-        let vip_b = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 101), 80);
+        let vip_b = SocketAddr::from((Ipv4Addr::new(198, 18, 0, 101), 80));
         let extra = [
             BackendSpec {
-                addr: SocketAddrV4::new(LB, 8034),
+                addr: SocketAddr::from((LB, 8034)),
                 weight: 1,
             },
             BackendSpec {
-                addr: SocketAddrV4::new(LB, 8035),
+                addr: SocketAddr::from((LB, 8035)),
                 weight: 1,
             },
         ];
@@ -517,7 +517,7 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
     // keep serving.
     let (unresolved, now) = lb.call(move |b| {
         let ghost = BackendSpec {
-            addr: SocketAddrV4::new(Ipv4Addr::new(198, 18, 9, 9), 8033),
+            addr: SocketAddr::from((Ipv4Addr::new(198, 18, 9, 9), 8033)),
             weight: 1,
         };
         let swap = b
@@ -589,13 +589,13 @@ fn echo_service_with(test: &str, service: ServiceSpec) -> EchoService {
     let backends: Vec<BackendSpec> = BACKENDS
         .iter()
         .map(|a| BackendSpec {
-            addr: SocketAddrV4::new(*a, 8033),
+            addr: SocketAddr::from((*a, 8033)),
             weight: 1,
         })
         .collect();
     lb.call(move |b| {
         b.add_service(service).expect("add_service");
-        b.set_backends(SocketAddrV4::new(VIP, 80), Protocol::Tcp, &backends)
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
             .expect("set_backends");
     });
     EchoService {
@@ -665,7 +665,7 @@ fn lc_sends_connections_to_the_least_busy_backend() {
         s.lb.call(|b| {
             BACKENDS.map(|a| {
                 let id = b
-                    .backend_id("eth0", SocketAddrV4::new(a, 8033))
+                    .backend_id("eth0", SocketAddr::from((a, 8033)))
                     .expect("backend id");
                 b.datapath().active_flows(id)
             })
@@ -720,7 +720,7 @@ fn persistence_keeps_a_clients_connections_on_one_backend() {
         "pers",
         ServiceSpec {
             scheduler: Scheduler::Rr,
-            persistence: Some((Duration::from_secs(2), Ipv4Addr::BROADCAST)),
+            persistence: Some((Duration::from_secs(2), Ipv4Addr::BROADCAST.into())),
             ..spec(Forwarding::Nat)
         },
     );
@@ -775,7 +775,7 @@ fn icmp_echo_to_the_vip_is_answered_by_the_datapath() {
     });
     assert_eq!(answered, 3, "echo requests to the VIP went unanswered");
     // Without the VIP in the datapath nothing answers: it was lb.
-    s.lb.call(|b| b.remove_service(SocketAddrV4::new(VIP, 80), Protocol::Tcp))
+    s.lb.call(|b| b.remove_service(SocketAddr::from((VIP, 80)), Protocol::Tcp))
         .expect("remove_service");
     assert!(!in_ns(&s.client, || echo(VIP, 9)), "the kernel answered");
 }

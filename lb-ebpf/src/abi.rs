@@ -21,6 +21,12 @@ pub mod map {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const CURSORS: &str = "CURSORS";
     pub const ACTIVE: &str = "ACTIVE";
+    pub const VIPS6: &str = "VIPS6";
+    pub const VIP_ADDRS6: &str = "VIP_ADDRS6";
+    pub const BACKENDS6: &str = "BACKENDS6";
+    pub const FLOWS6: &str = "FLOWS6";
+    pub const PERSIST6: &str = "PERSIST6";
+    pub const SNAT_ADDRS6: &str = "SNAT_ADDRS6";
 }
 
 /// Program names in the object.
@@ -90,18 +96,22 @@ pub const CLOSING_TIMEOUT_S: u32 = 10;
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Why a packet addressed to a VIP was dropped (index into `Counters::drops`).
 #[repr(u32)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum DropReason {
-    /// Truncated or inconsistent IPv4/L4 header (bad IHL, total length, ...).
+    /// Truncated or inconsistent IP/L4 header (bad IHL, total or payload
+    /// length, ...).
     Malformed = 0,
-    /// An IPv4 fragment. Fragments cannot be steered consistently without
-    /// reassembly (non-first fragments carry no ports), so all are dropped.
+    /// An IPv4 fragment or an IPv6 Fragment header. Fragments cannot be
+    /// steered consistently without reassembly (non-first fragments carry no
+    /// ports), so all are dropped.
     Fragment = 1,
-    /// IPv4 options present (IHL > 5): dropped, as Katran does; no real client
-    /// sends TCP/UDP with IP options.
+    /// IPv4 options present (IHL > 5), or an IPv6 hop-by-hop, routing or
+    /// destination-options header: dropped, as Katran does; no real client
+    /// sends TCP/UDP with them.
     IpOptions = 2,
     /// The VIP's table is empty: no live backend.
     NoBackend = 3,
@@ -109,7 +119,8 @@ pub enum DropReason {
     NatPortsExhausted = 4,
     /// The chosen backend id has no entry (should not happen; a control bug).
     BadBackend = 5,
-    /// tun: the packet plus the 20-byte outer header exceeds the MTU. Dropped
+    /// tun: the packet plus the outer header (20 bytes, 40 for IPv6) exceeds
+    /// the MTU. Dropped
     /// and counted rather than answered with ICMP frag-needed (not yet).
     TunTooBig = 6,
 }
@@ -363,6 +374,87 @@ impl Counters {
     }
 }
 
+/// An IPv6 address as four native `u32`s holding the network-order bytes
+/// (`u32::from_ne_bytes` of each 4-byte chunk), the IPv4 convention widened.
+pub type Addr6 = [u32; 4];
+
+/// Key of `VIPS6`: an IPv6 service.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct VipKey6 {
+    pub addr: Addr6,
+    /// Port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `VIPS6`. `meta` is read exactly as for IPv4 (id, mode, ports,
+/// timeouts, tun bits, MTU); its IPv4 address fields are unused (0) and the
+/// IPv6 ones follow.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct VipMeta6 {
+    pub meta: VipMeta,
+    /// nat: source address towards remote backends.
+    pub snat_addr: Addr6,
+    /// tun: outer source; its low `meta.tun_src_bits` bits come from the
+    /// flow hash.
+    pub tun_src: Addr6,
+    /// Persistence granularity as a mask (a /64 by default in userspace).
+    pub persist_mask: Addr6,
+}
+
+/// Key of `PERSIST6`: a VIP and a client address masked by `persist_mask`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PersistKey6 {
+    pub vip: u32,
+    pub client: Addr6,
+}
+
+/// Key of `FLOWS6`: the IPv6 5-tuple as seen on the wire.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey6 {
+    pub src_addr: Addr6,
+    pub dst_addr: Addr6,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `FLOWS6`: [`Flow`] with 128-bit rewrite addresses; every field
+/// means what it means there.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Flow6 {
+    pub last_seen_ns: u64,
+    pub backend: u32,
+    pub vip: u32,
+    pub rw_src_addr: Addr6,
+    pub rw_dst_addr: Addr6,
+    pub rw_src_port: u16,
+    pub rw_dst_port: u16,
+    pub peer_mac: [u8; 6],
+    pub local_mac: [u8; 6],
+    pub ifindex: u32,
+    pub kind: u8,
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of `BACKENDS6[id]`: the IPv6 address of backend `id`. Everything
+/// else about it (port, flags, MACs, interface) is in `BACKENDS[id]`, whose
+/// `addr` is then 0: ids, counters and Maglev tables stay shared by both
+/// families, and `Backend` keeps its layout.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Backend6 {
+    pub addr: Addr6,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -378,6 +470,12 @@ mod pod {
     unsafe impl aya::Pod for PersistKey {}
     unsafe impl aya::Pod for Persist {}
     unsafe impl aya::Pod for FlowRate {}
+    unsafe impl aya::Pod for VipKey6 {}
+    unsafe impl aya::Pod for VipMeta6 {}
+    unsafe impl aya::Pod for PersistKey6 {}
+    unsafe impl aya::Pod for FlowKey6 {}
+    unsafe impl aya::Pod for Flow6 {}
+    unsafe impl aya::Pod for Backend6 {}
 }
 
 #[cfg(test)]
@@ -398,5 +496,11 @@ mod tests {
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 48);
         assert_eq!(size_of::<Counters>(), 8 * (7 + DROP_REASONS));
+        assert_eq!(size_of::<VipKey6>(), 20);
+        assert_eq!(size_of::<VipMeta6>(), 40 + 48);
+        assert_eq!(size_of::<PersistKey6>(), 20);
+        assert_eq!(size_of::<FlowKey6>(), 40);
+        assert_eq!(size_of::<Flow6>(), 72);
+        assert_eq!(size_of::<Backend6>(), 16);
     }
 }

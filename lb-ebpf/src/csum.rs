@@ -24,6 +24,18 @@ pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
     !fold(s)
 }
 
+/// New checksum after a 128-bit word (an IPv6 address) changed.
+#[inline(always)]
+pub fn replace16(check: u16, old: &[u32; 4], new: &[u32; 4]) -> u16 {
+    let mut s = !check as u32;
+    let mut i = 0;
+    while i < 4 {
+        s += (!old[i] & 0xffff) + (!old[i] >> 16) + (new[i] & 0xffff) + (new[i] >> 16);
+        i += 1;
+    }
+    !fold(s)
+}
+
 /// UDP over IPv4 may carry no checksum (0); a computed 0 is sent as 0xffff.
 #[inline(always)]
 pub fn udp_fixup(check: u16) -> u16 {
@@ -52,5 +64,22 @@ mod tests {
         let c2 = replace2(full(&words), words[1], 0x0074);
         words[1] = 0x0074;
         assert_eq!(c2, full(&words));
+    }
+
+    #[test]
+    fn replace16_matches_full_recompute() {
+        let mut words = [0xffffu16; 12];
+        words[0] = 0x2001;
+        words[11] = 0x1234;
+        let check = full(&words);
+        let join = |w: &[u16]| -> [u32; 4] {
+            core::array::from_fn(|i| w[2 * i] as u32 | (w[2 * i + 1] as u32) << 16)
+        };
+        let old = join(&words[2..10]);
+        for (i, w) in words[2..10].iter_mut().enumerate() {
+            *w = 0x0102 * i as u16 + 7;
+        }
+        let new = join(&words[2..10]);
+        assert_eq!(replace16(check, &old, &new), full(&words));
     }
 }

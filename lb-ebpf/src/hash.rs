@@ -1,5 +1,5 @@
 //! The hashes that pick a Maglev slot: of the flow (`mh`) or of the client
-//! address alone (`sh`).
+//! address alone (`sh`), for IPv4 and IPv6.
 //!
 //! Both LB nodes must pick the same backend for a flow (so `dr` flows survive a
 //! VRRP failover with identical tables), hence a fixed, seedless function of
@@ -45,6 +45,34 @@ pub fn client_hash(src_addr: u32) -> u32 {
     fmix(mix(0, src_addr) ^ 4)
 }
 
+/// [`flow_hash`] of an IPv6 flow: the same mixing over all eight address
+/// words, so every address bit counts.
+#[inline(always)]
+pub fn flow_hash6(src: &[u32; 4], dst: &[u32; 4], src_port: u16, dst_port: u16, proto: u8) -> u32 {
+    let ports = ((src_port as u32) << 16) | dst_port as u32;
+    let mut h = proto as u32;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, src[i]);
+        h = mix(h, dst[i]);
+        i += 1;
+    }
+    fmix(mix(h, ports) ^ 36)
+}
+
+/// [`client_hash`] of an IPv6 client: all four address words, so clients
+/// that differ only in their interface identifier still spread.
+#[inline(always)]
+pub fn client_hash6(src: &[u32; 4]) -> u32 {
+    let mut h = 0;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, src[i]);
+        i += 1;
+    }
+    fmix(h ^ 16)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +85,24 @@ mod tests {
         }
         for b in buckets {
             assert!((900..1100).contains(&b), "uneven bucket: {buckets:?}");
+        }
+    }
+
+    #[test]
+    fn v6_hash_spreads_ports_and_sees_every_address_word() {
+        let (src, dst) = ([0x0120, 0, 0, 0x0100_0000], [0x0120, 0, 0, 0x6400_0000]);
+        let mut buckets = [0u32; 16];
+        for p in 0..16_000u16 {
+            buckets[(flow_hash6(&src, &dst, p, 80, 6) % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..1100).contains(&b), "uneven bucket: {buckets:?}");
+        }
+        let base = flow_hash6(&src, &dst, 1, 80, 6);
+        for w in 0..4 {
+            let mut s = src;
+            s[w] ^= 1;
+            assert_ne!(flow_hash6(&s, &dst, 1, 80, 6), base, "word {w}");
         }
     }
 }

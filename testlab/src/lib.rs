@@ -166,7 +166,12 @@ impl Lab {
             ),
         );
         for _ in 0..100 {
-            let out = self.try_sh(ns, &format!("curl -s --max-time 1 http://{addr}:{port}/"));
+            let host = if addr.contains(':') {
+                format!("[{addr}]")
+            } else {
+                addr.to_string()
+            };
+            let out = self.try_sh(ns, &format!("curl -gs --max-time 1 http://{host}:{port}/"));
             if out.status.success() {
                 return pid;
             }

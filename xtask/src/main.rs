@@ -33,7 +33,8 @@ enum Task {
     /// the nightly toolchain, on the eBPF programs.
     Lint,
     /// The netns lab: `up` (default) builds, starts and demonstrates it;
-    /// `down` removes everything it created.
+    /// `down` removes everything it created; `check` brings it up, checks
+    /// the traffic and VRRP, and takes it down (part of `test`).
     Lab {
         #[arg(value_enum, default_value = "up")]
         action: LabAction,
@@ -62,6 +63,7 @@ enum BenchKind {
 enum LabAction {
     Up,
     Down,
+    Check,
 }
 
 fn root() -> PathBuf {
@@ -112,7 +114,53 @@ fn test() -> Result<()> {
     // The eBPF crate's library (ABI, hash, checksums) is tested on the host;
     // its programs are exercised through lb-core's test-run and netns tests.
     run(cargo().args(["test", "-p", "lb-ebpf", "--lib"]))?;
-    run(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf"]))
+    run(cargo().args(["test", "--workspace", "--exclude", "lb-ebpf"]))?;
+    lab_check()
+}
+
+/// The README's main job, as a new user runs it: `lab` comes up and spreads
+/// requests over every backend with one VRRP master, and `lab down` leaves
+/// no namespace, process or state directory behind.
+fn lab_check() -> Result<()> {
+    println!("\nlab: up, traffic through the VIP, down");
+    ensure!(
+        !lab_present()?,
+        "a lab is up ({PREFIX}* namespaces or {STATE}); `cargo xtask lab down` it first"
+    );
+    let checked = lab_up().and_then(|report| {
+        let hello = report
+            .counts
+            .iter()
+            .filter(|(line, _)| line.starts_with("hello from be"))
+            .count();
+        ensure!(
+            hello == BACKENDS.len() && report.counts.len() == hello,
+            "expected answers from each of the {} backends only: {:?}",
+            BACKENDS.len(),
+            report.counts
+        );
+        let answered: usize = report.counts.iter().map(|(_, n)| n).sum();
+        ensure!(
+            answered == LAB_REQUESTS,
+            "{answered} of {LAB_REQUESTS} requests answered"
+        );
+        ensure!(
+            report.masters == 1,
+            "expected one VRRP master, found {}",
+            report.masters
+        );
+        Ok(())
+    });
+    lab_down()?;
+    ensure!(!lab_present()?, "`lab down` left namespaces or {STATE}");
+    checked?;
+    println!("lab: ok, nothing left behind");
+    Ok(())
+}
+
+fn lab_present() -> Result<bool> {
+    let list = output(Command::new("ip").args(["netns", "list"]))?;
+    Ok(Path::new(STATE).exists() || list.lines().any(|l| l.starts_with(PREFIX)))
 }
 
 fn lint() -> Result<()> {
@@ -189,6 +237,8 @@ fn bench(which: BenchKind) -> Result<()> {
 /// Lab layout. Namespaces are prefixed so `down` finds all of them.
 const PREFIX: &str = "lblab-";
 const STATE: &str = "/run/lb-lab";
+/// Requests the client sends through the VIP once the lab is up.
+const LAB_REQUESTS: usize = 60;
 const BACKENDS: [(&str, &str); 3] = [
     ("be1", "198.18.1.1"),
     ("be2", "198.18.1.2"),
@@ -252,7 +302,14 @@ fn host(name: &str, iface: &str, cidr: &str, port: &str) -> Result<()> {
     ))
 }
 
-fn lab_up() -> Result<()> {
+/// What `lab_up` saw: each distinct answer to the client's requests with
+/// its count, and how many LB nodes hold the VIP.
+struct LabReport {
+    counts: Vec<(String, usize)>,
+    masters: usize,
+}
+
+fn lab_up() -> Result<LabReport> {
     require_root("cargo xtask lab")?;
     let lb = build()?;
     lab_down()?;
@@ -312,7 +369,9 @@ fn lab_up() -> Result<()> {
     }
     let out = output(&mut in_ns(
         "client",
-        "for i in $(seq 60); do curl -s --max-time 2 http://198.18.0.100/; done",
+        &format!(
+            "for i in $(seq {LAB_REQUESTS}); do curl -s --max-time 2 http://198.18.0.100/; done"
+        ),
     ))?;
     let mut counts: Vec<(String, usize)> = Vec::new();
     for line in out.lines() {
@@ -323,13 +382,15 @@ fn lab_up() -> Result<()> {
     }
     counts.sort();
     println!(
-        "\n60 requests from the client to http://198.18.0.100/ (VIP :80 → backends :8080, nat):"
+        "\n{LAB_REQUESTS} requests from the client to http://198.18.0.100/ (VIP :80 → backends :8080, nat):"
     );
     for (line, n) in &counts {
         println!("  {n:3}  {line}");
     }
+    let mut masters = 0;
     for name in ["lb1", "lb2"] {
         let owns = output(&mut in_ns(name, "ip -4 -o addr show dev lb0"))?.contains("198.18.0.100");
+        masters += usize::from(owns);
         println!(
             "  {name}: {}",
             if owns {
@@ -355,7 +416,7 @@ fn lab_up() -> Result<()> {
          Tear it down:\n\
          \x20 cargo xtask lab down"
     );
-    Ok(())
+    Ok(LabReport { counts, masters })
 }
 
 fn lab_down() -> Result<()> {
@@ -402,7 +463,7 @@ fn main() -> Result<()> {
         Task::Lint => lint(),
         Task::Lab {
             action: LabAction::Up,
-        } => lab_up(),
+        } => lab_up().map(drop),
         Task::Lab {
             action: LabAction::Down,
         } => {
@@ -410,6 +471,9 @@ fn main() -> Result<()> {
             println!("lab removed");
             Ok(())
         }
+        Task::Lab {
+            action: LabAction::Check,
+        } => lab_check(),
         Task::Bench { which } => bench(which),
     }
 }

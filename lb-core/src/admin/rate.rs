@@ -7,7 +7,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddrV4,
+    net::SocketAddr,
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -15,7 +15,7 @@ use std::{
 use crate::{config::Protocol, daemon::UsageSnapshot};
 
 /// A service (`None`) or one of its backends.
-pub type RateKey = (SocketAddrV4, Protocol, Option<SocketAddrV4>);
+pub type RateKey = (SocketAddr, Protocol, Option<SocketAddr>);
 
 /// Per-second rates over one window.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,8 +140,8 @@ mod tests {
     use super::*;
     use crate::daemon::Usage;
 
-    fn vip() -> SocketAddrV4 {
-        SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80)
+    fn vip() -> SocketAddr {
+        SocketAddr::new(Ipv4Addr::new(198, 18, 0, 100).into(), 80)
     }
 
     fn snap(packets: u64, bytes: u64) -> UsageSnapshot {

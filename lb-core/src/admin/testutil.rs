@@ -5,7 +5,11 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddrV4},
     path::PathBuf,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use lb_ebpf::abi::Counters;
@@ -13,6 +17,7 @@ use lb_ebpf::abi::Counters;
 use crate::{
     config::Protocol,
     daemon::{BackendStatus, ServiceStatus, Status, Usage, UsageSnapshot, VrrpStatus},
+    health::ProbeRecord,
 };
 
 pub const VIP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 100), 80);
@@ -27,7 +32,11 @@ pub fn backend(a: SocketAddrV4) -> BackendStatus {
         live_weight: Some(100),
         healthy: true,
         reason: Some("tcp connect ok".into()),
-        probe_latency_seconds: Some(0.0012),
+        probes: Some({
+            let p = Arc::new(ProbeRecord::default());
+            p.observe(true, Duration::from_micros(1200));
+            p
+        }),
         sorry_server: false,
     }
 }
@@ -79,10 +88,10 @@ pub fn usage(packets: u64) -> Usage {
 
 pub fn snapshot(n: u64) -> UsageSnapshot {
     UsageSnapshot {
-        vips: vec![((VIP, Protocol::Tcp), usage(n))],
+        vips: vec![((VIP.into(), Protocol::Tcp), usage(n))],
         backends: vec![
-            ((VIP, Protocol::Tcp, B1), usage(n / 2)),
-            ((VIP, Protocol::Tcp, B2), usage(n / 2)),
+            ((VIP.into(), Protocol::Tcp, B1.into()), usage(n / 2)),
+            ((VIP.into(), Protocol::Tcp, B2.into()), usage(n / 2)),
         ],
         unmatched: Counters::default(),
     }

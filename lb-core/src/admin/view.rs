@@ -5,10 +5,7 @@
 //! These are the v1 wire types, kept apart from [`Status`] so the daemon's
 //! internals can change without breaking scripts that read the API.
 
-use std::{
-    collections::BTreeMap,
-    net::{SocketAddr, SocketAddrV4},
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
 use lb_ebpf::abi::{Counters, DropReason};
 use serde::{Deserialize, Serialize};
@@ -17,6 +14,7 @@ use super::rate::{RateKey, Rates};
 use crate::{
     config::Protocol,
     daemon::{BackendStatus, ServiceStatus, Status, Usage, UsageSnapshot, VrrpStatus},
+    health::ProbeSnapshot,
 };
 
 /// `GET /v1/status`.
@@ -73,8 +71,9 @@ pub struct BackendView {
     pub healthy: bool,
     /// Why the health last changed (the probe's result).
     pub reason: Option<String>,
-    /// Latency of the last successful probe.
-    pub probe_latency_seconds: Option<f64>,
+    /// The health check's probes so far (latency histogram, failures, last
+    /// successful latency); `None` without a check.
+    pub probes: Option<ProbeSnapshot>,
     pub sorry_server: bool,
     /// `None` when the datapath could not be read or the backend is not
     /// programmed (yet).
@@ -121,13 +120,10 @@ fn drops(c: &Counters) -> BTreeMap<String, u64> {
         .collect()
 }
 
-/// The datapath's key for a service as the status shows it; `None` for
-/// what the datapath cannot carry (IPv6, an unknown protocol name).
-pub fn service_key(s: &ServiceStatus) -> Option<(SocketAddrV4, Protocol)> {
-    let SocketAddr::V4(vip) = s.vip else {
-        return None;
-    };
-    Some((vip, protocol(&s.protocol)?))
+/// The datapath's key for a service as the status shows it; `None` for an
+/// unknown protocol name.
+pub fn service_key(s: &ServiceStatus) -> Option<(SocketAddr, Protocol)> {
+    Some((s.vip, protocol(&s.protocol)?))
 }
 
 /// Parses `tcp` or `udp`, as [`Protocol`] displays itself.
@@ -169,9 +165,7 @@ pub fn merge(
             });
             let backend = |b: &BackendStatus| {
                 let (vip, p) = key?;
-                let SocketAddr::V4(addr) = b.address else {
-                    return None;
-                };
+                let addr = b.address;
                 let u = snap?
                     .backends
                     .iter()
@@ -201,7 +195,7 @@ pub fn merge(
                         live_weight: b.live_weight,
                         healthy: b.healthy,
                         reason: b.reason.clone(),
-                        probe_latency_seconds: b.probe_latency_seconds,
+                        probes: b.probes.as_ref().map(|p| p.snapshot()),
                         sorry_server: b.sorry_server,
                         usage: backend(b),
                     })

@@ -119,9 +119,9 @@ pub struct Service {
     pub snat_ports: PortRange,
     /// tun: outer source address and prefix length; `None`: the interface's
     /// primary address.
-    pub tun_source: Option<(Ipv4Addr, u8)>,
+    pub tun_source: Option<(IpAddr, u8)>,
     /// keepalived's persistence_timeout and persistence_granularity.
-    pub persistence: Option<(Duration, Ipv4Addr)>,
+    pub persistence: Option<(Duration, IpAddr)>,
     pub tcp_timeout: Duration,
     pub udp_timeout: Duration,
     pub quorum: u32,

@@ -41,7 +41,7 @@ pub(crate) struct RawDaemon {
     pub metrics_listen: Option<S<String>>,
     /// How XDP attaches. Default: `auto` (native, falling back to generic).
     pub xdp_mode: Option<S<XdpMode>>,
-    /// Connection-table entries. Default: 262144.
+    /// Connection-table entries, per address family. Default: 262144.
     pub flow_capacity: Option<S<i64>>,
     /// SYN-flood guard: new dr/tun flows per CPU per second recorded in the
     /// connection table; more are forwarded unrecorded. Default: 125000
@@ -63,7 +63,8 @@ pub(crate) struct RawDaemon {
 pub(crate) struct RawService {
     /// Unique label for the CLI and metrics. Default: none (the VIP names it).
     pub name: Option<S<String>>,
-    /// "ip:port" clients connect to. Required.
+    /// "ip:port" clients connect to, IPv4 or "[IPv6]:port". Required. All
+    /// addresses of the service are of its family.
     pub vip: Option<S<String>>,
     /// Default: `tcp`.
     pub protocol: Option<S<Protocol>>,
@@ -77,21 +78,23 @@ pub(crate) struct RawService {
     pub scheduler: Option<S<Scheduler>>,
     /// Per-service Maglev table size, prime. Default: `daemon.table_size`.
     pub table_size: Option<S<i64>>,
-    /// nat only: source address towards remote backends.
-    /// Default: the interface's primary IPv4 address, found at runtime.
+    /// nat only: source address towards remote backends, of the VIP's
+    /// family. Default: the interface's primary address of that family
+    /// (IPv6: the first that is not link-local), found at runtime.
     pub snat_address: Option<S<String>>,
     /// nat only: source ports, "first-last" inclusive. Default: "1024-32767".
     pub snat_ports: Option<S<String>>,
     /// keepalived: a client keeps its backend across connections until it
     /// has opened none for this long. Default: none (off).
     pub persistence_timeout: Option<S<String>>,
-    /// keepalived: the netmask applied to client addresses for persistence.
-    /// Default: "255.255.255.255" (each client address on its own).
+    /// keepalived: the netmask applied to client addresses for persistence;
+    /// for IPv6 services a prefix length ("64") or an IPv6 netmask.
+    /// Default: "255.255.255.255" / "128" (each client address on its own).
     pub persistence_granularity: Option<S<String>>,
-    /// tun only: outer source of the IPIP packets, an address or a prefix
-    /// (/16 to /32) whose host bits are taken from the flow hash so backend
-    /// NICs spread flows over their queues. Default: the interface's primary
-    /// IPv4 address.
+    /// tun only: outer source of the tunnel packets, an address or a prefix
+    /// (/16 to /32; IPv6 /112 to /128) whose host bits are taken from the
+    /// flow hash so backend NICs spread flows over their queues. Default:
+    /// the interface's primary address of the VIP's family.
     pub tun_source: Option<S<String>>,
     /// Idle time before a TCP flow is forgotten. Default: "900s".
     pub tcp_timeout: Option<S<String>>,

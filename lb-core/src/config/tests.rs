@@ -307,7 +307,6 @@ address = "198.18.1.300:80"
         [
             "t.toml:3:7: service[0].vip: invalid address \"198.18.0.100\": expected \"ip:port\"",
             "t.toml:8:11: service[0].backend[0].address: port 0 is not allowed",
-            "t.toml:11:11: service[0].backend[1].address: IPv6 is not supported by the datapath yet",
             "t.toml:14:11: service[0].backend[2].address: invalid address \"198.18.1.300:80\": expected \"ip:port\"",
         ]
     );
@@ -513,7 +512,7 @@ fn config_error_tun_settings() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:7:14: service[0].tun_source: invalid \"198.19.0.0/8\": expected an IPv4 address or prefix from /16 to /32, like \"198.19.0.0/24\"",
+            "t.toml:7:14: service[0].tun_source: invalid \"198.19.0.0/8\": expected an address or prefix from /16 to /32 (IPv6: /112 to /128), like \"198.19.0.0/24\"",
             "t.toml:10:11: service[0].backend[0].address: tun forwarding cannot change ports: backend port 8080 differs from the VIP port 80 (use forwarding = \"nat\")",
         ]
     );
@@ -1112,5 +1111,69 @@ fn persistence_keys_follow_keepalived() {
             "persistence_granularity = \"255.255.0.0\"\nforwarding"
         )),
         ["t.toml:5:27: service[0].persistence_granularity: needs persistence_timeout"]
+    );
+}
+
+const MINIMAL6: &str = r#"
+[[service]]
+vip = "[2001:2::100]:80"
+interface = "lb0"
+forwarding = "nat"
+snat_address = "2001:2::2"
+persistence_timeout = "5m"
+persistence_granularity = "64"
+
+[[service.backend]]
+address = "[2001:2:0:1::1]:8080"
+"#;
+
+#[test]
+fn config_ipv6_services_are_accepted() {
+    let c = ok(MINIMAL6);
+    let s = &c.services[0];
+    assert_eq!(s.vip, addr("[2001:2::100]:80"));
+    assert_eq!(s.snat_address, Some(ip("2001:2::2")));
+    assert_eq!(
+        s.persistence.map(|p| p.1),
+        Some(ip("ffff:ffff:ffff:ffff::"))
+    );
+    assert_eq!(s.backends[0].address, addr("[2001:2:0:1::1]:8080"));
+    let tun = MINIMAL6
+        .replace("\"nat\"", "\"tun\"\ntun_source = \"2001:2:0:9::/120\"")
+        .replace("snat_address = \"2001:2::2\"\n", "")
+        .replace(":8080", ":80");
+    assert_eq!(
+        ok(&tun).services[0].tun_source,
+        Some((ip("2001:2:0:9::"), 120))
+    );
+    let mask = MINIMAL6.replace("\"64\"", "\"ffff:ffff:ffff:ff00::\"");
+    assert_eq!(
+        ok(&mask).services[0].persistence.map(|p| p.1),
+        Some(ip("ffff:ffff:ffff:ff00::"))
+    );
+}
+
+#[test]
+fn config_error_a_service_mixing_families() {
+    let text = MINIMAL6
+        .replace("2001:2::2\"", "198.18.0.2\"")
+        .replace("\"64\"", "\"255.255.255.0\"")
+        .replace("[2001:2:0:1::1]:8080", "198.18.1.1:8080");
+    assert_eq!(
+        errors(&text),
+        [
+            "t.toml:6:16: service[0].snat_address: 198.18.0.2 is IPv4 but the VIP [2001:2::100]:80 is IPv6: a service's addresses must all be of one family",
+            "t.toml:8:27: service[0].persistence_granularity: invalid IPv6 granularity \"255.255.255.0\": expected a prefix length like \"64\" or a contiguous netmask like \"ffff:ffff:ffff:ffff::\"",
+            "t.toml:11:11: service[0].backend[0].address: 198.18.1.1 is IPv4 but the VIP [2001:2::100]:80 is IPv6: a service's addresses must all be of one family",
+        ]
+    );
+    let tun = MINIMAL
+        .replace("\"nat\"", "\"tun\"\ntun_source = \"2001:2::/120\"")
+        .replace(":8080", ":80");
+    assert_eq!(
+        errors(&tun),
+        [
+            "t.toml:6:14: service[0].tun_source: 2001:2:: is IPv6 but the VIP 198.18.0.100:80 is IPv4: a service's addresses must all be of one family"
+        ]
     );
 }

@@ -6,7 +6,7 @@
 //! `Config` whenever an error was recorded.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,27 +160,30 @@ impl<'a> Validator<'a> {
         }
     }
 
-    /// An IPv4 address the datapath can put in its maps.
-    fn ipv4(&mut self, v: &S<String>, key: &str) -> Option<IpAddr> {
-        let ip = self.ip(v, key)?;
-        if ip.is_ipv6() {
-            self.err(&v.span(), key, "IPv6 is not supported by the datapath yet");
-            return None;
+    /// An address of the VIP's family: a service is IPv4 or IPv6 throughout.
+    /// An invalid VIP (reported already, stood in for by 0.0.0.0:0) sets
+    /// off nothing here.
+    fn same_family(&mut self, ip: IpAddr, vip: SocketAddr, span: &Range<usize>, key: &str) -> bool {
+        if ip.is_ipv4() == vip.is_ipv4() || vip.ip().is_unspecified() {
+            return true;
         }
-        Some(ip)
+        let fam = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+        let reason = format!(
+            "{ip} is {} but the VIP {vip} is {}: a service's addresses must all be of one family",
+            fam(ip.is_ipv4()),
+            fam(vip.is_ipv4())
+        );
+        self.err(span, key, reason);
+        false
     }
 
-    /// An IPv4 "ip:port" with a real port.
+    /// An "ip:port" (IPv4, or IPv6 in brackets) with a real port.
     fn endpoint(&mut self, v: &S<String>, key: &str) -> Option<SocketAddr> {
         let Ok(addr) = v.get_ref().parse::<SocketAddr>() else {
             let reason = format!("invalid address {:?}: expected \"ip:port\"", v.get_ref());
             self.err(&v.span(), key, reason);
             return None;
         };
-        if addr.is_ipv6() {
-            self.err(&v.span(), key, "IPv6 is not supported by the datapath yet");
-            return None;
-        }
         if addr.port() == 0 {
             self.err(&v.span(), key, "port 0 is not allowed");
             return None;
@@ -408,7 +411,8 @@ impl<'a> Validator<'a> {
                 self.err(&v.span(), &k, "only valid with forwarding = \"nat\"");
                 return None;
             }
-            self.ipv4(v, &k)
+            let ip = self.ip(v, &k)?;
+            self.same_family(ip, vip, &v.span(), &k).then_some(ip)
         });
         let tun_source = r.tun_source.as_ref().and_then(|v| {
             let k = key(p, "tun_source");
@@ -417,12 +421,19 @@ impl<'a> Validator<'a> {
                 return None;
             }
             let text = v.get_ref();
-            let (addr, len) = text.split_once('/').unwrap_or((text, "32"));
-            match (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) {
-                (Ok(a), Ok(l)) if (16..=32).contains(&l) => Some((a, l)),
-                _ => {
+            let (addr, len) = text.split_once('/').map_or((text.as_str(), None), |(a, l)| (a, Some(l)));
+            // At most 16 host bits vary per flow, so the prefix is at least
+            // /16 (IPv4) or /112 (IPv6).
+            let parsed = addr.parse::<IpAddr>().ok().and_then(|a| {
+                let bits: u8 = if a.is_ipv4() { 32 } else { 128 };
+                let l = len.map_or(Some(bits), |l| l.parse::<u8>().ok())?;
+                (bits - 16..=bits).contains(&l).then_some((a, l))
+            });
+            match parsed {
+                Some((a, l)) => self.same_family(a, vip, &v.span(), &k).then_some((a, l)),
+                None => {
                     let reason = format!(
-                        "invalid {text:?}: expected an IPv4 address or prefix from /16 to /32, like \"198.19.0.0/24\""
+                        "invalid {text:?}: expected an address or prefix from /16 to /32 (IPv6: /112 to /128), like \"198.19.0.0/24\""
                     );
                     self.err(&v.span(), &k, reason);
                     None
@@ -431,17 +442,29 @@ impl<'a> Validator<'a> {
         });
         let persistence = r.persistence_timeout.as_ref().map(|v| {
             let t = self.duration(&Some(v.clone()), &key(p, "persistence_timeout"), Duration::ZERO);
-            let mask = r.persistence_granularity.as_ref().map_or(Ipv4Addr::BROADCAST, |g| {
+            let all_ones = if vip.is_ipv4() {
+                IpAddr::V4(Ipv4Addr::BROADCAST)
+            } else {
+                IpAddr::V6(Ipv6Addr::from(u128::MAX))
+            };
+            let mask = r.persistence_granularity.as_ref().map_or(all_ones, |g| {
                 let k = key(p, "persistence_granularity");
-                match g.get_ref().parse::<Ipv4Addr>() {
-                    Ok(m) if (!u32::from(m)).wrapping_add(1).is_power_of_two() || u32::from(m) == 0 => m,
-                    _ => {
-                        let reason = format!(
-                            "invalid netmask {:?}: expected a contiguous netmask like \"255.255.255.0\"",
-                            g.get_ref()
-                        );
+                match netmask(g.get_ref(), vip.is_ipv4()) {
+                    Some(m) => m,
+                    None => {
+                        let reason = if vip.is_ipv4() {
+                            format!(
+                                "invalid netmask {:?}: expected a contiguous netmask like \"255.255.255.0\"",
+                                g.get_ref()
+                            )
+                        } else {
+                            format!(
+                                "invalid IPv6 granularity {:?}: expected a prefix length like \"64\" or a contiguous netmask like \"ffff:ffff:ffff:ffff::\"",
+                                g.get_ref()
+                            )
+                        };
                         self.err(&g.span(), &k, reason);
-                        Ipv4Addr::BROADCAST
+                        all_ones
                     }
                 }
             });
@@ -511,6 +534,9 @@ impl<'a> Validator<'a> {
         let sorry_server = r.sorry_server.as_ref().and_then(|v| {
             let k = key(p, "sorry_server");
             let addr = self.endpoint(v, &k)?;
+            if !self.same_family(addr.ip(), vip, &v.span(), &k) {
+                return None;
+            }
             if let Some(j) = backends.iter().position(|b| b.address == addr) {
                 let reason = format!("sorry_server {addr} is also {p}.backend[{j}]");
                 self.err(&v.span(), &k, reason);
@@ -606,6 +632,7 @@ impl<'a> Validator<'a> {
                 .and_then(|v| self.endpoint(v, &addr_key).map(|a| (a, v.span())));
             let address = match address {
                 Some((addr, span)) => {
+                    self.same_family(addr.ip(), vip, &span, &addr_key);
                     if addr == vip {
                         self.err(&span, &addr_key, "is the service's own VIP");
                     }
@@ -721,7 +748,7 @@ impl<'a> Validator<'a> {
         let source_address = r
             .source_address
             .as_ref()
-            .and_then(|v| self.ipv4(v, &key(p, "source_address")));
+            .and_then(|v| self.ip(v, &key(p, "source_address")));
         let kind = match kind? {
             CheckType::Tcp => CheckKind::Tcp,
             CheckType::Http => CheckKind::Http(self.http(r, p)),
@@ -1170,4 +1197,23 @@ impl<'a> Validator<'a> {
             rise: self.int(&r.rise, &key(p, "rise"), 1..=1000, 1),
         }
     }
+}
+
+/// A persistence granularity of the VIP's family as a mask: an IPv4
+/// netmask; for IPv6 a prefix length ("64") or a netmask. Contiguous only.
+fn netmask(text: &str, v4: bool) -> Option<IpAddr> {
+    let contiguous = |m: u128| (!m).wrapping_add(1).is_power_of_two() || m == 0;
+    if v4 {
+        let m = text.parse::<Ipv4Addr>().ok()?;
+        return contiguous(u128::from(u32::from(m)) | !u128::from(u32::MAX))
+            .then_some(IpAddr::V4(m));
+    }
+    if let Ok(len) = text.parse::<u8>() {
+        let m = u128::MAX
+            .checked_shl(128 - u32::from(len.min(128)))
+            .unwrap_or(0);
+        return (len <= 128).then_some(IpAddr::V6(Ipv6Addr::from(m)));
+    }
+    let m = text.parse::<Ipv6Addr>().ok()?;
+    contiguous(u128::from(m)).then_some(IpAddr::V6(m))
 }

@@ -1,9 +1,6 @@
 //! From validated config values to what the datapath and the checkers take.
 
-use std::{
-    ffi::OsString,
-    net::{IpAddr, SocketAddr, SocketAddrV4},
-};
+use std::{ffi::OsString, net::SocketAddr};
 
 use crate::{
     config::{self, XdpMode},
@@ -17,19 +14,6 @@ use crate::{
         script::ScriptSpec,
     },
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum ConvertError {
-    #[error("{0}: only IPv4 is supported by the datapath")]
-    NotIpv4(SocketAddr),
-}
-
-pub fn v4(a: SocketAddr) -> Result<SocketAddrV4, ConvertError> {
-    match a {
-        SocketAddr::V4(v) => Ok(v),
-        SocketAddr::V6(_) => Err(ConvertError::NotIpv4(a)),
-    }
-}
 
 /// Map sizes for the datapath. The ring stride fits the largest table size
 /// of the config at start; a reload asking for a larger one is refused by
@@ -53,34 +37,28 @@ pub fn attach_mode(m: XdpMode) -> AttachMode {
     }
 }
 
-pub fn service_spec(s: &config::Service) -> Result<ServiceSpec, ConvertError> {
-    Ok(ServiceSpec {
-        vip: v4(s.vip)?,
+pub fn service_spec(s: &config::Service) -> ServiceSpec {
+    ServiceSpec {
+        vip: s.vip,
         protocol: s.protocol,
         interface: s.interface.clone(),
         forwarding: s.forwarding,
         scheduler: s.scheduler,
         table_size: s.table_size,
-        snat_address: match s.snat_address {
-            Some(IpAddr::V4(a)) => Some(a),
-            Some(IpAddr::V6(a)) => return Err(ConvertError::NotIpv4(SocketAddr::new(a.into(), 0))),
-            None => None,
-        },
+        snat_address: s.snat_address,
         snat_ports: (s.snat_ports.first, s.snat_ports.last),
         tun_source: s.tun_source,
         persistence: s.persistence,
         tcp_timeout: s.tcp_timeout,
         udp_timeout: s.udp_timeout,
-    })
+    }
 }
 
-pub fn backend_specs(live: &[(SocketAddr, u32)]) -> Result<Vec<BackendSpec>, ConvertError> {
+pub fn backend_specs(live: &[(SocketAddr, u32)]) -> Vec<BackendSpec> {
     live.iter()
-        .map(|(a, w)| {
-            Ok(BackendSpec {
-                addr: v4(*a)?,
-                weight: *w,
-            })
+        .map(|(a, w)| BackendSpec {
+            addr: *a,
+            weight: *w,
         })
         .collect()
 }

@@ -5,9 +5,9 @@
 //! the async side talks to it through a channel. Dropping the last handle
 //! ends the thread, which drops the datapath and detaches its programs.
 
-use std::{net::SocketAddrV4, sync::mpsc, thread};
+use std::{net::SocketAddr, sync::mpsc, thread};
 
-use lb_ebpf::abi::{Counters, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey};
+use lb_ebpf::abi::{Counters, FLOW_CLOSING, FLOW_FORWARD, Flow, Flow6, FlowKey, FlowKey6};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -33,8 +33,8 @@ pub struct Usage {
 /// Counters of every programmed service, read at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct UsageSnapshot {
-    pub vips: Vec<((SocketAddrV4, Protocol), Usage)>,
-    pub backends: Vec<((SocketAddrV4, Protocol, SocketAddrV4), Usage)>,
+    pub vips: Vec<((SocketAddr, Protocol), Usage)>,
+    pub backends: Vec<((SocketAddr, Protocol, SocketAddr), Usage)>,
     /// Drops of packets to a VIP address that matched no service.
     pub unmatched: Counters,
 }
@@ -42,10 +42,10 @@ pub struct UsageSnapshot {
 /// What to read for one service.
 #[derive(Clone, Debug)]
 pub struct UsageQuery {
-    pub vip: SocketAddrV4,
+    pub vip: SocketAddr,
     pub protocol: Protocol,
     pub interface: String,
-    pub backends: Vec<SocketAddrV4>,
+    pub backends: Vec<SocketAddr>,
     /// The service's idle timeout: older flows are not counted as active.
     pub idle: std::time::Duration,
     /// Count active flows (a scan of the connection table); counters alone
@@ -102,17 +102,13 @@ impl Dataplane {
         self.call(move |b| b.add_service(spec)).await
     }
 
-    pub async fn remove_service(
-        &self,
-        vip: SocketAddrV4,
-        p: Protocol,
-    ) -> Result<(), BalancerError> {
+    pub async fn remove_service(&self, vip: SocketAddr, p: Protocol) -> Result<(), BalancerError> {
         self.call(move |b| b.remove_service(vip, p)).await
     }
 
     pub async fn set_backends(
         &self,
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         p: Protocol,
         backends: Vec<BackendSpec>,
     ) -> Result<Swap, BalancerError> {
@@ -131,27 +127,11 @@ impl Dataplane {
         self.call(move |b| {
             let now = monotonic_ns();
             let flows = if services.iter().any(|q| q.count_flows) {
-                b.datapath().flows()?
+                let mut live = live_forward(&b.datapath().flows()?);
+                live.extend(live_forward6(&b.datapath().flows6()?));
+                live
             } else {
                 Vec::new()
-            };
-            let closing: std::collections::HashSet<FlowKey> = flows
-                .iter()
-                .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
-                .map(|(k, _)| *k)
-                .collect();
-            // In nat mode a connection also ends when the backend closes it,
-            // which only its reply entry sees.
-            let ended = |k: &FlowKey, f: &Flow| {
-                closing.contains(k)
-                    || closing.contains(&FlowKey {
-                        src_addr: f.rw_dst_addr,
-                        dst_addr: f.rw_src_addr,
-                        src_port: f.rw_dst_port,
-                        dst_port: f.rw_src_port,
-                        proto: k.proto,
-                        _pad: [0; 3],
-                    })
             };
             let mut snap = UsageSnapshot {
                 unmatched: b.datapath().unmatched_counters()?,
@@ -173,12 +153,10 @@ impl Dataplane {
                 let live = |pred: &dyn Fn(u32) -> bool| {
                     flows
                         .iter()
-                        .filter(|(k, f)| {
-                            f.kind == FLOW_FORWARD
-                                && f.vip == vip_id
+                        .filter(|f| {
+                            f.vip == vip_id
                                 && pred(f.backend)
                                 && now.saturating_sub(f.last_seen_ns) <= idle
-                                && !ended(k, f)
                         })
                         .count() as u64
                 };
@@ -206,4 +184,69 @@ impl Dataplane {
         })
         .await
     }
+}
+
+/// What counting live flows needs of a forward entry, whatever its family.
+struct Forward {
+    vip: u32,
+    backend: u32,
+    last_seen_ns: u64,
+}
+
+/// Forward entries of connections that have not ended: no FIN or RST seen,
+/// in nat mode by the reply entry either (a backend closing is only seen
+/// there).
+fn live_forward(flows: &[(FlowKey, Flow)]) -> Vec<Forward> {
+    let closing: std::collections::HashSet<FlowKey> = flows
+        .iter()
+        .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
+        .map(|(k, _)| *k)
+        .collect();
+    flows
+        .iter()
+        .filter(|(k, f)| {
+            let reply = FlowKey {
+                src_addr: f.rw_dst_addr,
+                dst_addr: f.rw_src_addr,
+                src_port: f.rw_dst_port,
+                dst_port: f.rw_src_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            f.kind == FLOW_FORWARD && !closing.contains(k) && !closing.contains(&reply)
+        })
+        .map(|(_, f)| Forward {
+            vip: f.vip,
+            backend: f.backend,
+            last_seen_ns: f.last_seen_ns,
+        })
+        .collect()
+}
+
+/// [`live_forward`] of the IPv6 table.
+fn live_forward6(flows: &[(FlowKey6, Flow6)]) -> Vec<Forward> {
+    let closing: std::collections::HashSet<FlowKey6> = flows
+        .iter()
+        .filter(|(_, f)| f.flags & FLOW_CLOSING != 0)
+        .map(|(k, _)| *k)
+        .collect();
+    flows
+        .iter()
+        .filter(|(k, f)| {
+            let reply = FlowKey6 {
+                src_addr: f.rw_dst_addr,
+                dst_addr: f.rw_src_addr,
+                src_port: f.rw_dst_port,
+                dst_port: f.rw_src_port,
+                proto: k.proto,
+                _pad: [0; 3],
+            };
+            f.kind == FLOW_FORWARD && !closing.contains(k) && !closing.contains(&reply)
+        })
+        .map(|(_, f)| Forward {
+            vip: f.vip,
+            backend: f.backend,
+            last_seen_ns: f.last_seen_ns,
+        })
+        .collect()
 }

@@ -36,11 +36,11 @@ use crate::{
     health::{
         self, BuildError,
         passive::{Observer, Sample},
+        probes::ProbeRecord,
         runner::{HealthEvent, Job, Runner, Schedule},
         service::{LiveSet, Service as Policy, ServiceSpec as PolicySpec},
     },
 };
-use convert::ConvertError;
 use tokio_util::sync::CancellationToken;
 
 /// Changes arriving within this window are applied in one table swap.
@@ -67,8 +67,6 @@ pub enum DaemonError {
     Datapath(#[from] DatapathError),
     #[error(transparent)]
     Balancer(#[from] BalancerError),
-    #[error(transparent)]
-    Convert(#[from] ConvertError),
     #[error("health check of service {service} backend {backend}: {error}")]
     Check {
         service: SocketAddr,
@@ -110,23 +108,17 @@ impl DaemonHandle {
         let queries = status
             .services
             .iter()
-            .filter_map(|s| {
-                Some(UsageQuery {
-                    vip: convert::v4(s.vip).ok()?,
-                    protocol: if s.protocol == "udp" {
-                        config::Protocol::Udp
-                    } else {
-                        config::Protocol::Tcp
-                    },
-                    interface: s.interface.clone(),
-                    backends: s
-                        .backends
-                        .iter()
-                        .filter_map(|b| convert::v4(b.address).ok())
-                        .collect(),
-                    idle: Duration::from_secs(s.idle_timeout_seconds),
-                    count_flows: true,
-                })
+            .map(|s| UsageQuery {
+                vip: s.vip,
+                protocol: if s.protocol == "udp" {
+                    config::Protocol::Udp
+                } else {
+                    config::Protocol::Tcp
+                },
+                interface: s.interface.clone(),
+                backends: s.backends.iter().map(|b| b.address).collect(),
+                idle: Duration::from_secs(s.idle_timeout_seconds),
+                count_flows: true,
             })
             .collect();
         self.dataplane.usage(queries).await
@@ -137,7 +129,9 @@ impl DaemonHandle {
 struct Health {
     up: bool,
     reason: Option<String>,
-    latency: Option<Duration>,
+    /// The check's probe record; `None` for a backend without a check. Kept
+    /// with the health across a reload, so its histogram does not restart.
+    probes: Option<Arc<ProbeRecord>>,
 }
 
 struct Svc {
@@ -246,7 +240,7 @@ impl Daemon {
         overrides: HashMap<SocketAddr, u32>,
     ) -> Result<(), DaemonError> {
         let key = cfg.key();
-        let spec = convert::service_spec(&cfg)?;
+        let spec = convert::service_spec(&cfg);
         let mut jobs = Vec::new();
         let mut health = HashMap::new();
         let label: Arc<str> = Arc::from(format!("{}/{}", cfg.vip, cfg.protocol));
@@ -261,20 +255,21 @@ impl Daemon {
                     known.unwrap_or(Health {
                         up: true,
                         reason: Some("no health check".into()),
-                        latency: None,
+                        probes: None,
                     }),
                 );
                 continue;
             };
-            let state = known.unwrap_or(Health {
+            let mut state = known.unwrap_or(Health {
                 up: !cfg.alpha,
                 reason: Some(if cfg.alpha {
                     "alpha: down until a check passes".into()
                 } else {
                     "up until checks fail (no alpha)".into()
                 }),
-                latency: None,
+                probes: None,
             });
+            let probes = state.probes.get_or_insert_default().clone();
             // The checker starts from the state we already know.
             let check_spec = convert::check_spec(check, !state.up);
             let checker = health::build(&check_spec).map_err(|error| DaemonError::Check {
@@ -288,6 +283,7 @@ impl Daemon {
                 target: convert::probe_target(check, b.address),
                 checker,
                 schedule: Schedule::from(&check_spec),
+                probes,
             });
             health.insert(b.address, state);
         }
@@ -352,32 +348,18 @@ impl Daemon {
                 svc.live = Some(live);
                 continue;
             }
-            let specs = match convert::backend_specs(&live.backends) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(service = %svc.label(), error = %e, "cannot program backends");
-                    failed.insert(key);
-                    continue;
-                }
-            };
+            let specs = convert::backend_specs(&live.backends);
             let (vip, p) = (svc.cfg.vip, svc.cfg.protocol);
-            let Ok(vip4) = convert::v4(vip) else {
-                continue;
-            };
-            match self.dataplane.set_backends(vip4, p, specs).await {
+            match self.dataplane.set_backends(vip, p, specs).await {
                 Ok(swap) => {
                     svc.generation = swap.generation;
                     let mut live = live;
-                    live.backends.retain(|(a, _)| {
-                        !swap
-                            .unresolved
-                            .iter()
-                            .any(|(u, _)| SocketAddr::V4(*u) == *a)
-                    });
+                    live.backends
+                        .retain(|(a, _)| !swap.unresolved.iter().any(|(u, _)| u == a));
                     svc.retry_at =
                         (!swap.unresolved.is_empty()).then(|| Instant::now() + UNRESOLVED_RETRY);
                     for (backend, error) in &swap.unresolved {
-                        if let Some(h) = svc.health.get_mut(&SocketAddr::V4(*backend)) {
+                        if let Some(h) = svc.health.get_mut(backend) {
                             h.reason = Some(format!("not in the table: {error}"));
                         }
                     }
@@ -414,9 +396,6 @@ impl Daemon {
         // The health runner has logged the transition already.
         h.up = ev.up;
         h.reason = Some(ev.reason);
-        if ev.latency.is_some() {
-            h.latency = ev.latency;
-        }
         let key = *key;
         self.mark_dirty(key);
     }
@@ -507,11 +486,10 @@ impl Daemon {
                 if let Some(r) = svc.runner.take() {
                     r.shutdown().await;
                 }
-                if let Ok(v) = convert::v4(svc.cfg.vip)
-                    && let Err(e) = self
-                        .dataplane
-                        .set_backends(v, svc.cfg.protocol, Vec::new())
-                        .await
+                if let Err(e) = self
+                    .dataplane
+                    .set_backends(svc.cfg.vip, svc.cfg.protocol, Vec::new())
+                    .await
                 {
                     tracing::error!(service = %svc.label(), error = %e, "emptying the table of a removed service");
                 }
@@ -580,15 +558,13 @@ impl Daemon {
         }
         let queries = removing
             .iter()
-            .filter_map(|(k, _, iface, _)| {
-                Some(UsageQuery {
-                    vip: convert::v4(k.vip).ok()?,
-                    protocol: k.protocol,
-                    interface: iface.clone(),
-                    backends: Vec::new(),
-                    idle: REMOVAL_IDLE,
-                    count_flows: true,
-                })
+            .map(|(k, _, iface, _)| UsageQuery {
+                vip: k.vip,
+                protocol: k.protocol,
+                interface: iface.clone(),
+                backends: Vec::new(),
+                idle: REMOVAL_IDLE,
+                count_flows: true,
             })
             .collect();
         let usage = self.dataplane.usage(queries).await.ok();
@@ -596,20 +572,18 @@ impl Daemon {
             let flows = usage.as_ref().and_then(|u| {
                 u.vips
                     .iter()
-                    .find(|((v, p), _)| Some(*v) == convert::v4(key.vip).ok() && *p == key.protocol)
+                    .find(|((v, p), _)| *v == key.vip && *p == key.protocol)
                     .map(|(_, u)| u.active_flows)
             });
             if flows.unwrap_or(0) > 0 && since.elapsed() < REMOVED_SERVICE_DRAIN {
                 continue;
             }
-            if let Ok(v) = convert::v4(key.vip) {
-                match self.dataplane.remove_service(v, key.protocol).await {
-                    Ok(()) => {
-                        self.services.remove(&key);
-                    }
-                    Err(e) => {
-                        tracing::error!(service = %key.vip, error = %e, "unprogramming a removed service")
-                    }
+            match self.dataplane.remove_service(key.vip, key.protocol).await {
+                Ok(()) => {
+                    self.services.remove(&key);
+                }
+                Err(e) => {
+                    tracing::error!(service = %key.vip, error = %e, "unprogramming a removed service")
                 }
             }
         }
@@ -639,7 +613,7 @@ impl Daemon {
                             live_weight: live(&b.address),
                             healthy: h.up,
                             reason: h.reason,
-                            probe_latency_seconds: h.latency.map(|d| d.as_secs_f64()),
+                            probes: h.probes,
                             sorry_server: false,
                         }
                     })
@@ -652,7 +626,7 @@ impl Daemon {
                         live_weight: live(&sorry),
                         healthy: true,
                         reason: None,
-                        probe_latency_seconds: None,
+                        probes: None,
                         sorry_server: true,
                     });
                 }
@@ -692,23 +666,18 @@ impl Daemon {
             .services
             .iter()
             .filter(|(_, s)| s.cfg.observe == config::Observe::Layer4 && s.removing_since.is_none())
-            .filter_map(|(k, s)| {
-                Some((
+            .map(|(k, s)| {
+                (
                     *k,
                     UsageQuery {
-                        vip: convert::v4(k.vip).ok()?,
+                        vip: k.vip,
                         protocol: k.protocol,
                         interface: s.cfg.interface.clone(),
-                        backends: s
-                            .cfg
-                            .backends
-                            .iter()
-                            .filter_map(|b| convert::v4(b.address).ok())
-                            .collect(),
+                        backends: s.cfg.backends.iter().map(|b| b.address).collect(),
                         idle: Duration::ZERO,
                         count_flows: false,
                     },
-                ))
+                )
             })
             .collect();
         self.observers
@@ -726,11 +695,8 @@ impl Daemon {
         let now = Instant::now();
         let mut down = Vec::new();
         for ((vip, p, be), u) in usage.backends {
-            let key = ServiceKey {
-                vip: vip.into(),
-                protocol: p,
-            };
-            let backend: SocketAddr = be.into();
+            let key = ServiceKey { vip, protocol: p };
+            let backend = be;
             let Some(svc) = self.services.get(&key) else {
                 continue;
             };

@@ -2,11 +2,11 @@
 //! without blocking by the admin API and metrics (arc-swap), plus the
 //! requests the admin API may make.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use serde::Serialize;
 
-use crate::config::Protocol;
+use crate::{config::Protocol, health::ProbeRecord};
 
 /// The daemon's state as operators see it.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -71,8 +71,10 @@ pub struct BackendStatus {
     pub healthy: bool,
     /// Why the health last changed (the probe's result).
     pub reason: Option<String>,
-    /// Latency of the last successful probe, in seconds.
-    pub probe_latency_seconds: Option<f64>,
+    /// The health check's probes, read live (the status is published on
+    /// changes, probes land every `delay_loop`). `None` without a check.
+    #[serde(skip)]
+    pub probes: Option<Arc<ProbeRecord>>,
     /// This backend is the service's sorry server.
     pub sorry_server: bool,
 }

@@ -8,13 +8,13 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
-use lb_ebpf::abi::{self, VipKey, VipMeta};
+use lb_ebpf::abi::{self, VipKey, VipKey6, VipMeta, VipMeta6};
 
-use super::{AttachMode, Datapath, DatapathError, XdpRunMode, neigh};
+use super::{AttachMode, Datapath, DatapathError, XdpRunMode, addr6, neigh, neigh6};
 use crate::{
     config::{Forwarding, Protocol, Scheduler},
     table::{self, Member, TableError},
@@ -30,7 +30,9 @@ fn proto_number(p: Protocol) -> u8 {
 /// What a service needs from the config.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
-    pub vip: SocketAddrV4,
+    /// IPv4 or IPv6; every address below and every backend must be of the
+    /// same family.
+    pub vip: SocketAddr,
     pub protocol: Protocol,
     pub interface: String,
     pub forwarding: Forwarding,
@@ -38,16 +40,17 @@ pub struct ServiceSpec {
     pub scheduler: Scheduler,
     /// Maglev table size, a prime ≤ the loader's ring stride. Default 65537.
     pub table_size: u32,
-    /// nat source address; `None` = the interface's first IPv4 address.
-    pub snat_address: Option<Ipv4Addr>,
+    /// nat source address; `None` = the interface's first address of the
+    /// VIP's family (IPv6: the first that is not link-local).
+    pub snat_address: Option<IpAddr>,
     /// nat source ports, inclusive.
     pub snat_ports: (u16, u16),
     /// tun outer source and prefix length (host bits vary per flow);
-    /// `None` = the interface's first IPv4 address.
-    pub tun_source: Option<(Ipv4Addr, u8)>,
+    /// `None` = the interface's first address of the VIP's family.
+    pub tun_source: Option<(IpAddr, u8)>,
     /// keepalived's `persistence_timeout` and `persistence_granularity`
-    /// (netmask); `None` = no persistence.
-    pub persistence: Option<(Duration, Ipv4Addr)>,
+    /// (netmask, of the VIP's family); `None` = no persistence.
+    pub persistence: Option<(Duration, IpAddr)>,
     pub tcp_timeout: Duration,
     pub udp_timeout: Duration,
 }
@@ -56,7 +59,7 @@ pub struct ServiceSpec {
 /// no new one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub weight: u32,
 }
 
@@ -65,22 +68,28 @@ pub enum BalancerError {
     #[error(transparent)]
     Datapath(#[from] DatapathError),
     #[error("VIP {0}: {1}")]
-    Neigh(SocketAddrV4, neigh::NeighError),
+    Neigh(SocketAddr, neigh::NeighError),
     #[error("VIP {0}: {1}")]
-    Table(SocketAddrV4, TableError),
+    Table(SocketAddr, TableError),
     #[error("VIP {0}/{1:?} is not programmed")]
-    UnknownVip(SocketAddrV4, Protocol),
+    UnknownVip(SocketAddr, Protocol),
     #[error("VIP {0}: all {1} VIP slots are in use (raise max_vips)")]
-    VipsFull(SocketAddrV4, u32),
+    VipsFull(SocketAddr, u32),
     #[error("VIP {0}: all {1} backend slots are in use (raise max_backends)")]
-    BackendsFull(SocketAddrV4, u32),
+    BackendsFull(SocketAddr, u32),
     #[error("VIP {vip}: dr and tun modes cannot translate ports, backend {backend} must use port {}", vip.port())]
     DrPort {
-        vip: SocketAddrV4,
-        backend: SocketAddrV4,
+        vip: SocketAddr,
+        backend: SocketAddr,
     },
     #[error("VIP {0}: table size {1} exceeds the loaded ring stride {2}")]
-    TableSize(SocketAddrV4, u32, u32),
+    TableSize(SocketAddr, u32, u32),
+    #[error("VIP {vip}: {what} {addr} is not of the VIP's address family")]
+    Family {
+        vip: SocketAddr,
+        what: &'static str,
+        addr: IpAddr,
+    },
 }
 
 type Result<T> = std::result::Result<T, BalancerError>;
@@ -97,23 +106,23 @@ pub struct Swap {
     /// Generation of the live table after the swap.
     pub generation: u32,
     /// Backends left out because their MAC could not be resolved.
-    pub unresolved: Vec<(SocketAddrV4, neigh::NeighError)>,
+    pub unresolved: Vec<(SocketAddr, neigh::NeighError)>,
 }
 
 /// Programs services into a [`Datapath`].
 pub struct Balancer {
     dp: Datapath,
     mode: AttachMode,
-    services: HashMap<(SocketAddrV4, Protocol), Service>,
-    backend_ids: HashMap<(String, SocketAddrV4), (u32, usize)>,
+    services: HashMap<(SocketAddr, Protocol), Service>,
+    backend_ids: HashMap<(String, SocketAddr), (u32, usize)>,
     /// Released ids are reused last, so a flow still pinned to a removed
     /// backend keeps its entry as long as possible.
     free_backend_ids: VecDeque<u32>,
     next_backend_id: u32,
     /// Last MAC learnt per (interface, backend address).
-    macs: HashMap<(String, Ipv4Addr), [u8; 6]>,
+    macs: HashMap<(String, IpAddr), [u8; 6]>,
     /// What each backend slot holds, so a swap rewrites only what changed.
-    written: HashMap<u32, abi::Backend>,
+    written: HashMap<u32, (abi::Backend, IpAddr)>,
     pub resolve_timeout: Duration,
 }
 
@@ -124,6 +133,29 @@ fn vip_key(vip: SocketAddrV4, p: Protocol) -> VipKey {
         proto: proto_number(p),
         _pad: 0,
     }
+}
+
+fn vip_key6(vip: SocketAddrV6, p: Protocol) -> VipKey6 {
+    VipKey6 {
+        addr: addr6(*vip.ip()),
+        port: vip.port().to_be(),
+        proto: proto_number(p),
+        _pad: 0,
+    }
+}
+
+/// An IPv4 address as the datapath stores it (native u32, network bytes).
+fn addr4(a: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(a.octets())
+}
+
+/// The interface's first address of `vip`'s family.
+fn primary(iface: &str, vip: SocketAddr) -> Result<IpAddr> {
+    match vip {
+        SocketAddr::V4(_) => neigh::primary_ipv4(iface).map(IpAddr::V4),
+        SocketAddr::V6(_) => neigh6::primary_ipv6(iface).map(IpAddr::V6),
+    }
+    .map_err(|e| BalancerError::Neigh(vip, e))
 }
 
 impl Balancer {
@@ -150,12 +182,12 @@ impl Balancer {
     }
 
     /// VIP id of a programmed service.
-    pub fn vip_id(&self, vip: SocketAddrV4, p: Protocol) -> Option<u32> {
+    pub fn vip_id(&self, vip: SocketAddr, p: Protocol) -> Option<u32> {
         self.services.get(&(vip, p)).map(|s| s.id)
     }
 
     /// Backend id of a backend in use on `iface`.
-    pub fn backend_id(&self, iface: &str, addr: SocketAddrV4) -> Option<u32> {
+    pub fn backend_id(&self, iface: &str, addr: SocketAddr) -> Option<u32> {
         self.backend_ids
             .get(&(iface.to_string(), addr))
             .map(|(id, _)| *id)
@@ -176,18 +208,39 @@ impl Balancer {
                 TableError::NotPrime(spec.table_size),
             ));
         }
-        let primary =
-            || neigh::primary_ipv4(&spec.interface).map_err(|e| BalancerError::Neigh(spec.vip, e));
+        let family = |what: &'static str, addr: IpAddr| {
+            if addr.is_ipv4() == spec.vip.is_ipv4() {
+                Ok(addr)
+            } else {
+                Err(BalancerError::Family {
+                    vip: spec.vip,
+                    what,
+                    addr,
+                })
+            }
+        };
+        let unspecified = match spec.vip {
+            SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        let host_bits = if spec.vip.is_ipv4() { 32u8 } else { 128 };
         let (tun_src, tun_prefix) = match (spec.forwarding, spec.tun_source) {
-            (Forwarding::Tun, Some(s)) => s,
-            (Forwarding::Tun, None) => (primary()?, 32),
-            _ => (Ipv4Addr::UNSPECIFIED, 32),
+            (Forwarding::Tun, Some((a, len))) => (family("tun_source", a)?, len),
+            (Forwarding::Tun, None) => (primary(&spec.interface, spec.vip)?, host_bits),
+            _ => (unspecified, host_bits),
         };
         let mtu = neigh::mtu(&spec.interface).map_err(|e| BalancerError::Neigh(spec.vip, e))?;
         let snat = match (spec.forwarding, spec.snat_address) {
-            (Forwarding::Nat, None) => neigh::primary_ipv4(&spec.interface)
-                .map_err(|e| BalancerError::Neigh(spec.vip, e))?,
-            (_, a) => a.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            (Forwarding::Nat, None) => primary(&spec.interface, spec.vip)?,
+            (_, Some(a)) => family("snat_address", a)?,
+            (_, None) => unspecified,
+        };
+        let mask = match spec.persistence {
+            Some((_, m)) => family("persistence_granularity", m)?,
+            None => match unspecified {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::BROADCAST),
+                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(u128::MAX)),
+            },
         };
         let existing = self.services.get(&(spec.vip, spec.protocol)).map(|s| s.id);
         let id = match existing {
@@ -199,33 +252,45 @@ impl Balancer {
         if !self.dp.attached().contains_key(&spec.interface) {
             self.dp.attach(&spec.interface, self.mode)?;
         }
-        let meta = VipMeta {
+        let mut meta = VipMeta {
             id,
             mode: match spec.forwarding {
                 Forwarding::Dr => abi::MODE_DR,
                 Forwarding::Nat => abi::MODE_NAT,
                 Forwarding::Tun => abi::MODE_TUN,
             },
-            tun_src_bits: 32u8.saturating_sub(tun_prefix).min(16),
+            tun_src_bits: host_bits.saturating_sub(tun_prefix).min(16),
             mtu,
-            snat_addr: u32::from_ne_bytes(snat.octets()),
             snat_port_min: spec.snat_ports.0,
             snat_port_max: spec.snat_ports.1,
             tcp_timeout_s: spec.tcp_timeout.as_secs().min(u32::MAX as u64) as u32,
             udp_timeout_s: spec.udp_timeout.as_secs().min(u32::MAX as u64) as u32,
-            tun_src: u32::from_ne_bytes(tun_src.octets()),
             persist_timeout_s: spec
                 .persistence
                 .map_or(0, |(t, _)| t.as_secs().clamp(1, u32::MAX as u64) as u32),
-            persist_mask: spec
-                .persistence
-                .map_or(u32::MAX, |(_, m)| u32::from_ne_bytes(m.octets())),
-            _pad: 0,
+            ..Default::default()
         };
         if existing.is_none() {
             self.dp.swap_table(id, abi::TABLE_MAGLEV, &[])?;
         }
-        self.dp.set_vip(vip_key(spec.vip, spec.protocol), meta)?;
+        match (spec.vip, snat, tun_src, mask) {
+            (SocketAddr::V4(v), IpAddr::V4(snat), IpAddr::V4(tun), IpAddr::V4(mask)) => {
+                meta.snat_addr = addr4(snat);
+                meta.tun_src = addr4(tun);
+                meta.persist_mask = addr4(mask);
+                self.dp.set_vip(vip_key(v, spec.protocol), meta)?;
+            }
+            (SocketAddr::V6(v), IpAddr::V6(snat), IpAddr::V6(tun), IpAddr::V6(mask)) => {
+                let meta = VipMeta6 {
+                    meta,
+                    snat_addr: addr6(snat),
+                    tun_src: addr6(tun),
+                    persist_mask: addr6(mask),
+                };
+                self.dp.set_vip6(vip_key6(v, spec.protocol), meta)?;
+            }
+            _ => unreachable!("addresses were checked against the VIP's family"),
+        }
         tracing::info!(vip = %spec.vip, proto = ?spec.protocol, id, mode = ?spec.forwarding, "VIP programmed");
         let backends = self
             .services
@@ -238,14 +303,17 @@ impl Balancer {
     }
 
     /// Removes a service. Its established flows are no longer forwarded.
-    pub fn remove_service(&mut self, vip: SocketAddrV4, p: Protocol) -> Result<()> {
+    pub fn remove_service(&mut self, vip: SocketAddr, p: Protocol) -> Result<()> {
         let svc = self
             .services
             .get(&(vip, p))
             .ok_or(BalancerError::UnknownVip(vip, p))?;
         let iface = svc.spec.interface.clone();
-        let old: Vec<SocketAddrV4> = svc.backends.iter().map(|b| b.addr).collect();
-        self.dp.remove_vip(&vip_key(vip, p))?;
+        let old: Vec<SocketAddr> = svc.backends.iter().map(|b| b.addr).collect();
+        match vip {
+            SocketAddr::V4(v) => self.dp.remove_vip(&vip_key(v, p))?,
+            SocketAddr::V6(v) => self.dp.remove_vip6(&vip_key6(v, p))?,
+        }
         self.services.remove(&(vip, p));
         for a in old {
             self.release_backend(&iface, a);
@@ -265,7 +333,7 @@ impl Balancer {
     /// neighbour entry has gone meanwhile.
     pub fn set_backends(
         &mut self,
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         p: Protocol,
         backends: &[BackendSpec],
     ) -> Result<Swap> {
@@ -275,7 +343,7 @@ impl Balancer {
             .ok_or(BalancerError::UnknownVip(vip, p))?;
         let spec = svc.spec.clone();
         let vip_id = svc.id;
-        let old: Vec<SocketAddrV4> = svc.backends.iter().map(|b| b.addr).collect();
+        let old: Vec<SocketAddr> = svc.backends.iter().map(|b| b.addr).collect();
         if spec.forwarding != Forwarding::Nat
             && let Some(b) = backends.iter().find(|b| b.addr.port() != vip.port())
         {
@@ -284,32 +352,43 @@ impl Balancer {
                 backend: b.addr,
             });
         }
+        if let Some(b) = backends.iter().find(|b| b.addr.is_ipv4() != vip.is_ipv4()) {
+            return Err(BalancerError::Family {
+                vip,
+                what: "backend",
+                addr: b.addr.ip(),
+            });
+        }
         let ifindex = neigh::ifindex(&spec.interface)
             .ok_or_else(|| DatapathError::NoInterface(spec.interface.clone()))?;
         let src_mac = neigh::mac(&spec.interface).map_err(|e| BalancerError::Neigh(vip, e))?;
         // One address listing per swap, not one per backend: it is a netlink
         // dump, and a 1000-backend swap spent most of its time here.
-        let ours: std::collections::HashSet<Ipv4Addr> = neigh::ipv4_addrs()
-            .map_err(|e| BalancerError::Neigh(vip, e))?
-            .into_iter()
-            .map(|(_, a)| a)
-            .collect();
+        let ours: std::collections::HashSet<IpAddr> = match vip {
+            SocketAddr::V4(_) => {
+                neigh::ipv4_addrs().map(|v| v.into_iter().map(|(_, a)| a.into()).collect())
+            }
+            SocketAddr::V6(_) => {
+                neigh6::ipv6_addrs().map(|v| v.into_iter().map(|(_, a)| a.into()).collect())
+            }
+        }
+        .map_err(|e| BalancerError::Neigh(vip, e))?;
         let local: Vec<bool> = backends
             .iter()
-            .map(|b| ours.contains(b.addr.ip()))
+            .map(|b| ours.contains(&b.addr.ip()))
             .collect();
-        let remote: Vec<Ipv4Addr> = backends
+        let remote: Vec<IpAddr> = backends
             .iter()
             .zip(&local)
             .filter(|(_, l)| !**l)
-            .map(|(b, _)| *b.addr.ip())
+            .map(|(b, _)| b.addr.ip())
             .collect();
         let mut resolved =
             neigh::resolve_all(&remote, &spec.interface, self.resolve_timeout).into_iter();
         let mut prepared = Vec::new();
         let mut unresolved = Vec::new();
         for (b, local) in backends.iter().zip(local) {
-            let ip = *b.addr.ip();
+            let ip = b.addr.ip();
             let cache_key = (spec.interface.clone(), ip);
             let mac = if local {
                 [0; 6]
@@ -333,7 +412,10 @@ impl Balancer {
             prepared.push((
                 *b,
                 abi::Backend {
-                    addr: u32::from_ne_bytes(ip.octets()),
+                    addr: match ip {
+                        IpAddr::V4(a) => addr4(a),
+                        IpAddr::V6(_) => 0,
+                    },
                     port: b.addr.port().to_be(),
                     flags: if local { abi::BACKEND_LOCAL } else { 0 },
                     _pad: 0,
@@ -349,7 +431,7 @@ impl Balancer {
             .zip(&ids)
             .map(|((b, _), id)| Member {
                 id: *id,
-                addr: b.addr.into(),
+                addr: b.addr,
                 weight: b.weight,
             })
             .collect();
@@ -360,15 +442,20 @@ impl Balancer {
                 return Err(BalancerError::Table(vip, e));
             }
         };
-        for ((_, be), id) in prepared.iter().zip(&ids) {
-            if self.written.get(id) == Some(be) {
+        for ((b, be), id) in prepared.iter().zip(&ids) {
+            let ip = b.addr.ip();
+            if self.written.get(id) == Some(&(*be, ip)) {
                 continue;
             }
-            if let Err(e) = self.dp.set_backend(*id, *be) {
+            let written = match ip {
+                IpAddr::V4(_) => self.dp.set_backend(*id, *be),
+                IpAddr::V6(a) => self.dp.set_backend6(*id, a, *be),
+            };
+            if let Err(e) = written {
                 self.unreserve(&spec.interface, &prepared);
                 return Err(e.into());
             }
-            self.written.insert(*id, *be);
+            self.written.insert(*id, (*be, ip));
         }
         let members: Vec<u32> = prepared
             .iter()
@@ -405,7 +492,7 @@ impl Balancer {
     fn reserve_ids(
         &mut self,
         iface: &str,
-        vip: SocketAddrV4,
+        vip: SocketAddr,
         prepared: &[(BackendSpec, abi::Backend)],
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(prepared.len());
@@ -442,7 +529,7 @@ impl Balancer {
         }
     }
 
-    fn release_backend(&mut self, iface: &str, addr: SocketAddrV4) {
+    fn release_backend(&mut self, iface: &str, addr: SocketAddr) {
         let key = (iface.to_string(), addr);
         if let Some((id, refs)) = self.backend_ids.get_mut(&key) {
             *refs -= 1;

@@ -12,8 +12,10 @@
 pub mod active;
 pub mod balancer;
 mod batch;
+mod ipv6;
 mod mmap;
 pub mod neigh;
+pub mod neigh6;
 mod ring;
 
 use std::{collections::HashMap, fmt};
@@ -25,6 +27,7 @@ use aya::{
 };
 use lb_ebpf::abi::{self, Backend, Counters, Flow, FlowKey, VipKey, VipMeta};
 
+pub use ipv6::{addr6, fmt_vip6, from_addr6};
 pub use ring::Tables;
 
 /// The eBPF object built by `build.rs`.
@@ -97,7 +100,9 @@ pub struct Limits {
     pub max_backends: u32,
     /// Largest Maglev table size a VIP may use. Default 65537.
     pub ring_stride: u32,
-    /// Connection table entries (LRU). Default 262144; a nat flow takes two.
+    /// Connection table entries (LRU) of each family: IPv4 (`FLOWS`) and
+    /// IPv6 (`FLOWS6`) have one table each. Default 262144; a nat flow
+    /// takes two.
     pub flow_capacity: u32,
     /// SYN-flood guard: new dr/tun flows per CPU per second recorded in the
     /// connection table; beyond it they are forwarded unrecorded. Default
@@ -163,6 +168,8 @@ pub struct Datapath {
     attached: HashMap<String, XdpRunMode>,
     vip_addr_refs: HashMap<u32, u32>,
     snat_refs: HashMap<u32, u32>,
+    vip_addr6_refs: HashMap<abi::Addr6, u32>,
+    snat6_refs: HashMap<abi::Addr6, u32>,
 }
 
 impl Datapath {
@@ -193,6 +200,12 @@ impl Datapath {
             .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
             .map_max_entries(abi::map::CURSORS, limits.max_vips)
             .map_max_entries(abi::map::ACTIVE, limits.max_backends)
+            .map_max_entries(abi::map::VIPS6, limits.max_vips)
+            .map_max_entries(abi::map::VIP_ADDRS6, limits.max_vips)
+            .map_max_entries(abi::map::SNAT_ADDRS6, limits.max_vips)
+            .map_max_entries(abi::map::BACKENDS6, limits.max_backends)
+            .map_max_entries(abi::map::FLOWS6, limits.flow_capacity)
+            .map_max_entries(abi::map::PERSIST6, limits.flow_capacity)
             .load(OBJECT)
             .map_err(|e| DatapathError::Load(describe(&e)))?;
         for name in [abi::prog::XDP_LB, abi::prog::XDP_PASS, abi::prog::XDP_DECAP] {
@@ -217,6 +230,8 @@ impl Datapath {
             attached: HashMap::new(),
             vip_addr_refs: HashMap::new(),
             snat_refs: HashMap::new(),
+            vip_addr6_refs: HashMap::new(),
+            snat6_refs: HashMap::new(),
         })
     }
 

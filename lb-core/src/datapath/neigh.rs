@@ -1,9 +1,10 @@
-//! Interface facts and IPv4 neighbour resolution for the datapath.
+//! Interface facts and neighbour resolution for the datapath.
 //!
 //! The XDP program rewrites MACs from what userspace wrote into `BACKENDS`,
 //! so userspace resolves each backend's next hop here: from the kernel's
-//! neighbour table (SIOCGARP), after nudging the kernel to resolve it with a
-//! datagram to the discard port when the entry is missing.
+//! neighbour table (SIOCGARP for IPv4, rtnetlink for IPv6: `neigh6`), after
+//! nudging the kernel to resolve it (ARP or NDP) with a datagram to the
+//! discard port when the entry is missing.
 //!
 //! Everything goes through sockets and ioctls rather than /sys or /proc,
 //! because those follow the mount and process, while sockets follow the
@@ -12,7 +13,7 @@
 use std::{
     ffi::CString,
     io,
-    net::{Ipv4Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, UdpSocket},
     os::fd::AsRawFd,
     time::{Duration, Instant},
 };
@@ -23,11 +24,11 @@ pub enum NeighError {
     NoInterface(String),
     #[error("interface {iface}: {error}")]
     Mac { iface: String, error: io::Error },
-    #[error("interface {0} has no IPv4 address")]
-    NoAddress(String),
-    #[error("no ARP answer from {ip} on {iface} within {timeout:?}")]
+    #[error("interface {0} has no {1} address")]
+    NoAddress(String, &'static str),
+    #[error("no {} answer from {ip} on {iface} within {timeout:?}", if .ip.is_ipv4() { "ARP" } else { "NDP" })]
     Unresolved {
-        ip: Ipv4Addr,
+        ip: IpAddr,
         iface: String,
         timeout: Duration,
     },
@@ -135,7 +136,7 @@ pub fn primary_ipv4(iface: &str) -> Result<Ipv4Addr, NeighError> {
         .into_iter()
         .find(|(n, _)| n == iface)
         .map(|(_, a)| a)
-        .ok_or_else(|| NeighError::NoAddress(iface.to_string()))
+        .ok_or_else(|| NeighError::NoAddress(iface.to_string(), "IPv4"))
 }
 
 /// A complete neighbour entry for `ip` on `iface`, if the kernel has one.
@@ -169,14 +170,17 @@ fn arp_lookup(ip: Ipv4Addr, iface: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
-/// The MACs of `ips` on `iface`, asking the kernel to ARP for the missing
-/// ones, all at once: a few silent hosts cost one `timeout`, not one each.
+/// The MACs of `ips` on `iface`, asking the kernel to resolve the missing
+/// ones (ARP, NDP), all at once: a few silent hosts cost one `timeout`, not
+/// one each.
 pub fn resolve_all(
-    ips: &[Ipv4Addr],
+    ips: &[IpAddr],
     iface: &str,
     timeout: Duration,
 ) -> Vec<Result<[u8; 6], NeighError>> {
-    let mut out: Vec<Option<[u8; 6]>> = ips.iter().map(|ip| arp_lookup(*ip, iface)).collect();
+    let index = ifindex(iface).unwrap_or(0);
+    let mut out: Vec<Option<[u8; 6]>> = vec![None; ips.len()];
+    lookup(ips, iface, index, &mut out);
     let deadline = Instant::now() + timeout;
     let mut nudged = Instant::now() - Duration::from_secs(1);
     while out.iter().any(Option::is_none) && Instant::now() < deadline {
@@ -189,11 +193,7 @@ pub fn resolve_all(
             nudged = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(10));
-        for (ip, m) in ips.iter().zip(out.iter_mut()) {
-            if m.is_none() {
-                *m = arp_lookup(*ip, iface);
-            }
-        }
+        lookup(ips, iface, index, &mut out);
     }
     ips.iter()
         .zip(out)
@@ -207,9 +207,28 @@ pub fn resolve_all(
         .collect()
 }
 
+/// Fills the missing entries of `out` from the kernel's tables: an ioctl
+/// per IPv4 address, one netlink dump for all IPv6 ones.
+fn lookup(ips: &[IpAddr], iface: &str, index: u32, out: &mut [Option<[u8; 6]>]) {
+    let mut table6 = None;
+    for (ip, m) in ips.iter().zip(out.iter_mut()) {
+        if m.is_some() {
+            continue;
+        }
+        *m = match ip {
+            IpAddr::V4(v4) => arp_lookup(*v4, iface),
+            IpAddr::V6(v6) => table6
+                .get_or_insert_with(|| super::neigh6::neighbours(index).unwrap_or_default())
+                .get(v6)
+                .copied(),
+        };
+    }
+}
+
 /// A datagram to the discard port makes the kernel resolve the neighbour.
-fn nudge(ip: Ipv4Addr, iface: &str) {
-    let Ok(sock) = UdpSocket::bind("0.0.0.0:0") else {
+fn nudge(ip: IpAddr, iface: &str) {
+    let any = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let Ok(sock) = UdpSocket::bind(any) else {
         return;
     };
     let name = iface.as_bytes();

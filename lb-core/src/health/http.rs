@@ -2,6 +2,12 @@
 //!
 //! One fresh connection per probe (no keep-alive), so a probe sees what a new client flow would:
 //! a backend that accepts but cannot serve is caught, and probes never pin a backend's worker.
+//!
+//! The request is HTTP/1.0, as keepalived's and HAProxy's are: the server closes after the
+//! response and never uses chunked coding, so a probe is one write, reads until the headers
+//! parse (httparse) and, only for a digest or regex, reads the body to its `Content-Length` or
+//! EOF. Then the socket is dropped, which resets it (zero linger): with delayed ACKs
+//! ([`Ack::Delayed`]) 7 packets a probe, no connection task, no TIME_WAIT.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -11,11 +17,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::header::{CONNECTION, HOST, HeaderValue, USER_AGENT};
-use hyper::{Request, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Uri;
+use hyper::header::HeaderValue;
 use md5::{Digest, Md5};
 use regex::Regex;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,10 +26,10 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-use super::tcp::connect;
+use super::tcp::{Ack, connect};
 use super::{BuildError, CheckFailure, CheckFuture, Checker};
 
 /// What an HTTP(S) check asks for and what it accepts.
@@ -189,6 +192,11 @@ impl fmt::Debug for HttpCheck {
     }
 }
 
+/// Largest response head read; a backend sending more is broken.
+const MAX_HEAD: usize = 16 << 10;
+/// Headers parsed; more fail the probe as a bad response.
+const MAX_HEADERS: usize = 64;
+
 // Stages of one probe, recorded as it goes so a timeout can say where it was stuck.
 const CONNECT: u8 = 0;
 const TLS_HANDSHAKE: u8 = 1;
@@ -262,7 +270,7 @@ impl HttpCheck {
     }
 
     async fn probe(&self, target: SocketAddr, stage: &AtomicU8) -> Result<(), CheckFailure> {
-        let stream = connect(target, self.source_address, self.timeout).await?;
+        let stream = connect(target, self.source_address, self.timeout, Ack::Delayed).await?;
         match &self.tls {
             None => self.exchange(stream, target, stage).await,
             Some(tls) => {
@@ -283,63 +291,96 @@ impl HttpCheck {
 
     async fn exchange<S>(
         &self,
-        stream: S,
+        mut stream: S,
         target: SocketAddr,
         stage: &AtomicU8,
     ) -> Result<(), CheckFailure>
     where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         stage.store(RESPONSE, Ordering::Relaxed);
-        let host = match &self.host {
-            Some(h) => h.clone(),
-            None => HeaderValue::from_str(&target.to_string())
-                .map_err(|e| CheckFailure::Http(e.to_string()))?,
-        };
-        let request = Request::get(self.path.clone())
-            .header(HOST, host)
-            .header(USER_AGENT, "lb-healthcheck")
-            .header(CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| CheckFailure::Http(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| CheckFailure::Http(e.to_string()))?;
-        let response = async {
-            let response = sender
-                .send_request(request)
-                .await
-                .map_err(|e| CheckFailure::Http(e.to_string()))?;
-            let code = response.status().as_u16();
-            if !self.status.contains(code) {
-                return Err(CheckFailure::Status {
-                    got: code,
-                    expected: self.status.clone(),
-                });
+        let io = |e: std::io::Error| CheckFailure::Http(e.to_string());
+        let mut request = Vec::with_capacity(128);
+        request.extend_from_slice(b"GET ");
+        request.extend_from_slice(self.path.to_string().as_bytes());
+        request.extend_from_slice(b" HTTP/1.0\r\nHost: ");
+        match &self.host {
+            Some(h) => request.extend_from_slice(h.as_bytes()),
+            None => request.extend_from_slice(target.to_string().as_bytes()),
+        }
+        request.extend_from_slice(b"\r\nUser-Agent: lb-healthcheck\r\nConnection: close\r\n\r\n");
+        stream.write_all(&request).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
+
+        let mut buf = Vec::with_capacity(1024);
+        let (code, head_len, content_length) = loop {
+            if buf.len() >= MAX_HEAD {
+                return Err(CheckFailure::Http(format!(
+                    "response headers larger than {MAX_HEAD} bytes"
+                )));
             }
-            if self.digest.is_none() && self.body_regex.is_none() {
-                return Ok(());
-            }
-            stage.store(BODY, Ordering::Relaxed);
-            let body = Limited::new(response.into_body(), self.max_body)
-                .collect()
+            let n = (&mut stream)
+                .take((MAX_HEAD - buf.len()) as u64)
+                .read_buf(&mut buf)
                 .await
-                .map_err(|e| CheckFailure::Http(format!("body: {e}")))?
-                .to_bytes();
-            self.check_body(&body)
+                .map_err(io)?;
+            if n == 0 {
+                return Err(CheckFailure::Http(
+                    "connection closed before a complete response".into(),
+                ));
+            }
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut response = httparse::Response::new(&mut headers);
+            match response.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let length = response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .and_then(|v| v.trim().parse::<usize>().ok());
+                    break (response.code.unwrap_or(0), len, length);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(CheckFailure::Http(format!("bad response: {e}"))),
+            }
         };
-        // The connection future does the socket IO for the request future; both are polled
-        // here rather than spawning the connection, so a probe cancelled by its timeout leaves
-        // no task behind holding the socket.
-        let mut response = std::pin::pin!(response);
-        let mut conn = std::pin::pin!(conn);
-        tokio::select! {
-            result = &mut response => result,
-            closed = &mut conn => {
-                closed.map_err(|e| CheckFailure::Http(e.to_string()))?;
-                response.await
+        if !self.status.contains(code) {
+            return Err(CheckFailure::Status {
+                got: code,
+                expected: self.status.clone(),
+            });
+        }
+        if self.digest.is_none() && self.body_regex.is_none() {
+            return Ok(());
+        }
+        stage.store(BODY, Ordering::Relaxed);
+        let mut body = buf.split_off(head_len);
+        let too_big = || CheckFailure::Http(format!("body: larger than {} bytes", self.max_body));
+        if content_length.is_some_and(|l| l > self.max_body) {
+            return Err(too_big());
+        }
+        let want = content_length.unwrap_or(self.max_body + 1);
+        while body.len() < want {
+            let n = (&mut stream)
+                .take((want - body.len()) as u64)
+                .read_buf(&mut body)
+                .await
+                .map_err(io)?;
+            if n == 0 {
+                if content_length.is_some() {
+                    return Err(CheckFailure::Http(
+                        "body: connection closed before Content-Length".into(),
+                    ));
+                }
+                break;
             }
         }
+        if body.len() > self.max_body {
+            return Err(too_big());
+        }
+        body.truncate(want);
+        self.check_body(&body)
     }
 
     fn check_body(&self, body: &[u8]) -> Result<(), CheckFailure> {
@@ -510,7 +551,7 @@ mod tests {
         let seen = server.requests();
         assert_eq!(seen.len(), 1);
         assert!(
-            seen[0].head.starts_with("GET /healthz?deep=1 HTTP/1.1\r\n"),
+            seen[0].head.starts_with("GET /healthz?deep=1 HTTP/1.0\r\n"),
             "{:?}",
             seen[0]
         );
@@ -562,6 +603,17 @@ mod tests {
             .await
             .expect_err("302 refused");
         assert_eq!(e.to_string(), "status 302 not in 200");
+    }
+
+    #[tokio::test]
+    async fn body_ends_at_content_length_without_waiting_for_close() {
+        let server = HttpServer::plain(Reply::KeepOpen("hello\n")).await;
+        let c = check(|s| s.digest = Some("b1946ac92492d2347c6235b4d2611184".into()));
+        let latency = c.check(server.addr).await.expect("digest matches");
+        assert!(
+            latency < T / 2,
+            "{latency:?}: waited for a close that never comes"
+        );
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@
 
 pub mod http;
 pub mod passive;
+pub mod probes;
 pub mod runner;
 pub mod script;
 pub mod service;
@@ -33,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use http::{HttpCheck, HttpSpec, StatusRanges, TlsSpec};
+pub use probes::{ProbeRecord, ProbeSnapshot};
 pub use runner::{HealthEvent, Job, Runner, Schedule};
 pub use script::{ScriptCheck, ScriptSpec};
 pub use service::{LiveSet, Service, ServiceSpec};

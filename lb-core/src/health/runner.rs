@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::probes::ProbeRecord;
 use super::state::{NextProbe, RiseFall, Thresholds};
 use super::{CheckSpec, Checker};
 
@@ -49,6 +50,8 @@ pub struct Job {
     pub checker: Arc<dyn Checker>,
     /// When to probe and how results count.
     pub schedule: Schedule,
+    /// Where every probe's outcome and latency is counted.
+    pub probes: Arc<ProbeRecord>,
 }
 
 /// A backend changed state. The initial state is not an event: it is `!alpha`.
@@ -62,8 +65,6 @@ pub struct HealthEvent {
     pub up: bool,
     /// Why, in one line.
     pub reason: String,
-    /// Latency of the probe that made the backend go up; `None` when it went down.
-    pub latency: Option<Duration>,
 }
 
 /// The running checks. Dropping it cancels them; [`Runner::shutdown`] also waits for them.
@@ -139,7 +140,10 @@ async fn run(
             _ = cancel.cancelled() => return,
             result = async {
                 tokio::time::sleep(wait).await;
-                job.checker.check(job.target).await
+                let start = tokio::time::Instant::now();
+                let result = job.checker.check(job.target).await;
+                job.probes.observe(result.is_ok(), start.elapsed());
+                result
             } => result,
         };
         let step = state.observe(&result);
@@ -160,7 +164,6 @@ async fn run(
             backend: job.backend,
             up: transition.up,
             reason: transition.reason,
-            latency: if transition.up { result.ok() } else { None },
         };
         tokio::select! {
             _ = cancel.cancelled() => return,
@@ -226,6 +229,7 @@ mod tests {
                     target: backend,
                     checker: checker.clone(),
                     schedule,
+                    probes: Arc::default(),
                 }
             })
             .collect()
@@ -304,7 +308,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn transitions_are_sent_with_reason_and_latency() {
+    async fn transitions_are_sent_with_reason_and_probes_counted() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -323,11 +327,14 @@ mod tests {
             target: backend,
             checker: tcp.clone(),
             schedule: schedule(20, 2, 2, alpha),
+            probes: Arc::default(),
         };
         let (tx, mut rx) = mpsc::channel(16);
         // Alpha on a listener: starts down, comes up after rise 2. Not alpha on a closed
         // port: starts up, goes down after fall 2.
-        let runner = Runner::start([job(up_addr, true), job(down_addr, false)], tx);
+        let (up_job, down_job) = (job(up_addr, true), job(down_addr, false));
+        let (up_probes, down_probes) = (up_job.probes.clone(), down_job.probes.clone());
+        let runner = Runner::start([up_job, down_job], tx);
         let mut events = HashMap::new();
         while events.len() < 2 {
             let ev = tokio::time::timeout(Duration::from_secs(2), rx.recv())
@@ -338,11 +345,17 @@ mod tests {
         }
         runner.shutdown().await;
         let up = &events[&up_addr];
-        assert!(up.up && up.latency.is_some());
+        assert!(up.up);
+        let seen = up_probes.snapshot();
+        assert!(seen.count >= 2 && seen.failed == 0, "{seen:?}");
+        assert!(seen.last_ok_latency_seconds.is_some());
         assert_eq!(&*up.service, "portal");
         assert_eq!(up.reason, "2 consecutive successful check(s) (rise 2)");
         let down = &events[&down_addr];
-        assert!(!down.up && down.latency.is_none());
+        assert!(!down.up);
+        let seen = down_probes.snapshot();
+        assert!(seen.count >= 2 && seen.failed == seen.count, "{seen:?}");
+        assert_eq!(seen.last_ok_latency_seconds, None);
         assert_eq!(
             down.reason,
             "2 consecutive failed check(s) (fall 2), last: connection refused"
@@ -368,6 +381,7 @@ mod tests {
                 target: down_addr,
                 checker: tcp,
                 schedule: schedule(5, 1, 1, false),
+                probes: Arc::default(),
             }],
             tx,
         );

@@ -21,12 +21,30 @@ impl Checker for TcpCheck {
     fn check(&self, target: SocketAddr) -> CheckFuture<'_> {
         Box::pin(async move {
             let start = Instant::now();
-            let stream = connect(target, self.source_address, self.connect_timeout).await?;
+            let stream = connect(
+                target,
+                self.source_address,
+                self.connect_timeout,
+                Ack::Quick,
+            )
+            .await?;
             let latency = start.elapsed();
             drop(stream);
             Ok(latency)
         })
     }
+}
+
+/// When the probe's side of the connection ACKs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// At once: the handshake completes on the backend, so its application
+    /// sees the connection, as keepalived's `TCP_CHECK` does.
+    Quick,
+    /// Delayed, as HAProxy's checks: the handshake's last ACK rides on the
+    /// request, and the response is not ACKed before the RST that ends the
+    /// probe. 7 packets an HTTP probe instead of 9.
+    Delayed,
 }
 
 /// Opens a TCP connection to `target` from `source` (if any) within `limit`.
@@ -36,6 +54,7 @@ pub(crate) async fn connect(
     target: SocketAddr,
     source: Option<IpAddr>,
     limit: Duration,
+    ack: Ack,
 ) -> Result<TcpStream, CheckFailure> {
     let socket = if target.is_ipv4() {
         TcpSocket::new_v4()
@@ -47,6 +66,11 @@ pub(crate) async fn connect(
     // probe instead of 8) and no TIME_WAIT socket left per probe, which at
     // 1000 backends a second would pile up 60 000 of them.
     socket.set_zero_linger().map_err(CheckFailure::Connect)?;
+    if ack == Ack::Delayed {
+        socket2::SockRef::from(&socket)
+            .set_tcp_quickack(false)
+            .map_err(CheckFailure::Connect)?;
+    }
     if let Some(addr) = source {
         // Port 0: the kernel picks an ephemeral port, so concurrent probes from one source
         // address do not collide.

@@ -33,6 +33,9 @@ pub enum Reply {
     With(u16, &'static str),
     /// Reads the request and never answers.
     Silent,
+    /// Answers 200 with this body, head and body in separate writes, and
+    /// keeps the connection open, as a server ignoring `Connection: close`.
+    KeepOpen(&'static str),
 }
 
 /// A one-route HTTP/1.1 server, plain or TLS, that records each request head.
@@ -108,6 +111,14 @@ where
             let _ = stream.shutdown().await;
         }
         Reply::Silent => std::future::pending::<()>().await,
+        Reply::KeepOpen(body) => {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.flush().await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let _ = stream.write_all(body.as_bytes()).await;
+            std::future::pending::<()>().await
+        }
     }
 }
 

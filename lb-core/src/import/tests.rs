@@ -368,22 +368,27 @@ fn golden_chime_portal() {
 }
 
 #[test]
-fn real_server_port_defaults_to_the_vip_port_and_ipv6_is_skipped() {
+fn real_server_port_defaults_to_the_vip_port_and_families_do_not_mix() {
     let out = import_text(
         "virtual_server 10.1.1.1 80 {\n  lb_algo mh\n  real_server 10.1.2.1 {\n  }\n  real_server 2001:db8::1 80 {\n  }\n}\nvirtual_server 2001:db8::2 80 {\n}\n",
     );
     assert!(
         out.toml
-            .ends_with("[[service.backend]]\naddress = \"10.1.2.1:80\"\n"),
+            .contains("[[service.backend]]\naddress = \"10.1.2.1:80\"\n\n"),
         "{}",
         out.toml
     );
+    assert_eq!(out.toml.matches("[[service.backend]]").count(), 1);
     assert_eq!(
-        messages(&out)[1..],
+        messages(&out)[1..2],
         [
-            "k.conf:5: warning: virtual_server 10.1.1.1 80: real_server 2001:db8::1 80: IPv6 is not supported by lb yet; ignored",
-            "k.conf:8: warning: virtual_server 2001:db8::2 80: IPv6 is not supported by lb yet; ignored",
+            "k.conf:5: warning: virtual_server 10.1.1.1 80: real_server 2001:db8::1 80: not of the virtual_server's address family (lb does not mix IPv4 and IPv6 in a service); ignored",
         ]
+    );
+    assert!(
+        out.toml.contains("vip = \"[2001:db8::2]:80\"\n"),
+        "{}",
+        out.toml
     );
 }
 

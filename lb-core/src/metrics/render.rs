@@ -7,11 +7,12 @@
 
 use lb_ebpf::abi::{Counters, DropReason};
 use metrics::{Label, counter, describe_counter, describe_gauge, gauge, with_local_recorder};
-use metrics_exporter_prometheus::PrometheusBuilder;
+use metrics_exporter_prometheus::{PrometheusBuilder, formatting::sanitize_label_value};
 
 use crate::{
     admin::{Control, view},
     daemon::{Status, Usage, UsageSnapshot},
+    health::{ProbeSnapshot, probes::BUCKETS},
 };
 
 /// keepalived's VRRP states, each a series of `lb_vrrp_state`.
@@ -40,12 +41,15 @@ pub fn render(status: &Status, usage: Option<&UsageSnapshot>) -> String {
         describe();
         record(status, usage);
     });
-    sorted(&handle.render())
+    let probes = probe_histogram(status);
+    sorted(&handle.render(), probes.as_deref())
 }
 
 /// The exporter writes families and series in hash order; sorting them
 /// makes a scrape readable with `curl | less` and comparable between two.
-fn sorted(text: &str) -> String {
+/// `histogram` is a family written here in its required order (buckets by
+/// increasing `le`), placed among the others but not sorted inside.
+fn sorted(text: &str, histogram: Option<&str>) -> String {
     let mut families: Vec<Vec<&str>> = text
         .split("\n\n")
         .filter(|f| !f.trim().is_empty())
@@ -56,12 +60,51 @@ fn sorted(text: &str) -> String {
             meta.into_iter().chain(series).collect()
         })
         .collect();
+    families.extend(histogram.map(|h| h.lines().collect()));
     families.sort_unstable_by_key(|f| f.iter().find(|l| !l.starts_with('#')).copied());
     families
         .iter()
         .map(|f| f.join("\n") + "\n")
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The probe latency histogram of every checked backend. The exporter's
+/// histograms aggregate samples it records itself; these are counted by the
+/// health tasks as probes land, so the family is written directly.
+fn probe_histogram(status: &Status) -> Option<String> {
+    const NAME: &str = "lb_backend_probe_duration_seconds";
+    let mut out = String::new();
+    for s in &status.services {
+        for b in &s.backends {
+            let Some(p) = &b.probes else { continue };
+            let labels = [
+                ("vip", s.vip.to_string()),
+                ("protocol", s.protocol.clone()),
+                ("backend", b.address.to_string()),
+            ]
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", sanitize_label_value(v)))
+            .collect::<Vec<_>>()
+            .join(",");
+            write_histogram(&mut out, NAME, &labels, &p.snapshot());
+        }
+    }
+    (!out.is_empty()).then(|| {
+        format!(
+            "# HELP {NAME} Duration of the backend's health probes, failed ones included (a timeout counts at its timeout).\n# TYPE {NAME} histogram\n{out}"
+        )
+    })
+}
+
+fn write_histogram(out: &mut String, name: &str, labels: &str, p: &ProbeSnapshot) {
+    use std::fmt::Write;
+    for (le, n) in BUCKETS.iter().zip(&p.buckets) {
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", p.count);
+    let _ = writeln!(out, "{name}_sum{{{labels}}} {}", p.sum_seconds);
+    let _ = writeln!(out, "{name}_count{{{labels}}} {}", p.count);
 }
 
 fn describe() {
@@ -129,6 +172,10 @@ fn describe() {
         "lb_backend_probe_latency_seconds",
         "Latency of the backend's last successful health probe."
     );
+    describe_counter!(
+        "lb_backend_probe_failures_total",
+        "Health probes of the backend that failed."
+    );
     describe_gauge!("lb_backend_weight", "Weight of the backend in the config.");
     describe_gauge!(
         "lb_backend_admin_weight",
@@ -188,13 +235,14 @@ fn record(status: &Status, usage: Option<&UsageSnapshot>) {
                 if let Some(w) = b.admin_weight {
                     gauge!("lb_backend_admin_weight", labels.clone()).set(f64::from(w));
                 }
-                if let Some(l) = b.probe_latency_seconds {
-                    gauge!("lb_backend_probe_latency_seconds", labels.clone()).set(l);
+                if let Some(p) = b.probes.as_ref().map(|p| p.snapshot()) {
+                    counter!("lb_backend_probe_failures_total", labels.clone()).absolute(p.failed);
+                    if let Some(l) = p.last_ok_latency_seconds {
+                        gauge!("lb_backend_probe_latency_seconds", labels.clone()).set(l);
+                    }
                 }
             }
-            let std::net::SocketAddr::V4(addr) = b.address else {
-                continue;
-            };
+            let addr = b.address;
             if let (Some((vip, p)), Some(u)) = (key, usage)
                 && let Some((_, bu)) = u.backends.iter().find(|(bk, _)| *bk == (vip, p, addr))
             {

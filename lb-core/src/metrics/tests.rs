@@ -82,6 +82,29 @@ fn scrape_passes_promtool_and_carries_the_values() {
         &text,
         &format!("lb_backend_probe_latency_seconds{{{b1}}} 0.0012"),
     );
+    has(&text, &format!("lb_backend_probe_failures_total{{{b1}}} 0"));
+    // One probe of 1.2 ms: over the 1 ms bound, under 2.5 ms, in order.
+    let h = "lb_backend_probe_duration_seconds";
+    let buckets = [
+        format!(r#"{h}_bucket{{{b1},le="0.001"}} 0"#),
+        format!(r#"{h}_bucket{{{b1},le="0.0025"}} 1"#),
+        format!(r#"{h}_bucket{{{b1},le="5"}} 1"#),
+        format!(r#"{h}_bucket{{{b1},le="+Inf"}} 1"#),
+        format!("{h}_sum{{{b1}}} 0.0012"),
+        format!("{h}_count{{{b1}}} 1"),
+    ];
+    let at: Vec<usize> = buckets
+        .iter()
+        .map(|l| {
+            text.find(&format!("{l}\n"))
+                .unwrap_or_else(|| panic!("{l} in\n{text}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "buckets in order:\n{text}"
+    );
+    has(&text, &format!("# TYPE {h} histogram"));
     has(&text, &format!("lb_backend_weight{{{b1}}} 100"));
     has(&text, &format!("lb_backend_live_weight{{{b1}}} 100"));
     has(&text, &format!("lb_backend_admin_weight{{{b2}}} 0"));

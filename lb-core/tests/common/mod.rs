@@ -31,3 +31,28 @@ pub fn frame(
     .expect("building frame");
     out
 }
+
+/// [`frame`] over IPv6 (hop limit 64).
+#[allow(clippy::too_many_arguments)]
+pub fn frame6(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 16],
+    dst: [u8; 16],
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src, dst, 64);
+    let mut out = Vec::new();
+    match proto {
+        TCP => b
+            .tcp(sport, dport, 1000, 64_000)
+            .syn()
+            .write(&mut out, payload),
+        _ => b.udp(sport, dport).write(&mut out, payload),
+    }
+    .expect("building frame");
+    out
+}

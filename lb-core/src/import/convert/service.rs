@@ -81,6 +81,7 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
             "quorum" => int(ctx, c, &cx).map(|v| ("quorum", v)),
             "hysteresis" => int(ctx, c, &cx).map(|v| ("hysteresis", v)),
             "sorry_server" => endpoint(ctx, c, Some(&cx), None)
+                .filter(|a| same_family(ctx, c, &cx, *a, vip))
                 .map(|a| ("sorry_server", Value::Str(a.to_string()))),
             "alpha" => flag(ctx, c, &cx).map(|b| ("alpha", Value::Bool(b))),
             "inhibit_on_failure" => {
@@ -250,9 +251,9 @@ fn set_scheduler(
     t.set_commented("scheduler", Value::Str(name), comment);
 }
 
-/// `IP PORT` arguments as a socket address; IPv6 is refused because the
-/// datapath is IPv4-only. `cx` is the enclosing virtual_server, if any;
-/// `default_port` stands in for a missing port.
+/// `IP PORT` arguments as a socket address (IPv4 or IPv6). `cx` is the
+/// enclosing virtual_server, if any; `default_port` stands in for a missing
+/// port.
 fn endpoint(
     ctx: &mut Ctx,
     node: &Node,
@@ -277,13 +278,6 @@ fn endpoint(
         _ => (None, None),
     };
     match (ip, port) {
-        (Some(IpAddr::V6(_)), Some(_)) => {
-            ctx.warn(
-                node,
-                format!("{what}: IPv6 is not supported by lb yet; ignored"),
-            );
-            None
-        }
         (Some(ip), Some(port)) => Some(SocketAddr::new(ip, port)),
         _ => {
             ctx.warn(
@@ -293,6 +287,23 @@ fn endpoint(
             None
         }
     }
+}
+
+/// lb's services are of one address family (IPVS allows mixing): an
+/// address of the other is warned about and left out.
+fn same_family(ctx: &mut Ctx, node: &Node, cx: &str, addr: SocketAddr, vip: SocketAddr) -> bool {
+    if addr.is_ipv4() == vip.is_ipv4() {
+        return true;
+    }
+    ctx.warn(
+        node,
+        format!(
+            "{cx}: {} {}: not of the virtual_server's address family (lb does not mix IPv4 and IPv6 in a service); ignored",
+            node.keyword,
+            node.args.join(" ")
+        ),
+    );
+    false
 }
 
 fn backend<'n>(
@@ -305,6 +316,9 @@ fn backend<'n>(
 ) -> Option<Backend<'n>> {
     // A real_server may leave out its port; IPVS then keeps the VIP's.
     let mut address = endpoint(ctx, node, Some(cx), Some(vip.port()))?;
+    if !same_family(ctx, node, cx, address, vip) {
+        return None;
+    }
     let rcx = format!("{cx}: real_server {} {}", address.ip(), address.port());
     let mut t = Table::new("[[service.backend]]");
     let mut defaults = defaults.clone();

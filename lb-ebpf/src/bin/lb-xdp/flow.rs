@@ -25,7 +25,7 @@ const NAT_PORT_TRIES: u32 = 16;
 const CLOSED_PORT_REUSE_NS: u64 = 2_000_000_000;
 
 #[inline(always)]
-fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
+pub fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
     let s = if proto != IPPROTO_TCP {
         vip.udp_timeout_s
     } else if closing && vip.tcp_timeout_s > CLOSING_TIMEOUT_S {
@@ -240,7 +240,7 @@ fn schedule(
 
 /// Counts a new flow on this CPU; true when the CPU is over its cap.
 #[inline(always)]
-fn over_new_flow_cap(now: u64) -> bool {
+pub fn over_new_flow_cap(now: u64) -> bool {
     let cap = unsafe { core::ptr::read_volatile(&NEW_FLOW_CAP) } as u64;
     if cap == 0 {
         return false;
@@ -293,7 +293,7 @@ fn persistent_pick(
 }
 
 #[inline(always)]
-fn is_member(vip: u32, backend: u32) -> bool {
+pub fn is_member(vip: u32, backend: u32) -> bool {
     let words = unsafe { core::ptr::read_volatile(&MEMBER_WORDS) };
     MEMBERS
         .get(vip * words + backend / 64)
@@ -401,7 +401,13 @@ pub fn observe_answer(f: &mut Flow, tcp_flags: u8) {
         return;
     }
     f.flags |= FLOW_ANSWERED;
-    let Some(c) = BACKEND_STATS.get_ptr_mut(f.backend) else {
+    count_answer(f.backend, tcp_flags);
+}
+
+/// Counts a backend's first answer to a SYN (see `observe_answer`).
+#[inline(always)]
+pub fn count_answer(backend: u32, tcp_flags: u8) {
+    let Some(c) = BACKEND_STATS.get_ptr_mut(backend) else {
         return;
     };
     // SAFETY: per-CPU value, valid for this run.

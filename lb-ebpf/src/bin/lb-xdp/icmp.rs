@@ -18,12 +18,13 @@ const ECHO_REQUEST: u8 = 8;
 /// Bytes before the quoted packet in a destination-unreachable message.
 const ICMP_HLEN: usize = 8;
 
+/// The first word of ICMP and ICMPv6 headers.
 #[repr(C)]
 #[derive(Copy, Clone)]
-struct IcmpHdr {
-    kind: u8,
-    code: u8,
-    check: u16,
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
 }
 
 /// An ICMP packet (no options, not fragmented) to a VIP address, or any

@@ -7,8 +7,10 @@
 //! addressed to a VIP, or a reply of a nat flow, goes to the kernel untouched.
 //!
 //! Module per concern: `headers` (wire formats, bounds), `maps` (state),
-//! `flow` (connection table), `sched` (the scheduler's pick for a new
-//! flow), `rewrite` (NAT and checksums).
+//! `flow` (connection table), `sched` (the scheduler's pick for a new flow,
+//! both families), `rewrite` (NAT and checksums), `tun`, `icmp`; IPv6 has the
+//! same concerns in the `*6` modules, with its own VIP, backend-address and
+//! flow maps beside the IPv4 ones.
 #![no_std]
 #![no_main]
 // `atomic_xadd`: the only atomic add the BPF target exposes (maps::active_add).
@@ -16,12 +18,17 @@
 #![allow(internal_features)]
 
 mod flow;
+mod flow6;
 mod headers;
 mod icmp;
+mod icmp6;
+mod ipv6;
 mod maps;
 mod rewrite;
+mod rewrite6;
 mod sched;
 mod tun;
+mod tun6;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
@@ -36,18 +43,30 @@ use lb_ebpf::abi::{
 };
 use maps::*;
 
+/// Each family's path is its own BPF function: inlined together they
+/// need more than the 512-byte stack of one frame, and as siblings only
+/// the larger one counts against the limit.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    let Some(eth) = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    match unsafe { (*eth).ether_type } {
+        ETH_P_IP_BE => ipv4(ctx),
+        ipv6::ETH_P_IPV6_BE => ipv6::handle(ctx),
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// `lb_xdp` for a frame whose EtherType is IPv4.
+#[inline(never)]
+fn ipv4(ctx: XdpContext) -> u32 {
     let start = ctx.data();
     let end = ctx.data_end();
     let Some(eth) = ptr_at::<EthHdr>(start, end, 0) else {
         return xdp_action::XDP_PASS;
     };
-    // SAFETY: every pointer below comes from `ptr_at`, which checked it
-    // against `data_end`.
-    if unsafe { (*eth).ether_type } != ETH_P_IP_BE {
-        return xdp_action::XDP_PASS;
-    }
     let Some(ip) = ptr_at::<Ipv4Hdr>(start, end, ETH_HLEN) else {
         return drop_unmatched(DropReason::Malformed);
     };
@@ -234,14 +253,23 @@ pub(crate) fn drop_unmatched(reason: DropReason) -> u32 {
 /// (only the pseudo-header sum is in the packet), which the helpers handle.
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    let _ = rewrite::tc_unnat(&ctx);
+    let _ = match ctx.load::<u16>(12) {
+        Ok(ipv6::ETH_P_IPV6_BE) => rewrite6::tc_unnat(&ctx),
+        _ => rewrite::tc_unnat(&ctx),
+    };
     TC_ACT_OK
 }
 
-/// Backend-side helper for tun mode (see `tun::decap`).
+/// Backend-side helper for tun mode (see `tun::decap`, `tun6::decap`).
 #[xdp]
 pub fn lb_xdp_decap(ctx: XdpContext) -> u32 {
-    tun::decap(&ctx)
+    let v6 = ptr_at::<EthHdr>(ctx.data(), ctx.data_end(), 0)
+        .is_some_and(|e| unsafe { (*e).ether_type } == ipv6::ETH_P_IPV6_BE);
+    if v6 {
+        tun6::decap(&ctx)
+    } else {
+        tun::decap(&ctx)
+    }
 }
 
 /// The baseline for benchmarks, and the peer program native-mode veth needs.

@@ -165,3 +165,44 @@ pub fn touch(f: &mut Flow, now: u64) {
         f.last_seen_ns = now;
     }
 }
+
+/// IPv6 services; value layout in `VipMeta6`. Sized like `VIPS`.
+#[map(name = "VIPS6")]
+pub static VIPS6: HashMap<VipKey6, VipMeta6> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// IPv6 addresses carrying at least one VIP (see `VIP_ADDRS`).
+#[map(name = "VIP_ADDRS6")]
+pub static VIP_ADDRS6: HashMap<Addr6, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// IPv6 address of backend `id`; the rest of the backend is `BACKENDS[id]`.
+#[map(name = "BACKENDS6")]
+pub static BACKENDS6: Array<Backend6> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
+
+/// The IPv6 connection table: as `FLOWS`, with its own capacity
+/// (`flow_capacity` too), so neither family can evict the other's flows.
+#[map(name = "FLOWS6")]
+pub static FLOWS6: LruHashMap<FlowKey6, Flow6> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+#[map(name = "PERSIST6")]
+pub static PERSIST6: LruHashMap<PersistKey6, Persist> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_CAPACITY, 0);
+
+/// Our IPv6 SNAT source addresses.
+#[map(name = "SNAT_ADDRS6")]
+pub static SNAT_ADDRS6: HashMap<Addr6, u32> = HashMap::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// `touch` for any entry: the stamp is only written when it changes.
+#[inline(always)]
+pub fn stamp(last_seen_ns: &mut u64, now: u64) {
+    if *last_seen_ns != now {
+        *last_seen_ns = now;
+    }
+}
+
+/// Per-CPU scratch space where a new IPv6 flow's forward (0) and reply (1)
+/// entries are built: on the stack, with the 40-byte keys, they would push
+/// the IPv6 path past the 512-byte BPF stack. Internal to the program;
+/// userspace never reads it.
+#[map(name = "SCRATCH6")]
+pub static SCRATCH6: PerCpuArray<Flow6> = PerCpuArray::with_max_entries(2, 0);

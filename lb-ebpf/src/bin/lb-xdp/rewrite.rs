@@ -57,9 +57,15 @@ pub fn translate(pkt: &Packet, f: &Flow) {
 /// arrays compiled to an out-of-line byte loop (EBPF_TOOLCHAIN.md).
 #[inline(always)]
 pub fn set_macs(pkt: &Packet, dst: &[u8; 6], src: &[u8; 6]) {
-    // SAFETY: `pkt.eth` was bounds-checked; the sources are 6-byte arrays.
+    set_eth_macs(pkt.eth, dst, src);
+}
+
+/// `set_macs` on a bounds-checked Ethernet header of either family.
+#[inline(always)]
+pub fn set_eth_macs(eth: *mut EthHdr, dst: &[u8; 6], src: &[u8; 6]) {
+    // SAFETY: the caller bounds-checked `eth`; the sources are 6-byte arrays.
     unsafe {
-        let eth = &mut *pkt.eth;
+        let eth = &mut *eth;
         core::ptr::copy_nonoverlapping(dst.as_ptr(), eth.dst.as_mut_ptr(), 6);
         core::ptr::copy_nonoverlapping(src.as_ptr(), eth.src.as_mut_ptr(), 6);
     }
