@@ -3,8 +3,9 @@
 //! The datapath adds 1 when it records a flow and subtracts 1 when the
 //! connection closes (first FIN or RST either way) or a live entry is
 //! replaced. Flows that idle out or are evicted from the LRU connection
-//! table have no such moment, so [`recount`] counts the connection table
-//! (forward entries, not closing, seen within their VIP's timeout) and the
+//! tables have no such moment, so [`recount`] counts both connection tables
+//! (`FLOWS` and `FLOWS6`: backend ids are shared by the two families;
+//! forward entries, not closing, seen within their VIP's timeout) and the
 //! difference is added to the counters, atomically through mmap since the
 //! datapath keeps adding meanwhile. Flows opened or closed during the scan
 //! may be counted on one side only: the counter is read before and after,
@@ -19,7 +20,9 @@ use std::{
 };
 
 use aya::Ebpf;
-use lb_ebpf::abi::{self, FLOW_CLOSING, FLOW_FORWARD, Flow, FlowKey, IPPROTO_TCP, VipMeta};
+use lb_ebpf::abi::{
+    self, FLOW_CLOSING, FLOW_FORWARD, Flow, Flow6, FlowKey, FlowKey6, IPPROTO_TCP, VipMeta,
+};
 
 use super::{
     DatapathError,
@@ -67,18 +70,28 @@ impl ActiveFlows {
         (0..self.backends).map(|id| self.get(id)).collect()
     }
 
-    /// Recounts from `scan` (a snapshot of the connection table taken by the
-    /// caller between two reads of the counters) and corrects the counters.
-    /// Returns the sum of the corrections' magnitudes.
+    /// Recounts from `scan` (a snapshot of the connection tables taken by
+    /// the caller between two reads of the counters) and corrects the
+    /// counters. Returns the sum of the corrections' magnitudes.
     pub(super) fn reconcile(
         &self,
-        scan: impl FnOnce() -> Result<(Vec<(FlowKey, Flow)>, Vec<VipMeta>), DatapathError>,
+        scan: impl FnOnce() -> Result<Scan, DatapathError>,
         now_ns: u64,
     ) -> Result<u64, DatapathError> {
         let before = self.snapshot();
-        let (flows, vips) = scan()?;
+        let Scan {
+            flows,
+            flows6,
+            vips,
+        } = scan()?;
         let after = self.snapshot();
-        let truth = recount(&flows, &vips, now_ns, self.backends);
+        let entries = flows.iter().map(Seen::from);
+        let truth = recount(
+            entries.chain(flows6.iter().map(Seen::from)),
+            &vips,
+            now_ns,
+            self.backends,
+        );
         let mut fixed = 0u64;
         for (id, ((b, a), want)) in before.iter().zip(&after).zip(&truth).enumerate() {
             let fix = want - (b + a).div_euclid(2);
@@ -93,11 +106,56 @@ impl ActiveFlows {
     }
 }
 
-/// Active flows per backend id (index) in a connection table snapshot:
+/// What a recount reads: both connection tables and every VIP's meta (the
+/// IPv6 ones' `VipMeta6::meta`), whose ids are shared by both families.
+pub(super) struct Scan {
+    pub flows: Vec<(FlowKey, Flow)>,
+    pub flows6: Vec<(FlowKey6, Flow6)>,
+    pub vips: Vec<VipMeta>,
+}
+
+/// What [`recount`] reads of a connection table entry, of either family.
+#[derive(Copy, Clone, Debug)]
+pub struct Seen {
+    pub proto: u8,
+    pub kind: u8,
+    pub flags: u8,
+    pub vip: u32,
+    pub backend: u32,
+    pub last_seen_ns: u64,
+}
+
+impl From<&(FlowKey, Flow)> for Seen {
+    fn from((k, f): &(FlowKey, Flow)) -> Self {
+        Seen {
+            proto: k.proto,
+            kind: f.kind,
+            flags: f.flags,
+            vip: f.vip,
+            backend: f.backend,
+            last_seen_ns: f.last_seen_ns,
+        }
+    }
+}
+
+impl From<&(FlowKey6, Flow6)> for Seen {
+    fn from((k, f): &(FlowKey6, Flow6)) -> Self {
+        Seen {
+            proto: k.proto,
+            kind: f.kind,
+            flags: f.flags,
+            vip: f.vip,
+            backend: f.backend,
+            last_seen_ns: f.last_seen_ns,
+        }
+    }
+}
+
+/// Active flows per backend id (index) in connection table entries:
 /// forward entries of a programmed VIP, not closing, seen within its idle
 /// timeout. Ids from `backends` on are not counted.
 pub fn recount(
-    flows: &[(FlowKey, Flow)],
+    flows: impl IntoIterator<Item = Seen>,
     vips: &[VipMeta],
     now_ns: u64,
     backends: u32,
@@ -109,14 +167,14 @@ pub fn recount(
         idle[v.id as usize] = Some((v.tcp_timeout_s as u64 * NS, v.udp_timeout_s as u64 * NS));
     }
     let mut n = vec![0i64; backends as usize];
-    for (k, f) in flows {
+    for f in flows {
         if f.kind != FLOW_FORWARD || f.flags & FLOW_CLOSING != 0 {
             continue;
         }
         let Some(Some((tcp, udp))) = idle.get(f.vip as usize) else {
             continue;
         };
-        let limit = if k.proto == IPPROTO_TCP { *tcp } else { *udp };
+        let limit = if f.proto == IPPROTO_TCP { *tcp } else { *udp };
         if now_ns.saturating_sub(f.last_seen_ns) <= limit
             && let Some(c) = n.get_mut(f.backend as usize)
         {
@@ -182,7 +240,40 @@ mod tests {
             (tcp, flow(2, 195, FLOW_REPLY, 0)),
             (tcp, other_vip),
         ];
-        let n = recount(&flows, &[vip], 200 * 1_000_000_000, 3);
+        let n = recount(flows.iter().map(Seen::from), &[vip], 200 * 1_000_000_000, 3);
         assert_eq!(n, [0, 2, 1]);
+    }
+
+    /// IPv6 entries count towards the same backend ids as IPv4 ones.
+    #[test]
+    fn recount_adds_ipv6_entries() {
+        let vip = VipMeta {
+            id: 0,
+            tcp_timeout_s: 100,
+            ..Default::default()
+        };
+        let v4 = (
+            FlowKey {
+                proto: IPPROTO_TCP,
+                ..Default::default()
+            },
+            flow(1, 195, FLOW_FORWARD, 0),
+        );
+        let f6 = |flags| Flow6 {
+            last_seen_ns: 195 * 1_000_000_000,
+            backend: 1,
+            kind: FLOW_FORWARD,
+            flags,
+            ..Default::default()
+        };
+        let k6 = FlowKey6 {
+            proto: IPPROTO_TCP,
+            ..Default::default()
+        };
+        let v6 = [(k6, f6(0)), (k6, f6(FLOW_CLOSING))];
+        let all = [Seen::from(&v4)]
+            .into_iter()
+            .chain(v6.iter().map(Seen::from));
+        assert_eq!(recount(all, &[vip], 200 * 1_000_000_000, 2), [0, 2]);
     }
 }

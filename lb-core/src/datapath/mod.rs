@@ -437,12 +437,19 @@ impl Datapath {
         self.active.reconcile(
             || {
                 let flows = self.flows()?;
+                let flows6 = self.flows6()?;
                 let name = abi::map::VIPS;
                 let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
                 let m: BpfHashMap<&MapData, VipKey, VipMeta> =
                     BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
-                let vips = m.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect();
-                Ok((flows, vips))
+                let mut vips: Vec<VipMeta> =
+                    m.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect();
+                vips.extend(self.vips6()?.into_iter().map(|v| v.meta));
+                Ok(active::Scan {
+                    flows,
+                    flows6,
+                    vips,
+                })
             },
             now,
         )
@@ -486,9 +493,16 @@ impl Datapath {
     /// A snapshot of the connection table (batched reads where the kernel
     /// has them).
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let name = abi::map::FLOWS;
+        self.lru_entries(abi::map::FLOWS)
+    }
+
+    /// Every entry of the LRU hash map `name`, batched where the kernel can.
+    fn lru_entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>> {
         let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
-        let m: BpfHashMap<&MapData, FlowKey, Flow> =
+        let m: BpfHashMap<&MapData, K, V> =
             BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
         let data = match self.ebpf.map(name) {
             Some(aya::maps::Map::LruHashMap(d)) => d,
