@@ -912,20 +912,6 @@ fn a_closed_nat_connection_frees_its_port_soon() {
     assert_eq!(nat_port(&out), 20_000);
 }
 
-/// Keeps this thread, and so its test runs, on CPU 0: per-CPU state (the
-/// new-flow cap, rr cursors) then behaves as on one busy CPU.
-fn pin_to_one_cpu() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
-}
-
 /// Backend `id` of the scheduler cases, told apart by the last byte of its MAC.
 fn sched_backend_addr(id: u32) -> [u8; 4] {
     [198, 18, 1, id as u8 + 1]

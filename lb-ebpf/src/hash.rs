@@ -105,4 +105,25 @@ mod tests {
             assert_ne!(flow_hash6(&s, &dst, 1, 80, 6), base, "word {w}");
         }
     }
+
+    /// `sh` over IPv6: clients that differ in any address word, including
+    /// only in the interface identifier, spread.
+    #[test]
+    fn v6_client_hash_sees_every_address_word_and_spreads() {
+        let base = [0x0120, 0, 0, 0];
+        let mut buckets = [0u32; 16];
+        for i in 0..16_000u32 {
+            let c = [base[0], base[1], base[2], i.to_be()];
+            buckets[(client_hash6(&c) % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..1100).contains(&b), "uneven bucket: {buckets:?}");
+        }
+        let h = client_hash6(&base);
+        for w in 0..4 {
+            let mut c = base;
+            c[w] ^= 1;
+            assert_ne!(client_hash6(&c), h, "word {w}");
+        }
+    }
 }
