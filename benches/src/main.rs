@@ -334,7 +334,8 @@ fn cases() -> Result<Vec<Case>> {
             new_flows,
         });
     }
-    // Every other scheduler beside mh (the dr cases above), in dr mode.
+    // Every other scheduler beside mh (the dr cases above), in dr mode; the
+    // costliest (wlc over its most backends) for IPv6 too.
     for (s, backends) in [
         (Scheduler::Sh, 8),
         (Scheduler::Rr, 8),
@@ -359,6 +360,23 @@ fn cases() -> Result<Vec<Case>> {
                 new_flows,
             });
         }
+    }
+    for new_flows in [false, true] {
+        let what = if new_flows {
+            "new flow every packet"
+        } else {
+            "established TCP flow"
+        };
+        let (s, backends) = (Scheduler::Wlc, abi::LEAST_MAX_BACKENDS);
+        out.push(Case {
+            name: format!("IPv6 dr {s} ({backends} backends), {what}"),
+            prog: abi::prog::XDP_LB,
+            dp: scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?,
+            frame: tcp6.clone(),
+            verdict: TX,
+            one_shot_only: new_flows,
+            new_flows,
+        });
     }
     out.push(Case {
         name: "IPv6 non-VIP packet (pass)".into(),
