@@ -10,6 +10,8 @@
 //!
 //! Every table is written into the inactive half of the VIP's slot and
 //! swapped in with its kind at once, so a scheduler change is atomic too.
+//! Tables hold backend ids only, so the same ones serve IPv4 and IPv6 VIPs
+//! (the datapath hashes each family's addresses itself).
 use std::net::SocketAddr;
 
 use lb_ebpf::abi;

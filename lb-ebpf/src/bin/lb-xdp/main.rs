@@ -1,10 +1,11 @@
 //! lb's datapath: an XDP load balancer with a tc egress helper.
 //!
-//! Per packet (IPv4 TCP/UDP): find the VIP, keep an established flow on its
-//! backend (connection table), else pick one with the VIP's scheduler from
-//! its live table and remember it; then forward in `dr` (MAC rewrite) or `nat` (address and
-//! port translation, replies translated back) mode. Everything that is not
-//! addressed to a VIP, or a reply of a nat flow, goes to the kernel untouched.
+//! Per packet (IPv4 or IPv6 TCP/UDP): find the VIP, keep an established flow
+//! on its backend (connection table), else pick one with the VIP's scheduler
+//! from its live table and remember it; then forward in `dr` (MAC rewrite),
+//! `nat` (address and port translation, replies translated back) or `tun`
+//! (encapsulation) mode. Everything that is not addressed to a VIP, or a
+//! reply of a nat flow, goes to the kernel untouched.
 //!
 //! Module per concern: `headers` (wire formats, bounds), `maps` (state),
 //! `flow` (connection table), `sched` (the scheduler's pick for a new flow,

@@ -62,7 +62,8 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKEN
 
 /// The connection table, shared by all CPUs because a nat reply may arrive on
 /// another CPU than its request. LRU: when full, the least recently used flow
-/// is evicted (and rescheduled by Maglev if it comes back). The common LRU
+/// is evicted (and rescheduled if it comes back: mh and sh give it the same
+/// backend, the stateful schedulers may not). The common LRU
 /// list is kept: per-CPU lists (BPF_F_NO_COMMON_LRU) split the capacity by
 /// CPU and made new flows slower in `lb-bench datapath` (416 vs 293 ns).
 #[map(name = "FLOWS")]
@@ -86,7 +87,8 @@ pub static MEMBER_WORDS: u32 = DEFAULT_MAX_BACKENDS.div_ceil(64);
 
 /// SYN-flood guard (Katran's MAX_CONN_RATE): per-CPU new-flow count in the
 /// current second. Over `NEW_FLOW_CAP`, dr and tun flows are still forwarded
-/// (Maglev gives the same backend) but not recorded, so a flood of new
+/// (every scheduler then indexes its table by the flow hash, so each packet
+/// gets the same backend) but not recorded, so a flood of new
 /// flows cannot evict established ones from the LRU.
 #[map(name = "NEW_FLOW_RATE")]
 pub static NEW_FLOW_RATE: PerCpuArray<FlowRate> = PerCpuArray::with_max_entries(1, 0);
