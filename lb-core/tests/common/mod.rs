@@ -1,5 +1,5 @@
 //! Helpers shared by the datapath tests.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use etherparse::PacketBuilder;
 pub use lb_testlab::require_root;
