@@ -23,8 +23,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use etherparse::PacketBuilder;
 use lb_core::{
+    config::Scheduler,
     datapath::{Datapath, Limits, addr6},
-    table::{Member, build_maglev},
+    table::{self, Member, build_maglev},
 };
 use lb_ebpf::abi::{self, Backend, VipKey, VipKey6, VipMeta, VipMeta6};
 
@@ -54,6 +55,12 @@ enum What {
         #[arg(long, default_value_t = 65_537)]
         size: u32,
         #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
+    /// Time of the lc/wlc active-flow recount (a scan of the connection
+    /// table) at several table fills (needs root).
+    Recount {
+        #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
     /// Failover gap seen by a client, lb and keepalived as VRRP speakers
@@ -121,14 +128,30 @@ fn sport_at(f: &[u8]) -> usize {
     if f[12..14] == [0x86, 0xdd] { 54 } else { 34 }
 }
 
-/// A datapath with one VIP in `mode` for each family: IPv4 (id 0,
-/// backends 0-7) and IPv6 (id 1, backends 8-15).
+/// A datapath with one VIP in `mode` for each family, mh over 8 backends.
 fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
+    scheduled(mode, timeout_s, udp, Scheduler::Mh, 8, 65_536)
+}
+
+/// Backend ids of the IPv6 VIP start here, after the IPv4 VIP's.
+const IDS6: u32 = abi::LEAST_MAX_BACKENDS;
+
+/// A datapath with one VIP in `mode` for each family, `scheduler` over
+/// `backends` backends: IPv4 (VIP id 0, backend ids from 0) and IPv6 (VIP
+/// id 1, backend ids from [`IDS6`]).
+fn scheduled(
+    mode: u8,
+    timeout_s: u32,
+    udp: bool,
+    scheduler: Scheduler,
+    backends: u32,
+    flow_capacity: u32,
+) -> Result<Datapath> {
     let mut dp = Datapath::load(Limits {
         max_vips: 2,
-        max_backends: 16,
+        max_backends: 2 * IDS6,
         ring_stride: 65_537,
-        flow_capacity: 65_536,
+        flow_capacity,
         new_flow_cap: 0,
     })?;
     dp.set_vip(
@@ -156,7 +179,7 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             ..Default::default()
         },
     )?;
-    let members: Vec<Member> = (0..8u32)
+    let members: Vec<Member> = (0..backends)
         .map(|i| -> Result<Member> {
             dp.set_backend(
                 i,
@@ -175,7 +198,8 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             })
         })
         .collect::<Result<_>>()?;
-    dp.swap_table(0, &build_maglev(&members, 65_537)?)?;
+    let t = table::build(scheduler, &members, 65_537)?;
+    dp.swap_table(0, t.kind, &t.slots)?;
     let proto = if udp {
         abi::IPPROTO_UDP
     } else {
@@ -205,7 +229,7 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             persist_mask: [u32::MAX; 4],
         },
     )?;
-    let members: Vec<Member> = (8..16u32)
+    let members: Vec<Member> = (IDS6..IDS6 + backends)
         .map(|i| -> Result<Member> {
             let addr = v6(0x1000 + i as u16);
             dp.set_backend6(
@@ -225,12 +249,13 @@ fn datapath(mode: u8, timeout_s: u32, udp: bool) -> Result<Datapath> {
             })
         })
         .collect::<Result<_>>()?;
-    dp.swap_table(1, &build_maglev(&members, 65_537)?)?;
+    let t = table::build(scheduler, &members, 65_537)?;
+    dp.swap_table(1, t.kind, &t.slots)?;
     Ok(dp)
 }
 
 struct Case {
-    name: &'static str,
+    name: String,
     prog: &'static str,
     dp: Datapath,
     frame: Vec<u8>,
@@ -249,7 +274,7 @@ fn cases() -> Result<Vec<Case>> {
     let tcp6 = frame(v6(CLIENT6), v6(VIP6), 40_000, 80, false)?;
     let mut out = Vec::new();
     out.push(Case {
-        name: "trivial XDP_PASS (baseline)",
+        name: "trivial XDP_PASS (baseline)".into(),
         prog: abi::prog::XDP_PASS,
         dp: datapath(abi::MODE_DR, 900, false)?,
         frame: tcp.clone(),
@@ -258,7 +283,7 @@ fn cases() -> Result<Vec<Case>> {
         new_flows: false,
     });
     out.push(Case {
-        name: "non-VIP packet (pass)",
+        name: "non-VIP packet (pass)".into(),
         prog: abi::prog::XDP_LB,
         dp: datapath(abi::MODE_DR, 900, false)?,
         frame: frame(CLIENT, [198, 18, 0, 200], 40_000, 80, false)?,
@@ -300,7 +325,7 @@ fn cases() -> Result<Vec<Case>> {
         ),
     ] {
         out.push(Case {
-            name,
+            name: name.into(),
             prog: abi::prog::XDP_LB,
             dp: datapath(mode, 900, udp)?,
             frame: frame(CLIENT, VIP, 40_000, 80, udp)?,
@@ -309,8 +334,52 @@ fn cases() -> Result<Vec<Case>> {
             new_flows,
         });
     }
+    // Every other scheduler beside mh (the dr cases above), in dr mode; the
+    // costliest (wlc over its most backends) for IPv6 too.
+    for (s, backends) in [
+        (Scheduler::Sh, 8),
+        (Scheduler::Rr, 8),
+        (Scheduler::Wrr, 8),
+        (Scheduler::Lc, 8),
+        (Scheduler::Wlc, 8),
+        (Scheduler::Wlc, abi::LEAST_MAX_BACKENDS),
+    ] {
+        for new_flows in [false, true] {
+            let what = if new_flows {
+                "new flow every packet"
+            } else {
+                "established TCP flow"
+            };
+            out.push(Case {
+                name: format!("dr {s} ({backends} backends), {what}"),
+                prog: abi::prog::XDP_LB,
+                dp: scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?,
+                frame: tcp.clone(),
+                verdict: TX,
+                one_shot_only: new_flows,
+                new_flows,
+            });
+        }
+    }
+    for new_flows in [false, true] {
+        let what = if new_flows {
+            "new flow every packet"
+        } else {
+            "established TCP flow"
+        };
+        let (s, backends) = (Scheduler::Wlc, abi::LEAST_MAX_BACKENDS);
+        out.push(Case {
+            name: format!("IPv6 dr {s} ({backends} backends), {what}"),
+            prog: abi::prog::XDP_LB,
+            dp: scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?,
+            frame: tcp6.clone(),
+            verdict: TX,
+            one_shot_only: new_flows,
+            new_flows,
+        });
+    }
     out.push(Case {
-        name: "IPv6 non-VIP packet (pass)",
+        name: "IPv6 non-VIP packet (pass)".into(),
         prog: abi::prog::XDP_LB,
         dp: datapath(abi::MODE_DR, 900, false)?,
         frame: frame(v6(CLIENT6), v6(0x200), 40_000, 80, false)?,
@@ -352,7 +421,7 @@ fn cases() -> Result<Vec<Case>> {
         ),
     ] {
         out.push(Case {
-            name,
+            name: name.into(),
             prog: abi::prog::XDP_LB,
             dp: datapath(mode, 900, udp)?,
             frame: frame(v6(CLIENT6), v6(VIP6), 40_000, 80, udp)?,
@@ -367,7 +436,7 @@ fn cases() -> Result<Vec<Case>> {
     let port = u16::from_be_bytes([fwd.data[34], fwd.data[35]]);
     let be: [u8; 4] = fwd.data[30..34].try_into()?;
     out.push(Case {
-        name: "nat, backend reply (un-NAT)",
+        name: "nat, backend reply (un-NAT)".into(),
         prog: abi::prog::XDP_LB,
         dp,
         frame: frame(be, LB, 8033, port, false)?,
@@ -380,7 +449,7 @@ fn cases() -> Result<Vec<Case>> {
     let port = u16::from_be_bytes([fwd.data[54], fwd.data[55]]);
     let be: [u8; 16] = fwd.data[38..54].try_into()?;
     out.push(Case {
-        name: "IPv6 nat, backend reply (un-NAT)",
+        name: "IPv6 nat, backend reply (un-NAT)".into(),
         prog: abi::prog::XDP_LB,
         dp,
         frame: frame(be, v6(LB6), 8033, port, false)?,
@@ -482,6 +551,40 @@ fn bench_maglev(size: u32, rounds: usize) -> Result<()> {
     Ok(())
 }
 
+fn bench_recount(rounds: usize) -> Result<()> {
+    println!(
+        "| flows in the table | recount time (median) | min–max | of which reading the table | correction |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for n in [1_000u32, 10_000, 100_000, 262_144] {
+        // Twice the entries: an LRU map starts evicting before it is full.
+        let dp = scheduled(abi::MODE_DR, 900, false, Scheduler::Wlc, 8, 2 * n)
+            .context("setting up the datapath (root needed)")?;
+        let mut f = frame(CLIENT, VIP, 40_000, 80, false)?;
+        for i in 0..n {
+            // One client address and source port per flow: 198.19.x.y:1024+.
+            f[26..30].copy_from_slice(&[198, 19, (i >> 8) as u8, i as u8]);
+            f[34..36].copy_from_slice(&(1_024 + (i >> 16) as u16).to_be_bytes());
+            dp.test_run(abi::prog::XDP_LB, &f, 1)?;
+        }
+        let mut times = Vec::new();
+        let mut reads = Vec::new();
+        let mut fixed = 0;
+        for _ in 0..rounds {
+            let t = Instant::now();
+            fixed += dp.reconcile_active()?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            let t = Instant::now();
+            std::hint::black_box(dp.flows()?);
+            reads.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let (med, min, max) = median(times);
+        let read = median(reads).0;
+        println!("| {n} | {med:.1} ms | {min:.1}–{max:.1} ms | {read:.1} ms | {fixed} |");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Args::parse().what {
         What::Datapath {
@@ -490,6 +593,7 @@ fn main() -> Result<()> {
             singles,
         } => bench_datapath(repeat, rounds, singles),
         What::Maglev { size, rounds } => bench_maglev(size, rounds),
+        What::Recount { rounds } => bench_recount(rounds),
         What::Vrrp { reps, lb } => vrrp::bench(reps, lb),
     }
 }

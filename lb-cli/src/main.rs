@@ -23,8 +23,8 @@ use service::Service;
     version,
     about = "L4 load balancer (XDP datapath, keepalived-compatible VRRP)",
     long_about = "An L4 load balancer that replaces LVS/IPVS + keepalived: an XDP datapath \
-                  with Maglev hashing and a connection table, health checks, and hot \
-                  table swaps that never move an established flow.\n\n\
+                  for IPv4 and IPv6 with LVS's schedulers and a connection table, health \
+                  checks, and hot table swaps that never move an established flow.\n\n\
                   Exit codes: 0 ok, 1 the operation failed, 2 usage error."
 )]
 struct Cli {

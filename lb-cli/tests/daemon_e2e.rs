@@ -1,7 +1,7 @@
 //! The `lb run` daemon end to end, in network namespaces (198.18.0.0/15):
 //! a backend stopped under client load leaves rotation in time and comes
 //! back; a reload under load resets no connection; a bad reload changes
-//! nothing.
+//! nothing; lc counts connections and forgets idle ones.
 use std::{
     collections::HashMap,
     io::{BufRead, BufReader, Read, Write},
@@ -652,4 +652,72 @@ fn passive_health_removes_a_refusing_backend_before_active_checks() {
         passive_errors * 5 < active_errors,
         "{passive_errors} vs {active_errors} errors"
     );
+}
+
+/// lc through the daemon: `lb status` names the scheduler, new connections
+/// go to the backend with the fewest open ones, and connections that idled
+/// past tcp_timeout stop counting once the daemon's recount (every second)
+/// has seen them expire.
+#[test]
+fn lc_counts_connections_and_forgets_idle_ones() {
+    let stop_backends = Arc::new(AtomicBool::new(false));
+    let sb = stop_backends.clone();
+    let mut s = setup(
+        "lcd",
+        |dir| {
+            let mut c = service_config(dir);
+            c.push_str("scheduler = \"lc\"\ntcp_timeout = \"2s\"\n");
+            for b in &BACKENDS[..2] {
+                c.push_str(&format!("\n[[service.backend]]\naddress = \"{b}:8033\"\n"));
+            }
+            c
+        },
+        move |_, backends| {
+            for (i, ns) in backends.iter().enumerate() {
+                let name: &'static str = ["be1", "be2", "be3"][i];
+                echo_backend(ns, SocketAddrV4::new(BACKENDS[i], 8033), name, sb.clone());
+            }
+        },
+    );
+    let client = s.client.clone();
+    wait_until("the VIP to answer", Duration::from_secs(15), || {
+        in_ns(&client, || {
+            TcpStream::connect_timeout(&VIP.into(), Duration::from_millis(500)).is_ok()
+        })
+    });
+    let socket = s.lab.dir().join("admin.sock");
+    let out = std::process::Command::new(LB_BIN)
+        .arg("--socket")
+        .arg(&socket)
+        .args(["status", "--json"])
+        .output()
+        .expect("lb status");
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(status.contains("\"scheduler\": \"lc\""), "{status}");
+    // The probes above closed their connections: none counts any more.
+    let (first, later) = in_ns(&client, || {
+        let open = || {
+            let c =
+                TcpStream::connect_timeout(&VIP.into(), Duration::from_secs(2)).expect("connect");
+            c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let mut name = String::new();
+            BufReader::new(c.try_clone().unwrap())
+                .read_line(&mut name)
+                .expect("greeting");
+            (c, name.trim().to_string())
+        };
+        let held: Vec<_> = (0..3).map(|_| open()).collect();
+        // All three idle past the 2 s timeout; the next recount drops them.
+        thread::sleep(Duration::from_millis(3_500));
+        let later = open();
+        let names: Vec<String> = held.iter().map(|(_, n)| n.clone()).collect();
+        (names, later.1)
+    });
+    assert_eq!(first, ["be1", "be2", "be1"], "least connections first");
+    assert_eq!(
+        later, "be1",
+        "be1 still counted its two idle connections (be2 got it)"
+    );
+    stop_backends.store(true, Ordering::Relaxed);
+    s.lab.kill(s.lb_pid);
 }

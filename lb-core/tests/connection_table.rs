@@ -101,7 +101,7 @@ fn only(dp: &mut Datapath, id: u32) {
     }];
     let t = build_maglev(&m, TABLE).expect("maglev");
     dp.set_members(0, &[id]).expect("members");
-    dp.swap_table(0, &t).expect("swap");
+    dp.swap_table(0, abi::TABLE_MAGLEV, &t).expect("swap");
 }
 
 fn syn(sport: u16) -> Vec<u8> {

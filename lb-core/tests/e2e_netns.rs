@@ -1,7 +1,8 @@
 //! End to end through the XDP datapath in network namespaces: a real HTTP
 //! client (curl) and real HTTP backends (python's http.server) through the
-//! VIP, in dr and nat mode, with XDP in generic and in native mode; plus a hot
-//! swap of the backend table under long-lived connections.
+//! VIP, in dr and nat mode, with XDP in generic and in native mode; a hot
+//! swap of the backend table under long-lived connections; and the rr and lc
+//! schedulers with real TCP connections.
 //!
 //! Layout (one L2 segment, the LVS one-armed shape), all in 198.18.0.0/15:
 //! client .0.1, lb .0.2 (holds the VIP .0.100), backends .1.1-.1.3.
@@ -19,7 +20,7 @@ use std::{
 };
 
 use lb_core::{
-    config::{Forwarding, Protocol},
+    config::{Forwarding, Protocol, Scheduler},
     datapath::{
         AttachMode, Datapath, Limits, XdpRunMode,
         balancer::{BackendSpec, Balancer, ServiceSpec},
@@ -51,6 +52,7 @@ fn spec(forwarding: Forwarding) -> ServiceSpec {
         protocol: Protocol::Tcp,
         interface: "eth0".into(),
         forwarding,
+        scheduler: Scheduler::Mh,
         table_size: 65_537,
         snat_address: None,
         snat_ports: (1_024, 32_767),
@@ -75,6 +77,10 @@ struct Setup {
 /// Builds the lab, starts backends (`http` = python HTTP servers, else
 /// none) and programs the VIP in `forwarding` mode with XDP in `mode`.
 fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
+    setup_with(test, forwarding, mode, limits())
+}
+
+fn setup_with(test: &str, forwarding: Forwarding, mode: AttachMode, limits: Limits) -> Setup {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     let lb_ns = lab.host("lb", "198.18.0.2/15");
@@ -142,7 +148,7 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         })
     });
     let lb = NsWorker::start(&lb_ns, move || {
-        Balancer::new(Datapath::load(limits()).expect("loading datapath"), mode)
+        Balancer::new(Datapath::load(limits).expect("loading datapath"), mode)
     });
     let backends: Vec<BackendSpec> = BACKENDS
         .iter()
@@ -531,4 +537,359 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
     );
     assert_eq!(now, generation + 1);
     serves(&lab);
+}
+
+/// A nat service on VIP:80 with `scheduler` over three echo backends (each
+/// greets a connection with its name). Dropping it stops the backends.
+struct EchoService {
+    lab: Lab,
+    lb: NsWorker<Balancer>,
+    client: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for EchoService {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn echo_service(test: &str, scheduler: Scheduler) -> EchoService {
+    echo_service_with(
+        test,
+        ServiceSpec {
+            scheduler,
+            ..spec(Forwarding::Nat)
+        },
+    )
+}
+
+fn echo_service_with(test: &str, service: ServiceSpec) -> EchoService {
+    let mut lab = Lab::new(test);
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let names = ["be1", "be2", "be3"];
+    for (i, be) in BACKENDS.iter().enumerate() {
+        let ns = lab.host(names[i], &format!("{be}/15"));
+        echo_backend(&ns, SocketAddrV4::new(*be, 8033), names[i], stop.clone());
+    }
+    let lb = NsWorker::start(&lb_ns, || {
+        Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
+    });
+    let backends: Vec<BackendSpec> = BACKENDS
+        .iter()
+        .map(|a| BackendSpec {
+            addr: SocketAddr::from((*a, 8033)),
+            weight: 1,
+        })
+        .collect();
+    lb.call(move |b| {
+        b.add_service(service).expect("add_service");
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
+            .expect("set_backends");
+    });
+    EchoService {
+        lab,
+        lb,
+        client,
+        stop,
+    }
+}
+
+/// A connection from the client through the VIP, and the backend's name.
+fn connect(vip: SocketAddrV4) -> (TcpStream, String) {
+    let c = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut name = String::new();
+    BufReader::new(c.try_clone().unwrap())
+        .read_line(&mut name)
+        .expect("greeting");
+    (c, name.trim().to_string())
+}
+
+/// Keeps the calling thread on CPU 0: its SYNs then meet XDP on CPU 0 (veth
+/// receives on the sender's CPU), so one rr cursor serves them all.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
+/// rr: consecutive real connections (from one CPU) go to the backends in
+/// turn, whatever their ports hash to.
+#[test]
+fn rr_gives_connections_to_backends_in_turn() {
+    let s = echo_service("rr", Scheduler::Rr);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let names = in_ns(&s.client, move || {
+        pin_to_cpu0();
+        (0..12).map(|_| connect(vip).1).collect::<Vec<_>>()
+    });
+    for w in names.windows(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, ["be1", "be2", "be3"], "not in turn: {names:?}");
+    }
+}
+
+/// lc: new connections go to the backend with the fewest open ones, and a
+/// connection the client closes stops counting.
+#[test]
+fn lc_sends_connections_to_the_least_busy_backend() {
+    let s = echo_service("lc", Scheduler::Lc);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let count = |names: &[String]| {
+        let mut n = HashMap::new();
+        for name in names {
+            *n.entry(name.clone()).or_insert(0) += 1;
+        }
+        n
+    };
+    let active = |s: &EchoService| {
+        s.lb.call(|b| {
+            BACKENDS.map(|a| {
+                let id = b
+                    .backend_id("eth0", SocketAddr::from((a, 8033)))
+                    .expect("backend id");
+                b.datapath().active_flows(id)
+            })
+        })
+    };
+    let (tx, rx) = std::sync::mpsc::channel::<usize>();
+    let (names_tx, names_rx) = std::sync::mpsc::channel();
+    let client = s.client.clone();
+    // The client holds its connections open, closing on demand those of
+    // the first backend, then opens `n` more.
+    let client = thread::spawn(move || {
+        enter(&client);
+        let mut conns: Vec<(TcpStream, String)> = (0..6).map(|_| connect(vip)).collect();
+        names_tx
+            .send(conns.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>())
+            .unwrap();
+        let Ok(n) = rx.recv() else { return };
+        conns.retain(|(_, name)| name != "be1");
+        // Dropping the streams sent FINs; give them a moment to pass.
+        thread::sleep(Duration::from_millis(200));
+        let more: Vec<(TcpStream, String)> = (0..n).map(|_| connect(vip)).collect();
+        names_tx
+            .send(more.iter().map(|(_, n)| n.clone()).collect())
+            .unwrap();
+        let _ = rx.recv();
+    });
+    let first = names_rx.recv().expect("client failed to connect");
+    assert_eq!(
+        count(&first),
+        HashMap::from([("be1".into(), 2), ("be2".into(), 2), ("be3".into(), 2)]),
+        "six connections over three idle backends: {first:?}"
+    );
+    assert_eq!(active(&s), [2, 2, 2]);
+    tx.send(2).unwrap();
+    let more = names_rx.recv().expect("client failed");
+    assert_eq!(
+        more,
+        ["be1", "be1"],
+        "be1 had closed both of its connections"
+    );
+    assert_eq!(active(&s), [2, 2, 2]);
+    let _ = tx.send(0);
+    client.join().expect("client panicked");
+}
+
+/// persistence_timeout: a client's new connections stick to its first
+/// backend (rr would rotate them); once it has opened none for the timeout,
+/// its next connection is scheduled afresh.
+#[test]
+fn persistence_keeps_a_clients_connections_on_one_backend() {
+    let s = echo_service_with(
+        "pers",
+        ServiceSpec {
+            scheduler: Scheduler::Rr,
+            persistence: Some((Duration::from_secs(2), Ipv4Addr::BROADCAST.into())),
+            ..spec(Forwarding::Nat)
+        },
+    );
+    let vip = SocketAddrV4::new(VIP, 80);
+    let (sticky, after) = in_ns(&s.client, move || {
+        pin_to_cpu0();
+        let sticky: Vec<String> = (0..6).map(|_| connect(vip).1).collect();
+        thread::sleep(Duration::from_millis(3_100));
+        (sticky, connect(vip).1)
+    });
+    assert!(
+        sticky.iter().all(|n| *n == sticky[0]),
+        "connections left the client's backend: {sticky:?}"
+    );
+    assert_ne!(
+        after, sticky[0],
+        "after the timeout rr's next turn should have been taken"
+    );
+}
+
+/// ICMP echo to a VIP is answered by the datapath itself: the LB holds no
+/// such address here (the client reaches its MAC through a static
+/// neighbour entry), so its kernel could not answer.
+#[test]
+fn icmp_echo_to_the_vip_is_answered_by_the_datapath() {
+    let s = echo_service("icmp", Scheduler::Mh);
+    let lb_ns = s.lab.ns("lb");
+    s.lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "del",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let mac = s.lab.sh(&lb_ns, "cat /sys/class/net/eth0/address");
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+    s.lab.ip(&[
+        "-n",
+        &s.client,
+        "neigh",
+        "replace",
+        "198.18.0.100",
+        "lladdr",
+        &mac,
+        "dev",
+        "eth0",
+    ]);
+    let answered = in_ns(&s.client, || {
+        (0..3u16).filter(|seq| echo(VIP, *seq)).count()
+    });
+    assert_eq!(answered, 3, "echo requests to the VIP went unanswered");
+    // Without the VIP in the datapath nothing answers: it was lb.
+    s.lb.call(|b| b.remove_service(SocketAddr::from((VIP, 80)), Protocol::Tcp))
+        .expect("remove_service");
+    assert!(!in_ns(&s.client, || echo(VIP, 9)), "the kernel answered");
+}
+
+/// Sends one ICMP echo request to `dst` (raw socket, no ping binary needed)
+/// and waits up to 2 s for its reply.
+fn echo(dst: Ipv4Addr, seq: u16) -> bool {
+    // SAFETY: plain socket calls on a descriptor owned here and closed at
+    // the end; buffers outlive the calls that use them.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 2,
+            tv_usec: 0,
+        };
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+        let id = 0x4c42u16;
+        let mut req = [8u8, 0, 0, 0, 0, 0, 0, 0, b'l', b'b'];
+        req[4..6].copy_from_slice(&id.to_be_bytes());
+        req[6..8].copy_from_slice(&seq.to_be_bytes());
+        let sum = req
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+            .sum::<u32>();
+        let sum = !(((sum & 0xffff) + (sum >> 16)) as u16);
+        req[2..4].copy_from_slice(&sum.to_be_bytes());
+        let to = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(dst.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&raw const to).cast(),
+            size_of::<libc::sockaddr_in>() as u32,
+        );
+        let mut got = false;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while sent > 0 && !got && Instant::now() < deadline {
+            let mut buf = [0u8; 256];
+            let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+            if n < 28 {
+                break;
+            }
+            // The raw socket hands the IPv4 header too (20 bytes here).
+            let icmp = &buf[20..n as usize];
+            got = icmp[0] == 0
+                && icmp[4..6] == id.to_be_bytes()
+                && icmp[6..8] == seq.to_be_bytes()
+                && buf[12..16] == dst.octets();
+        }
+        libc::close(fd);
+        got
+    }
+}
+
+/// SYN-flood guard (max_new_flows_per_cpu): past the cap, new dr flows are
+/// forwarded without a connection table entry and counted as unpinned; the
+/// flow hash keeps every packet of such a connection on one backend, so the
+/// connections still work.
+#[test]
+fn over_the_new_flow_cap_connections_work_unpinned() {
+    const CAP: u32 = 3;
+    const N: u64 = 20;
+    let s = setup_with(
+        "synf",
+        Forwarding::Dr,
+        AttachMode::Generic,
+        Limits {
+            new_flow_cap: CAP,
+            ..limits()
+        },
+    );
+    let started = Instant::now();
+    // One CPU, so one per-CPU budget.
+    let out = s.lab.sh(
+        &s.client,
+        &format!(
+            "for i in $(seq {N}); do taskset -c 0 curl -sS --fail --max-time 3 http://198.18.0.100/; echo; done"
+        ),
+    );
+    let secs = started.elapsed().as_secs() + 1;
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("be"))
+        .count() as u64;
+    assert_eq!(answered, N, "{}", String::from_utf8_lossy(&out.stderr));
+    let c =
+        s.lb.call(|b| b.datapath().vip_counters(0).expect("counters"));
+    // At most CAP flows per started second entered the table; every other
+    // new connection went unpinned (and later packets of it count again).
+    let pinned_max = CAP as u64 * (secs + 1);
+    assert!(
+        c.unpinned >= N.saturating_sub(pinned_max),
+        "{} unpinned of {N} connections in {secs} s: {c:?}",
+        c.unpinned
+    );
+    let recorded =
+        s.lb.call(|b| b.datapath().flows().expect("flows").len() as u64);
+    assert!(
+        recorded <= pinned_max,
+        "{recorded} flows recorded, cap {CAP}/s over {secs} s"
+    );
 }

@@ -1,24 +1,31 @@
 //! End to end over IPv6 through the XDP datapath in network namespaces:
 //! curl through an IPv6 VIP to python HTTP backends, in dr, nat (port 80 →
 //! 8033, SNAT) and tun (IPv6-in-IPv6 with lb's decap helper on the
-//! backends), generic XDP, and dr and nat in native mode too. The IPv4
-//! counterpart is `e2e_netns.rs`.
+//! backends), generic XDP, and dr and nat in native mode too; rr and lc with
+//! real TCP connections. The IPv4 counterpart is `e2e_netns.rs`.
 //!
 //! Layout: the lab's one L2 segment (its hosts keep their 198.18.0.0/15
 //! addresses), plus 2001:2::/64 (RFC 5180): client ::1, lb ::2 (holds the
 //! VIP ::100), backends ::11-::13. Addresses are added with `nodad` so they
 //! are usable at once.
 
-use std::{collections::HashMap, net::SocketAddr, time::Duration};
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::Duration,
+};
 
 use lb_core::{
-    config::{Forwarding, Protocol},
+    config::{Forwarding, Protocol, Scheduler},
     datapath::{
         AttachMode, Datapath, Limits, XdpRunMode,
         balancer::{BackendSpec, Balancer, ServiceSpec},
     },
 };
-use lb_testlab::{Lab, NsWorker};
+use lb_testlab::{Lab, NsWorker, in_ns};
 
 const VIP: &str = "2001:2::100";
 const LB: &str = "2001:2::2";
@@ -38,12 +45,13 @@ fn limits() -> Limits {
     }
 }
 
-fn spec(forwarding: Forwarding) -> ServiceSpec {
+fn spec(forwarding: Forwarding, scheduler: Scheduler) -> ServiceSpec {
     ServiceSpec {
         vip: sa(VIP, 80),
         protocol: Protocol::Tcp,
         interface: "eth0".into(),
         forwarding,
+        scheduler,
         table_size: 65_537,
         snat_address: (forwarding == Forwarding::Nat).then(|| LB.parse().expect("address")),
         snat_ports: (1_024, 32_767),
@@ -80,9 +88,19 @@ fn small_datapath() -> Datapath {
     .expect("load")
 }
 
-/// Builds the lab, starts three HTTP backends and programs the VIP with XDP
-/// in `mode`.
+/// Builds the lab, starts three HTTP backends and programs the VIP (mh) with
+/// XDP in `mode`.
 fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
+    setup_sched(test, forwarding, mode, Scheduler::Mh)
+}
+
+/// [`setup`] with `scheduler`.
+fn setup_sched(
+    test: &str,
+    forwarding: Forwarding,
+    mode: AttachMode,
+    scheduler: Scheduler,
+) -> Setup {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     add6(&lab, &client, "2001:2::1/64", "eth0");
@@ -140,7 +158,8 @@ fn setup(test: &str, forwarding: Forwarding, mode: AttachMode) -> Setup {
         })
         .collect();
     let swap = lb.call(move |b| {
-        b.add_service(spec(forwarding)).expect("add_service");
+        b.add_service(spec(forwarding, scheduler))
+            .expect("add_service");
         b.set_backends(sa(VIP, 80), Protocol::Tcp, &backends)
             .expect("set_backends")
     });
@@ -250,4 +269,67 @@ fn nat_with_the_lb_node_as_an_ipv6_backend() {
     assert_eq!(seen.values().sum::<usize>(), 30, "answers: {seen:?}");
     assert!(seen.get("lb-local").copied().unwrap_or(0) > 0, "{seen:?}");
     assert!(seen.get("be1").copied().unwrap_or(0) > 0, "{seen:?}");
+}
+
+/// A TCP connection to the VIP from the calling thread's netns.
+fn open() -> TcpStream {
+    let c = TcpStream::connect_timeout(&sa(VIP, 80), Duration::from_secs(3)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    c
+}
+
+/// One HTTP/1.0 request on `c`: the answering backend's name (the body).
+fn get(mut c: TcpStream) -> String {
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).expect("answer");
+    let (_, body) = answer.split_once("\r\n\r\n").expect("HTTP answer");
+    body.trim().to_string()
+}
+
+/// rr over IPv6, native XDP: consecutive real connections from one CPU (a
+/// veth receives on the sender's CPU, so one per-CPU cursor serves them)
+/// reach the backends in turn.
+#[test]
+fn rr_gives_ipv6_connections_to_backends_in_turn() {
+    let s = setup_sched("rr6", Forwarding::Dr, AttachMode::Native, Scheduler::Rr);
+    let names = in_ns(&s.client, || {
+        common::pin_to_one_cpu();
+        (0..9).map(|_| get(open())).collect::<Vec<_>>()
+    });
+    for w in names.windows(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, ["be1", "be2", "be3"], "not in turn: {names:?}");
+    }
+}
+
+/// lc over IPv6, native XDP: held connections count on their backend
+/// (ties to the first in address order, so 6 go 2, 2, 2), the client's
+/// close counts them out, and new connections go to the least busy one.
+#[test]
+fn lc_sends_ipv6_connections_to_the_least_busy_backend() {
+    let s = setup_sched("lc6", Forwarding::Dr, AttachMode::Native, Scheduler::Lc);
+    let active = |s: &Setup| {
+        s.lb.call(|b| {
+            BACKENDS.map(|a| {
+                let id = b.backend_id("eth0", sa(a, 80)).expect("backend id");
+                b.datapath().active_flows(id)
+            })
+        })
+    };
+    // A socket stays in the netns it was made in, whichever thread holds it.
+    let mut held: Vec<TcpStream> = in_ns(&s.client, || (0..6).map(|_| open()).collect());
+    assert_eq!(active(&s), [2, 2, 2]);
+    // The 1st and 4th went to be1 (1, 2, 3, 1, 2, 3): closing them (FIN)
+    // leaves it the least busy.
+    held.remove(3);
+    held.remove(0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(active(&s), [0, 2, 2]);
+    let names = in_ns(&s.client, || {
+        (0..2).map(|_| get(open())).collect::<Vec<_>>()
+    });
+    assert_eq!(names, ["be1", "be1"]);
+    drop(held);
 }

@@ -194,7 +194,8 @@ fn load() -> Datapath {
         .expect("set_vip");
         let ids: Vec<u32> = (0..BACKENDS).collect();
         dp.set_members(id as u32, &ids).expect("set_members");
-        dp.swap_table(id as u32, &table).expect("swap_table");
+        dp.swap_table(id as u32, abi::TABLE_MAGLEV, &table)
+            .expect("swap_table");
     }
     dp
 }

@@ -96,7 +96,8 @@ fn load() -> Datapath {
         };
         dp.set_vip6(key, meta).expect("vip");
         dp.set_members(id as u32, &[0, 1, 2, 3]).expect("members");
-        dp.swap_table(id as u32, &table).expect("table");
+        dp.swap_table(id as u32, abi::TABLE_MAGLEV, &table)
+            .expect("table");
     }
     dp
 }

@@ -12,7 +12,7 @@ use std::{
 
 use common::*;
 use lb_core::{
-    config::{Forwarding, Protocol},
+    config::{Forwarding, Protocol, Scheduler},
     datapath::{
         AttachMode, Datapath, Limits,
         balancer::{BackendSpec, Balancer, ServiceSpec},
@@ -51,6 +51,7 @@ fn spec(v: u16) -> ServiceSpec {
         protocol: Protocol::Tcp,
         interface: "eth0".into(),
         forwarding: Forwarding::Nat,
+        scheduler: Scheduler::Mh,
         table_size: TABLE,
         snat_address: None,
         snat_ports: (1_024, 32_767),

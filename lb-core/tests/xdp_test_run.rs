@@ -7,8 +7,9 @@ use std::{thread::sleep, time::Duration};
 
 use common::*;
 use lb_core::{
+    config::Scheduler,
     datapath::{Datapath, Limits},
-    table::{Member, build_maglev},
+    table::{self, Member, build_maglev},
 };
 use lb_ebpf::abi::{self, Backend, DropReason, VipKey, VipMeta};
 
@@ -102,7 +103,7 @@ fn table(dp: &mut Datapath, ids: &[u32]) -> u32 {
         .collect();
     let t = build_maglev(&members, TABLE).expect("maglev");
     dp.set_members(0, ids).expect("members");
-    dp.swap_table(0, &t).expect("swap")
+    dp.swap_table(0, abi::TABLE_MAGLEV, &t).expect("swap")
 }
 
 fn setup(mode: u8, proto: u8) -> Datapath {
@@ -254,7 +255,8 @@ fn udp_without_checksum_keeps_zero() {
 fn nat_to_local_backend_passes_to_stack_and_tc_unnats_reply() {
     let mut dp = setup(abi::MODE_NAT, TCP);
     backend(&mut dp, 2, LB, abi::BACKEND_LOCAL);
-    dp.swap_table(0, &vec![2; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![2; TABLE as usize])
+        .unwrap();
     let (v, out) = run(&dp, &client_pkt(40_003, TCP));
     assert_eq!(v, XDP_PASS);
     // Only the destination changes: the local stack sees the real client.
@@ -486,7 +488,7 @@ fn truncated_and_malformed_headers_are_never_forwarded() {
 #[test]
 fn empty_table_drops_new_flows_as_no_backend() {
     let mut dp = setup(abi::MODE_DR, TCP);
-    dp.swap_table(0, &[]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &[]).unwrap();
     assert_eq!(run(&dp, &client_pkt(46_000, TCP)).0, XDP_DROP);
     assert_eq!(
         dp.vip_counters(0).unwrap().drops[DropReason::NoBackend as usize],
@@ -538,8 +540,12 @@ fn weighted_tables_spread_flows_by_weight() {
             weight: 3,
         },
     ];
-    dp.swap_table(0, &build_maglev(&members, TABLE).unwrap())
-        .unwrap();
+    dp.swap_table(
+        0,
+        abi::TABLE_MAGLEV,
+        &build_maglev(&members, TABLE).unwrap(),
+    )
+    .unwrap();
     let mut to = [0u32; 2];
     for p in 0..2_000u16 {
         let (_, out) = run(&dp, &client_pkt(10_000 + p, TCP));
@@ -724,7 +730,8 @@ fn persistence_keeps_a_client_on_its_backend_across_connections() {
     let (_, out) = run(&dp, &client_pkt(52_000, TCP));
     assert_eq!(&out[0..6], &BE_MAC[0]);
     // The table now says backend 1, but the client (and its /24) stays.
-    dp.swap_table(0, &vec![1; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![1; TABLE as usize])
+        .unwrap();
     let (_, out) = run(&dp, &client_pkt(52_001, TCP));
     assert_eq!(&out[0..6], &BE_MAC[0], "a new connection left its backend");
     let neighbour = frame(
@@ -763,7 +770,8 @@ fn persistence_keeps_a_client_on_its_backend_across_connections() {
     );
     // Templates expire after the timeout without new connections.
     dp.set_members(0, &[0, 1]).unwrap();
-    dp.swap_table(0, &vec![0; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![0; TABLE as usize])
+        .unwrap();
     let (_, out) = run(&dp, &client_pkt(52_005, TCP));
     assert_eq!(
         &out[0..6],
@@ -793,15 +801,7 @@ fn new_flows_over_the_cap_are_forwarded_unrecorded() {
     backend(&mut dp, 0, BE[0], 0);
     table(&mut dp, &[0]);
     // The cap is per CPU: keep this thread (and so the test runs) on one.
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        assert_eq!(
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
-            0
-        );
-    }
+    pin_to_one_cpu();
     for p in 0..5u16 {
         let (v, out) = run(&dp, &client_pkt(53_000 + p, TCP));
         assert_eq!(v, XDP_TX);
@@ -910,4 +910,226 @@ fn a_closed_nat_connection_frees_its_port_soon() {
     let (v, out) = run(&dp, &client_pkt(56_001, TCP));
     assert_eq!(v, XDP_TX, "the ended connection's port was not reused");
     assert_eq!(nat_port(&out), 20_000);
+}
+
+/// Backend `id` of the scheduler cases, told apart by the last byte of its MAC.
+fn sched_backend_addr(id: u32) -> [u8; 4] {
+    [198, 18, 1, id as u8 + 1]
+}
+
+/// VIP:80/tcp in `mode` with `scheduler` over backends 0.. of `weights`.
+fn sched_setup(mode: u8, scheduler: Scheduler, weights: &[u32], meta: VipMeta) -> Datapath {
+    sched_program(load(), mode, scheduler, weights, meta)
+}
+
+fn sched_program(
+    mut dp: Datapath,
+    mode: u8,
+    scheduler: Scheduler,
+    weights: &[u32],
+    meta: VipMeta,
+) -> Datapath {
+    pin_to_one_cpu();
+    set_vip(&mut dp, TCP, VipMeta { mode, ..meta });
+    let mut members = Vec::new();
+    for (id, w) in weights.iter().enumerate() {
+        let id = id as u32;
+        dp.set_backend(
+            id,
+            Backend {
+                addr: ip(sched_backend_addr(id)),
+                port: 8033u16.to_be(),
+                mac: [2, 0, 0, 0, 2, id as u8],
+                src_mac: LB_MAC_OUT,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        members.push(Member {
+            id,
+            addr: std::net::SocketAddr::from((sched_backend_addr(id), 8033)),
+            weight: *w,
+        });
+    }
+    let t = table::build(scheduler, &members, TABLE).unwrap();
+    let ids: Vec<u32> = (0..weights.len() as u32).collect();
+    dp.set_members(0, &ids).unwrap();
+    dp.swap_table(0, t.kind, &t.slots).unwrap();
+    dp
+}
+
+/// The backend a forwarded frame went to.
+fn sent_to(v: u32, out: &[u8]) -> u32 {
+    assert_eq!(v, XDP_TX, "not forwarded");
+    out[5] as u32
+}
+
+fn from(client: [u8; 4], sport: u16) -> Vec<u8> {
+    frame(CLIENT_MAC, LB_MAC, client, VIP, sport, 80, TCP, b"")
+}
+
+#[test]
+fn rr_gives_new_flows_to_backends_in_turn() {
+    let dp = sched_setup(abi::MODE_DR, Scheduler::Rr, &[1, 5, 1], meta(0, 900));
+    let to: Vec<u32> = (0..9u16)
+        .map(|p| {
+            let (v, out) = run(&dp, &client_pkt(30_000 + p, TCP));
+            sent_to(v, &out)
+        })
+        .collect();
+    for w in to.windows(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, [0, 1, 2], "not in turn (rr ignores weights): {to:?}");
+    }
+    // An established flow stays where it was sent.
+    for p in 0..9u16 {
+        let (v, out) = run(&dp, &ack_pkt(30_000 + p));
+        assert_eq!(sent_to(v, &out), to[p as usize]);
+    }
+}
+
+#[test]
+fn wrr_shares_follow_weights() {
+    let dp = sched_setup(abi::MODE_DR, Scheduler::Wrr, &[3, 2, 1], meta(0, 900));
+    let mut n = [0; 3];
+    for p in 0..60u16 {
+        let (v, out) = run(&dp, &client_pkt(31_000 + p, TCP));
+        n[sent_to(v, &out) as usize] += 1;
+    }
+    assert_eq!(n, [30, 20, 10]);
+}
+
+#[test]
+fn sh_keeps_a_client_on_one_backend_whatever_its_ports() {
+    let dp = sched_setup(abi::MODE_DR, Scheduler::Sh, &[1, 1, 1, 1], meta(0, 900));
+    let mut used = std::collections::HashSet::new();
+    for c in 0..32u8 {
+        let client = [198, 19, 3, c];
+        let (v, out) = run(&dp, &from(client, 40_000));
+        let first = sent_to(v, &out);
+        for p in 1..20u16 {
+            let (v, out) = run(&dp, &from(client, 40_000 + p * 97));
+            assert_eq!(sent_to(v, &out), first, "client {client:?} moved");
+        }
+        used.insert(first);
+    }
+    assert!(used.len() >= 3, "clients not spread: {used:?}");
+}
+
+/// lc: a new flow goes to the backend with the fewest active flows; a flow
+/// leaves the count when either side sends FIN or RST (nat: the backend's
+/// side is seen on the reply) and when it idles out (the userspace recount).
+#[test]
+fn lc_picks_the_least_active_backend_and_counts_follow_flows() {
+    let dp = sched_setup(abi::MODE_NAT, Scheduler::Lc, &[1, 1], meta(0, 1));
+    let active = |dp: &Datapath| [dp.active_flows(0), dp.active_flows(1)];
+    let open = |p: u16| {
+        let (v, out) = run(&dp, &client_pkt(p, TCP));
+        (sent_to(v, &out), nat_port(&out))
+    };
+    // Ties go to the first backend in address order.
+    let (a, _) = open(32_000);
+    let (b, b_port) = open(32_001);
+    let (c, _) = open(32_002);
+    assert_eq!([a, b, c], [0, 1, 0]);
+    assert_eq!(active(&dp), [2, 1]);
+    // More packets of a flow do not count again.
+    run(&dp, &ack_pkt(32_000));
+    assert_eq!(active(&dp), [2, 1]);
+    // The client closes a flow of backend 0: 1 and 1, the tie goes to 0.
+    let mut fin = ack_pkt(32_000);
+    fin[47] = 0x11;
+    run(&dp, &fin);
+    run(&dp, &fin);
+    assert_eq!(active(&dp), [1, 1]);
+    assert_eq!(open(32_003).0, 0);
+    assert_eq!(active(&dp), [2, 1]);
+    // Backend 1 resets its flow (seen on the nat reply): 1 gets the next.
+    let rst = tcp_frame(sched_backend_addr(1), LB, 8033, b_port, false, true, true);
+    assert_eq!(run(&dp, &rst).0, XDP_TX);
+    assert_eq!(active(&dp), [2, 0]);
+    // The client's own RST afterwards does not count the flow out twice.
+    let mut rst = ack_pkt(32_001);
+    rst[47] = 0x14;
+    run(&dp, &rst);
+    assert_eq!(active(&dp), [2, 0]);
+    assert_eq!(open(32_004).0, 1);
+    assert_eq!(active(&dp), [2, 1]);
+    // After the 1 s idle timeout the recount finds no active flow.
+    sleep(Duration::from_millis(2_100));
+    assert_eq!(dp.reconcile_active().unwrap(), 3);
+    assert_eq!(active(&dp), [0, 0]);
+    // A flow that comes back after its timeout is new, and counted once.
+    assert_eq!(open(32_000).0, 0);
+    assert_eq!(active(&dp), [1, 0]);
+    assert_eq!(dp.reconcile_active().unwrap(), 0);
+}
+
+#[test]
+fn wlc_divides_active_flows_by_weight() {
+    let dp = sched_setup(abi::MODE_DR, Scheduler::Wlc, &[1, 3], meta(0, 900));
+    let mut n = [0; 2];
+    for p in 0..40u16 {
+        let (v, out) = run(&dp, &client_pkt(33_000 + p, TCP));
+        n[sent_to(v, &out) as usize] += 1;
+    }
+    assert_eq!(n, [10, 30]);
+    assert_eq!([dp.active_flows(0), dp.active_flows(1)], [10, 30]);
+}
+
+/// Persistence works with every scheduler: rr would alternate, the client's
+/// template keeps it on its first backend.
+#[test]
+fn persistence_overrides_rr_for_a_known_client() {
+    let m = VipMeta {
+        persist_timeout_s: 60,
+        persist_mask: u32::MAX,
+        ..meta(0, 900)
+    };
+    let dp = sched_setup(abi::MODE_DR, Scheduler::Rr, &[1, 1], m);
+    let (v, out) = run(&dp, &client_pkt(34_000, TCP));
+    let first = sent_to(v, &out);
+    for p in 1..6u16 {
+        let (v, out) = run(&dp, &client_pkt(34_000 + p, TCP));
+        assert_eq!(sent_to(v, &out), first);
+    }
+    let (v, out) = run(&dp, &from([198, 19, 9, 9], 34_000));
+    assert_ne!(
+        sent_to(v, &out),
+        first,
+        "another client did not take its turn"
+    );
+}
+
+/// Over the SYN-flood cap, flows are not recorded, so rr and lc index their
+/// table by the flow hash: every packet of an unpinned flow gets the same
+/// backend.
+#[test]
+fn unpinned_flows_keep_their_backend_with_rr_and_lc() {
+    for scheduler in [Scheduler::Rr, Scheduler::Lc] {
+        require_root();
+        let capped = Datapath::load(Limits {
+            max_vips: 4,
+            max_backends: 16,
+            ring_stride: TABLE,
+            flow_capacity: 4_096,
+            new_flow_cap: 1,
+        })
+        .unwrap();
+        let dp = sched_program(capped, abi::MODE_DR, scheduler, &[1, 1, 1], meta(0, 900));
+        run(&dp, &client_pkt(35_000, TCP));
+        let mut used = std::collections::HashSet::new();
+        for p in 1..30u16 {
+            let (v, out) = run(&dp, &client_pkt(35_000 + p, TCP));
+            let first = sent_to(v, &out);
+            used.insert(first);
+            for _ in 0..3 {
+                let (v, out) = run(&dp, &ack_pkt(35_000 + p));
+                assert_eq!(sent_to(v, &out), first, "{scheduler}: unpinned flow moved");
+            }
+        }
+        assert!(used.len() > 1, "{scheduler}: hash fallback sent all to one");
+        assert!(dp.vip_counters(0).unwrap().unpinned > 20);
+    }
 }

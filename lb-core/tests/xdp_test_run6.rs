@@ -4,12 +4,13 @@
 //! plus counters. Addresses are in 2001:2::/48 (RFC 5180).
 mod common;
 
-use std::net::Ipv6Addr;
+use std::{net::Ipv6Addr, thread::sleep, time::Duration};
 
 use common::*;
 use lb_core::{
+    config::Scheduler,
     datapath::{Datapath, Limits, addr6},
-    table::{Member, build_maglev},
+    table::{self, Member, build_maglev},
 };
 use lb_ebpf::{
     abi::{self, Backend, DropReason, VipKey6, VipMeta, VipMeta6},
@@ -55,13 +56,19 @@ fn w(x: [u8; 16]) -> abi::Addr6 {
 }
 
 fn load() -> Datapath {
+    load_capped(0)
+}
+
+/// A datapath whose SYN-flood guard lets `new_flow_cap` new flows per CPU
+/// per second into the connection table (0: no limit).
+fn load_capped(new_flow_cap: u32) -> Datapath {
     require_root();
     Datapath::load(Limits {
         max_vips: 4,
         max_backends: 16,
         ring_stride: TABLE,
         flow_capacity: 4_096,
-        new_flow_cap: 0,
+        new_flow_cap,
     })
     .expect("loading the datapath")
 }
@@ -119,7 +126,7 @@ fn table(dp: &mut Datapath, ids: &[u32]) -> u32 {
         .collect();
     let t = build_maglev(&members, TABLE).expect("maglev");
     dp.set_members(0, ids).expect("members");
-    dp.swap_table(0, &t).expect("swap")
+    dp.swap_table(0, abi::TABLE_MAGLEV, &t).expect("swap")
 }
 
 fn setup_with(m: VipMeta6, proto: u8) -> Datapath {
@@ -264,7 +271,8 @@ fn nat_translates_to_backend_port_and_back() {
 fn nat_to_local_backend_passes_to_stack_and_tc_unnats_reply() {
     let mut dp = setup(abi::MODE_NAT, TCP);
     backend(&mut dp, 2, lb(), abi::BACKEND_LOCAL);
-    dp.swap_table(0, &vec![2; TABLE as usize]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &vec![2; TABLE as usize])
+        .unwrap();
     let (v, out) = run(&dp, &client_pkt(40_003, TCP));
     assert_eq!(v, XDP_PASS);
     let want = frame6(
@@ -545,7 +553,7 @@ fn truncated_and_malformed_headers_are_never_forwarded() {
 #[test]
 fn empty_table_drops_new_flows_as_no_backend() {
     let mut dp = setup(abi::MODE_DR, UDP);
-    dp.swap_table(0, &[]).unwrap();
+    dp.swap_table(0, abi::TABLE_MAGLEV, &[]).unwrap();
     assert_eq!(run(&dp, &client_pkt(44_000, UDP)).0, XDP_DROP);
     let c = dp.vip_counters(0).unwrap();
     assert_eq!(c.drops[DropReason::NoBackend as usize], 1);
@@ -631,4 +639,219 @@ fn packet_too_big_goes_to_the_flows_backend() {
     assert_eq!(outer.next_header.0, 41);
     assert_eq!(outer.destination, be(0));
     assert_eq!(rest, &icmp[14..]);
+}
+
+/// Backend `id` of the scheduler cases; its MAC ends in `id`.
+fn sched_be(id: u32) -> [u8; 16] {
+    let mut b = a("2001:2:0:2::");
+    b[15] = id as u8 + 1;
+    b
+}
+
+/// [VIP]:80/tcp with `scheduler` over backends 0.. of `weights`, this
+/// thread on one CPU (rr cursors and the new-flow cap are per CPU).
+fn sched_setup(mut dp: Datapath, m: VipMeta6, scheduler: Scheduler, weights: &[u32]) -> Datapath {
+    pin_to_one_cpu();
+    set_vip(&mut dp, TCP, m);
+    let mut members = Vec::new();
+    for (id, w) in weights.iter().enumerate() {
+        let id = id as u32;
+        let b = Backend {
+            port: 8033u16.to_be(),
+            mac: [2, 0, 0, 0, 2, id as u8],
+            src_mac: LB_MAC_OUT,
+            ..Default::default()
+        };
+        dp.set_backend6(id, Ipv6Addr::from(sched_be(id)), b)
+            .unwrap();
+        members.push(Member {
+            id,
+            addr: std::net::SocketAddr::from((sched_be(id), 8033)),
+            weight: *w,
+        });
+    }
+    let t = table::build(scheduler, &members, TABLE).unwrap();
+    let ids: Vec<u32> = (0..weights.len() as u32).collect();
+    dp.set_members(0, &ids).unwrap();
+    dp.swap_table(0, t.kind, &t.slots).unwrap();
+    dp
+}
+
+/// The backend a forwarded frame went to.
+fn sent_to(v: u32, out: &[u8]) -> u32 {
+    assert_eq!(v, XDP_TX, "not forwarded");
+    out[5] as u32
+}
+
+/// `pkt` with its TCP flags byte set to `flags` (the datapath does not
+/// check L4 checksums).
+fn with_flags(mut pkt: Vec<u8>, flags: u8) -> Vec<u8> {
+    pkt[54 + 13] = flags;
+    pkt
+}
+
+#[test]
+fn rr_gives_new_ipv6_flows_to_backends_in_turn() {
+    let dp = sched_setup(load(), meta(abi::MODE_DR), Scheduler::Rr, &[1, 5, 1]);
+    let to: Vec<u32> = (0..9u16)
+        .map(|p| {
+            let (v, out) = run(&dp, &client_pkt(30_000 + p, TCP));
+            sent_to(v, &out)
+        })
+        .collect();
+    for w in to.windows(3) {
+        let mut w = w.to_vec();
+        w.sort();
+        assert_eq!(w, [0, 1, 2], "not in turn (rr ignores weights): {to:?}");
+    }
+    for p in 0..9u16 {
+        let (v, out) = run(&dp, &ack_pkt(30_000 + p));
+        assert_eq!(sent_to(v, &out), to[p as usize], "established flow moved");
+    }
+}
+
+#[test]
+fn wrr_shares_follow_weights_for_ipv6() {
+    let dp = sched_setup(load(), meta(abi::MODE_DR), Scheduler::Wrr, &[3, 2, 1]);
+    let mut n = [0; 3];
+    for p in 0..60u16 {
+        let (v, out) = run(&dp, &client_pkt(31_000 + p, TCP));
+        n[sent_to(v, &out) as usize] += 1;
+    }
+    assert_eq!(n, [30, 20, 10]);
+}
+
+/// sh hashes the whole IPv6 client address: a client stays on one backend
+/// whatever its ports, and clients differing only in the interface
+/// identifier spread.
+#[test]
+fn sh_keeps_an_ipv6_client_on_one_backend_whatever_its_ports() {
+    let dp = sched_setup(load(), meta(abi::MODE_DR), Scheduler::Sh, &[1, 1, 1, 1]);
+    let mut used = std::collections::HashSet::new();
+    for c in 0..32u8 {
+        let mut client = client();
+        client[15] = c + 1;
+        let from = |sport| frame6(CLIENT_MAC, LB_MAC, client, vip_addr(), sport, 80, TCP, b"");
+        let (v, out) = run(&dp, &from(40_000));
+        let first = sent_to(v, &out);
+        for p in 1..20u16 {
+            let (v, out) = run(&dp, &from(40_000 + p * 97));
+            assert_eq!(sent_to(v, &out), first, "client {c} moved");
+        }
+        used.insert(first);
+    }
+    assert!(used.len() >= 3, "clients not spread: {used:?}");
+}
+
+/// lc over IPv6 nat: the least active backend gets the new flow; a flow
+/// leaves the count at the first FIN or RST of either side (the backend's
+/// on the reply entry) and, once idle past its timeout, at the userspace
+/// recount, which reads `FLOWS6`.
+#[test]
+fn lc_counts_ipv6_flows_in_and_out() {
+    let mut m = meta(abi::MODE_NAT);
+    m.meta.tcp_timeout_s = 1;
+    let dp = sched_setup(load(), m, Scheduler::Lc, &[1, 1]);
+    let active = |dp: &Datapath| [dp.active_flows(0), dp.active_flows(1)];
+    let open = |p: u16| {
+        let (v, out) = run(&dp, &client_pkt(p, TCP));
+        (sent_to(v, &out), nat_port(&out))
+    };
+    // Ties go to the first backend in address order.
+    let (a0, _) = open(32_000);
+    let (a1, port1) = open(32_001);
+    let (a2, _) = open(32_002);
+    assert_eq!([a0, a1, a2], [0, 1, 0]);
+    assert_eq!(active(&dp), [2, 1]);
+    run(&dp, &ack_pkt(32_000));
+    assert_eq!(
+        active(&dp),
+        [2, 1],
+        "a packet of a known flow counted again"
+    );
+    // The client's FIN, twice: counted out once.
+    let fin = with_flags(ack_pkt(32_000), 0x11);
+    run(&dp, &fin);
+    run(&dp, &fin);
+    assert_eq!(active(&dp), [1, 1]);
+    assert_eq!(open(32_003).0, 0);
+    assert_eq!(active(&dp), [2, 1]);
+    // Backend 1 resets its flow, seen on the nat reply: 1 gets the next.
+    let mut rst = Vec::new();
+    etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 2, 1], LB_MAC_OUT)
+        .ipv6(sched_be(1), lb(), 64)
+        .tcp(8033, port1, 7, 64_000)
+        .rst()
+        .write(&mut rst, &[])
+        .unwrap();
+    assert_eq!(run(&dp, &rst).0, XDP_TX);
+    assert_eq!(active(&dp), [2, 0]);
+    // The client's RST afterwards does not count the flow out twice.
+    run(&dp, &with_flags(ack_pkt(32_001), 0x14));
+    assert_eq!(active(&dp), [2, 0]);
+    assert_eq!(open(32_004).0, 1);
+    assert_eq!(active(&dp), [2, 1]);
+    // Past the 1 s idle timeout the recount of FLOWS6 finds none active.
+    sleep(Duration::from_millis(2_100));
+    assert_eq!(dp.reconcile_active().unwrap(), 3);
+    assert_eq!(active(&dp), [0, 0]);
+    // A flow back after its timeout is new, and counted once.
+    assert_eq!(open(32_000).0, 0);
+    assert_eq!(active(&dp), [1, 0]);
+    assert_eq!(dp.reconcile_active().unwrap(), 0);
+}
+
+/// lc with the LB node as the backend: the local stack's FIN, un-NATed by
+/// the tc egress program, counts the flow out.
+#[test]
+fn lc_counts_out_a_local_backends_close_seen_at_tc_egress() {
+    let mut dp = sched_setup(load(), meta(abi::MODE_NAT), Scheduler::Lc, &[1]);
+    backend(&mut dp, 0, lb(), abi::BACKEND_LOCAL);
+    assert_eq!(run(&dp, &client_pkt(40_003, TCP)).0, XDP_PASS);
+    assert_eq!(dp.active_flows(0), 1);
+    let fin = with_flags(
+        frame6(LB_MAC, CLIENT_MAC, lb(), client(), 8033, 40_003, TCP, b""),
+        0x11,
+    );
+    let out = dp.test_run(abi::prog::TC_EGRESS, &fin, 1).unwrap();
+    assert_eq!(out.verdict, TC_ACT_OK);
+    assert_eq!(dp.active_flows(0), 0);
+}
+
+#[test]
+fn wlc_divides_active_ipv6_flows_by_weight() {
+    let dp = sched_setup(load(), meta(abi::MODE_DR), Scheduler::Wlc, &[1, 3]);
+    let mut n = [0; 2];
+    for p in 0..40u16 {
+        let (v, out) = run(&dp, &client_pkt(33_000 + p, TCP));
+        n[sent_to(v, &out) as usize] += 1;
+    }
+    assert_eq!(n, [10, 30]);
+    assert_eq!([dp.active_flows(0), dp.active_flows(1)], [10, 30]);
+}
+
+/// Over the SYN-flood cap IPv6 flows are not recorded either, so rr and lc
+/// index their table by the flow hash: an unpinned flow keeps its backend,
+/// and is not counted active.
+#[test]
+fn unpinned_ipv6_flows_keep_their_backend_with_rr_and_lc() {
+    for scheduler in [Scheduler::Rr, Scheduler::Lc] {
+        let dp = sched_setup(load_capped(1), meta(abi::MODE_DR), scheduler, &[1, 1, 1]);
+        run(&dp, &client_pkt(35_000, TCP));
+        let mut used = std::collections::HashSet::new();
+        for p in 1..30u16 {
+            let (v, out) = run(&dp, &client_pkt(35_000 + p, TCP));
+            let first = sent_to(v, &out);
+            used.insert(first);
+            for _ in 0..3 {
+                let (v, out) = run(&dp, &ack_pkt(35_000 + p));
+                assert_eq!(sent_to(v, &out), first, "{scheduler}: unpinned flow moved");
+            }
+        }
+        assert!(used.len() > 1, "{scheduler}: hash fallback sent all to one");
+        assert!(dp.vip_counters(0).unwrap().unpinned > 20);
+        let active: i64 = (0..3).map(|id| dp.active_flows(id)).sum();
+        let pinned = dp.flows6().unwrap().len() as i64;
+        assert_eq!(active, pinned, "{scheduler}: unpinned flows counted active");
+    }
 }

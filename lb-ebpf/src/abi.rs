@@ -19,6 +19,8 @@ pub mod map {
     pub const SNAT_ADDRS: &str = "SNAT_ADDRS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const CURSORS: &str = "CURSORS";
+    pub const ACTIVE: &str = "ACTIVE";
     pub const VIPS6: &str = "VIPS6";
     pub const VIP_ADDRS6: &str = "VIP_ADDRS6";
     pub const BACKENDS6: &str = "BACKENDS6";
@@ -225,11 +227,11 @@ pub struct Persist {
 }
 
 /// Value of `TABLE_STATE[vip.id]`: which half of the VIP's double-buffered
-/// Maglev table is live, and the size of each half.
+/// table is live, and the size and kind of each half.
 ///
-/// Userspace fills the inactive half of `RING`, writes its size, and only then
-/// flips `active`; the program reads `active` once per packet, so a packet uses
-/// the old table or the new one, never a mix.
+/// Userspace fills the inactive half of `RING`, writes its size and kind, and
+/// only then flips `active`; the program reads `active` once per packet, so a
+/// packet uses the old table (and scheduler) or the new one, never a mix.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
 pub struct TableState {
@@ -239,7 +241,29 @@ pub struct TableState {
     pub size: [u32; 2],
     /// Bumped on every swap; for observability only.
     pub generation: u32,
+    /// `TABLE_*` of each half.
+    pub kind: [u8; 2],
+    pub _pad: [u8; 6],
 }
+
+/// `TableState::kind`: how the datapath reads a table half, i.e. the VIP's
+/// scheduler. Stored per half, so a scheduler change swaps atomically with
+/// its table.
+///
+/// mh: a weighted Maglev table, slot = flow hash (5-tuple) % size.
+pub const TABLE_MAGLEV: u8 = 0;
+/// sh: the same Maglev table, slot = hash of the client address % size.
+pub const TABLE_MAGLEV_SOURCE: u8 = 1;
+/// rr, wrr: a sequence of backend ids, slot = this CPU's cursor
+/// (`CURSORS[vip]`, incremented per new flow) % size.
+pub const TABLE_SEQUENCE: u8 = 2;
+/// lc, wlc: `size / 2` pairs (backend id, weight); the backend with the
+/// fewest `ACTIVE` flows per weight wins, the first one on a tie.
+pub const TABLE_LEAST: u8 = 3;
+
+/// Most backends an lc/wlc table may hold: the datapath scans them all for
+/// each new flow, and the verifier needs a bound.
+pub const LEAST_MAX_BACKENDS: u32 = 64;
 
 /// Slot value in `RING` meaning "no backend".
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -467,7 +491,7 @@ mod tests {
         assert_eq!(size_of::<VipMeta>(), 40);
         assert_eq!(size_of::<PersistKey>(), 8);
         assert_eq!(size_of::<Persist>(), 16);
-        assert_eq!(size_of::<TableState>(), 16);
+        assert_eq!(size_of::<TableState>(), 24);
         assert_eq!(size_of::<Backend>(), 24);
         assert_eq!(size_of::<FlowKey>(), 16);
         assert_eq!(size_of::<Flow>(), 48);

@@ -1,4 +1,5 @@
-//! The flow hash that picks a Maglev slot.
+//! The hashes that pick a Maglev slot: of the flow (`mh`) or of the client
+//! address alone (`sh`), for IPv4 and IPv6.
 //!
 //! Both LB nodes must pick the same backend for a flow (so `dr` flows survive a
 //! VRRP failover with identical tables), hence a fixed, seedless function of
@@ -37,6 +38,13 @@ pub fn flow_hash(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, pro
     fmix(h ^ 12)
 }
 
+/// Hash of the client address alone (the `sh` scheduler): every connection
+/// of a client, whatever its ports, lands on the same slot.
+#[inline(always)]
+pub fn client_hash(src_addr: u32) -> u32 {
+    fmix(mix(0, src_addr) ^ 4)
+}
+
 /// [`flow_hash`] of an IPv6 flow: the same mixing over all eight address
 /// words, so every address bit counts.
 #[inline(always)]
@@ -50,6 +58,19 @@ pub fn flow_hash6(src: &[u32; 4], dst: &[u32; 4], src_port: u16, dst_port: u16, 
         i += 1;
     }
     fmix(mix(h, ports) ^ 36)
+}
+
+/// [`client_hash`] of an IPv6 client: all four address words, so clients
+/// that differ only in their interface identifier still spread.
+#[inline(always)]
+pub fn client_hash6(src: &[u32; 4]) -> u32 {
+    let mut h = 0;
+    let mut i = 0;
+    while i < 4 {
+        h = mix(h, src[i]);
+        i += 1;
+    }
+    fmix(h ^ 16)
 }
 
 #[cfg(test)]
@@ -82,6 +103,27 @@ mod tests {
             let mut s = src;
             s[w] ^= 1;
             assert_ne!(flow_hash6(&s, &dst, 1, 80, 6), base, "word {w}");
+        }
+    }
+
+    /// `sh` over IPv6: clients that differ in any address word, including
+    /// only in the interface identifier, spread.
+    #[test]
+    fn v6_client_hash_sees_every_address_word_and_spreads() {
+        let base = [0x0120, 0, 0, 0];
+        let mut buckets = [0u32; 16];
+        for i in 0..16_000u32 {
+            let c = [base[0], base[1], base[2], i.to_be()];
+            buckets[(client_hash6(&c) % 16) as usize] += 1;
+        }
+        for b in buckets {
+            assert!((900..1100).contains(&b), "uneven bucket: {buckets:?}");
+        }
+        let h = client_hash6(&base);
+        for w in 0..4 {
+            let mut c = base;
+            c[w] ^= 1;
+            assert_ne!(client_hash6(&c), h, "word {w}");
         }
     }
 }

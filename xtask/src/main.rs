@@ -39,8 +39,8 @@ enum Task {
         #[arg(value_enum, default_value = "up")]
         action: LabAction,
     },
-    /// Benchmarks (as root): `micro` (default) is datapath ns/packet and
-    /// Maglev build time; `vrrp` the failover gap against keepalived (about
+    /// Benchmarks (as root): `micro` (default) is datapath ns/packet (every
+    /// mode and scheduler), Maglev build time and the lc/wlc recount; `vrrp` the failover gap against keepalived (about
     /// 4 minutes); `health` 1000 health-checked backends against HAProxy
     /// (about 2 minutes); `e2e` wrk through lb vs HAProxy vs nginx stream
     /// (about 10 minutes); `all` runs them all.
@@ -233,6 +233,8 @@ fn bench(which: BenchKind) -> Result<()> {
         run(Command::new(&bin).arg("datapath"))?;
         println!("\n## Maglev table build\n");
         run(Command::new(&bin).arg("maglev"))?;
+        println!("\n## lc/wlc active-flow recount\n");
+        run(Command::new(&bin).arg("recount"))?;
     }
     if all || which == BenchKind::Vrrp {
         println!("\n## VRRP failover gap\n");

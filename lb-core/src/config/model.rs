@@ -96,7 +96,9 @@ pub enum Observe {
     Layer4,
 }
 
-/// keepalived's `lb_algo` names; only `mh` is implemented.
+/// keepalived's `lb_algo` (LVS) names: how a new flow picks a backend. The
+/// semantics of each are in `configs/reference.toml` and `lb_core::table`.
+/// Default: `mh`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {

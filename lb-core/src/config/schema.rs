@@ -105,7 +105,8 @@ pub(crate) struct RawService {
     /// `dr`, `nat` or `tun`. Required: the modes need different backend
     /// setups, so there is no safe guess.
     pub forwarding: Option<S<Forwarding>>,
-    /// Default: `mh` (weighted Maglev).
+    /// `mh`, `sh`, `rr`, `wrr`, `lc` or `wlc` (LVS names). Default: `mh`
+    /// (weighted Maglev).
     pub scheduler: Option<S<Scheduler>>,
     /// Per-service Maglev table size, prime. Default: `daemon.table_size`.
     pub table_size: Option<S<i64>>,

@@ -482,7 +482,34 @@ fn config_error_bad_value_is_not_also_reported_missing() {
 }
 
 #[test]
-fn config_error_unimplemented_scheduler_and_tun_settings() {
+fn every_lvs_scheduler_is_accepted_and_lc_is_capped() {
+    for (name, s) in [
+        ("mh", Scheduler::Mh),
+        ("sh", Scheduler::Sh),
+        ("rr", Scheduler::Rr),
+        ("wrr", Scheduler::Wrr),
+        ("lc", Scheduler::Lc),
+        ("wlc", Scheduler::Wlc),
+    ] {
+        let c = ok(&MINIMAL.replace("\"nat\"", &format!("\"nat\"\nscheduler = \"{name}\"")));
+        assert_eq!(c.services[0].scheduler, s);
+    }
+    let mut text = MINIMAL.replace("\"nat\"", "\"nat\"\nscheduler = \"wlc\"");
+    for i in 2..=65 {
+        text.push_str(&format!(
+            "[[service.backend]]\naddress = \"198.18.1.{i}:8080\"\n"
+        ));
+    }
+    assert_eq!(
+        errors(&text),
+        [
+            "t.toml:6:13: service[0].scheduler: scheduler \"wlc\" scans every backend for each new flow: at most 64 backends, not 65"
+        ]
+    );
+}
+
+#[test]
+fn config_error_tun_settings() {
     let text = MINIMAL.replace(
         "\"nat\"",
         "\"tun\"\nscheduler = \"wlc\"\ntun_source = \"198.19.0.0/8\"",
@@ -490,7 +517,6 @@ fn config_error_unimplemented_scheduler_and_tun_settings() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:6:13: service[0].scheduler: scheduler \"wlc\" is not implemented yet; use \"mh\"",
             "t.toml:7:14: service[0].tun_source: invalid \"198.19.0.0/8\": expected an address or prefix from /16 to /32 (IPv6: /112 to /128), like \"198.19.0.0/24\"",
             "t.toml:10:11: service[0].backend[0].address: tun forwarding cannot change ports: backend port 8080 differs from the VIP port 80 (use forwarding = \"nat\")",
         ]

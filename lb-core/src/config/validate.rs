@@ -11,6 +11,8 @@ use std::ops::{Range, RangeInclusive};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use lb_ebpf::abi::LEAST_MAX_BACKENDS;
+
 use super::Environment;
 use super::error::{ConfigError, Locator};
 use super::model::{
@@ -572,10 +574,14 @@ impl<'a> Validator<'a> {
             .map(|v| *v.get_ref());
         let forwarding = mode.unwrap_or(Forwarding::Nat);
         let scheduler = match &r.scheduler {
-            Some(v) if *v.get_ref() != Scheduler::Mh => {
+            Some(v)
+                if matches!(v.get_ref(), Scheduler::Lc | Scheduler::Wlc)
+                    && r.backend.len() > LEAST_MAX_BACKENDS as usize =>
+            {
                 let reason = format!(
-                    "scheduler \"{}\" is not implemented yet; use \"mh\"",
-                    v.get_ref()
+                    "scheduler \"{}\" scans every backend for each new flow: at most {LEAST_MAX_BACKENDS} backends, not {}",
+                    v.get_ref(),
+                    r.backend.len()
                 );
                 self.err(&v.span(), &key(p, "scheduler"), reason);
                 *v.get_ref()

@@ -43,6 +43,7 @@ pub fn service_spec(s: &config::Service) -> ServiceSpec {
         protocol: s.protocol,
         interface: s.interface.clone(),
         forwarding: s.forwarding,
+        scheduler: s.scheduler,
         table_size: s.table_size,
         snat_address: s.snat_address,
         snat_ports: (s.snat_ports.first, s.snat_ports.last),

@@ -189,6 +189,12 @@ impl Dataplane {
         .await
     }
 
+    /// Corrects the datapath's active flow counts (lc/wlc) from a recount
+    /// of the connection table; returns the sum of corrections.
+    pub async fn reconcile_active(&self) -> Result<u64, DatapathError> {
+        self.call(|b| b.datapath().reconcile_active()).await
+    }
+
     /// Counters of the given services and backends, and live flows counted
     /// from the connection table (forward entries seen within `idle`).
     pub async fn usage(&self, services: Vec<UsageQuery>) -> Result<UsageSnapshot, DatapathError> {

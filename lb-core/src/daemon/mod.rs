@@ -1,4 +1,4 @@
-//! The daemon: config → health checks → live backend sets → Maglev tables in
+//! The daemon: config → health checks → live backend sets → scheduler tables in
 //! the datapath.
 //!
 //! One controller task owns the desired state. Health transitions and admin
@@ -823,6 +823,27 @@ impl Daemon {
         }
     }
 
+    /// lc/wlc schedule by active flow counts that flows ending by timeout
+    /// or eviction leave too high: recount them while such a service
+    /// exists. Returns how long the scan of the connection table took.
+    async fn recount_active(&mut self) -> Option<Duration> {
+        if !self.services.values().any(|s| {
+            matches!(
+                s.cfg.scheduler,
+                config::Scheduler::Lc | config::Scheduler::Wlc
+            )
+        }) {
+            return None;
+        }
+        let started = Instant::now();
+        match self.dataplane.reconcile_active().await {
+            Ok(0) => {}
+            Ok(fixed) => tracing::debug!(fixed, "active flow counts corrected"),
+            Err(e) => tracing::warn!(error = %e, "recounting active flows"),
+        }
+        Some(started.elapsed())
+    }
+
     fn vrrp_status(&self) -> Vec<VrrpStatus> {
         self.vrrp.iter().map(|r| r.status()).collect()
     }
@@ -838,6 +859,8 @@ impl Daemon {
         };
         let mut reap = tokio::time::interval(Duration::from_secs(1));
         let mut observe = tokio::time::interval(OBSERVE_INTERVAL);
+        let mut recount = tokio::time::interval(crate::datapath::active::RECOUNT_INTERVAL);
+        recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             let flush_at = self.flush_at;
@@ -869,6 +892,11 @@ impl Daemon {
                     }
                 }
                 _ = observe.tick() => self.observe().await,
+                _ = recount.tick() => {
+                    if let Some(took) = self.recount_active().await {
+                        recount.reset_after(crate::datapath::active::recount_interval(took));
+                    }
+                }
                 Some(()) = self.vrrp_changed.recv() => self.publish(),
             }
         }

@@ -64,7 +64,7 @@ pub struct ServiceStatus {
     pub quorum_up: bool,
     /// The sorry server is serving instead of the backends.
     pub sorry: bool,
-    /// Generation of the live Maglev table (bumped by every swap).
+    /// Generation of the live scheduler table (bumped by every swap).
     pub table_generation: u32,
     /// Removed from the config; unprogrammed once its flows drained.
     pub removing: bool,

@@ -1,5 +1,5 @@
 //! Services on top of the raw maps: VIP and backend id allocation, neighbour
-//! resolution, Maglev builds and swaps.
+//! resolution, scheduler table builds and swaps.
 //!
 //! Every change is prepared completely (ids, MACs, table) before the first
 //! map write, so a change that fails leaves what was programmed serving.
@@ -16,7 +16,7 @@ use lb_ebpf::abi::{self, VipKey, VipKey6, VipMeta, VipMeta6};
 
 use super::{AttachMode, Datapath, DatapathError, XdpRunMode, addr6, neigh, neigh6};
 use crate::{
-    config::{Forwarding, Protocol},
+    config::{Forwarding, Protocol, Scheduler},
     sync::flows::LocalService,
     table::{self, Member, TableError},
 };
@@ -37,6 +37,8 @@ pub struct ServiceSpec {
     pub protocol: Protocol,
     pub interface: String,
     pub forwarding: Forwarding,
+    /// How new flows pick a backend (the table built on each swap).
+    pub scheduler: Scheduler,
     /// Maglev table size, a prime ≤ the loader's ring stride. Default 65537.
     pub table_size: u32,
     /// nat source address; `None` = the interface's first address of the
@@ -270,7 +272,7 @@ impl Balancer {
             ..Default::default()
         };
         if existing.is_none() {
-            self.dp.swap_table(id, &[])?;
+            self.dp.swap_table(id, abi::TABLE_MAGLEV, &[])?;
         }
         match (spec.vip, snat, tun_src, mask) {
             (SocketAddr::V4(v), IpAddr::V4(snat), IpAddr::V4(tun), IpAddr::V4(mask)) => {
@@ -322,7 +324,7 @@ impl Balancer {
     }
 
     /// Replaces the service's live backend set: resolves new backends,
-    /// builds the weighted Maglev table and swaps it in. Returns the table
+    /// builds the scheduler's table and swaps it in. Returns the table
     /// generation. Flows already pinned keep their backend, including one
     /// that left the set.
     ///
@@ -434,7 +436,7 @@ impl Balancer {
                 weight: b.weight,
             })
             .collect();
-        let table = match table::build_maglev(&members, spec.table_size) {
+        let table = match table::build(spec.scheduler, &members, spec.table_size) {
             Ok(t) => t,
             Err(e) => {
                 self.unreserve(&spec.interface, &prepared);
@@ -466,7 +468,7 @@ impl Balancer {
             self.unreserve(&spec.interface, &prepared);
             return Err(e.into());
         }
-        let generation = match self.dp.swap_table(vip_id, &table) {
+        let generation = match self.dp.swap_table(vip_id, table.kind, &table.slots) {
             Ok(g) => g,
             Err(e) => {
                 self.unreserve(&spec.interface, &prepared);
@@ -479,7 +481,7 @@ impl Balancer {
         if let Some(s) = self.services.get_mut(&(vip, p)) {
             s.backends = prepared.iter().map(|(b, _)| *b).collect();
         }
-        tracing::info!(vip = %vip, generation, backends = prepared.len(), "table swapped");
+        tracing::info!(vip = %vip, generation, backends = prepared.len(), scheduler = %spec.scheduler, "table swapped");
         Ok(Swap {
             generation,
             unresolved,

@@ -116,13 +116,19 @@ impl Datapath {
         self.set_backend(id, Backend { addr: 0, ..backend })
     }
 
-    /// A snapshot of the IPv6 connection table.
+    /// A snapshot of the IPv6 connection table (batched reads where the
+    /// kernel has them, as [`Datapath::flows`]).
     pub fn flows6(&self) -> Result<Vec<(FlowKey6, Flow6)>> {
-        let name = abi::map::FLOWS6;
+        self.lru_entries(abi::map::FLOWS6)
+    }
+
+    /// Every IPv6 VIP's meta (the lc/wlc recount needs their timeouts).
+    pub(super) fn vips6(&self) -> Result<Vec<VipMeta6>> {
+        let name = abi::map::VIPS6;
         let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
-        let m: BpfHashMap<&MapData, FlowKey6, Flow6> =
+        let m: BpfHashMap<&MapData, VipKey6, VipMeta6> =
             BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
+        Ok(m.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
     }
 }
 

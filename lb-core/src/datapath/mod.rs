@@ -2,25 +2,28 @@
 //!
 //! [`Datapath`] owns the loaded object: it attaches the XDP program (native
 //! first, generic as fallback) and the tc egress helper, writes VIPs and
-//! backends, swaps Maglev tables atomically ([`ring`]) and sums the per-CPU
-//! counters. Attachments are bpf_links owned by the process, so the programs
-//! leave the interfaces when it exits, even on SIGKILL — unless a pin
-//! directory is set ([`Datapath::pin_xdp_in`], `daemon.pin_dir`): the XDP
-//! link is then pinned in bpffs and keeps forwarding, with its maps, after a
-//! crash of the process (as IPVS outlives keepalived), until the next start
-//! replaces it or a clean stop removes it.
+//! backends, swaps scheduler tables atomically ([`ring`]), keeps lc/wlc's
+//! active flow counts right ([`active`]) and sums the per-CPU counters.
+//! Attachments are bpf_links owned by the process, so the programs leave
+//! the interfaces when it exits, even on SIGKILL — unless a pin directory is
+//! set ([`Datapath::pin_xdp_in`], `daemon.pin_dir`): the XDP link is then
+//! pinned in bpffs and keeps forwarding, with its maps, after a crash of the
+//! process (as IPVS outlives keepalived), until the next start replaces it
+//! or a clean stop removes it.
 //!
 //! [`balancer`] builds on it with services, id allocation and neighbour
 //! resolution ([`neigh`]).
 
+pub mod active;
 pub mod balancer;
 mod batch;
 mod ipv6;
+mod mmap;
 pub mod neigh;
 pub mod neigh6;
 mod ring;
 
-use std::{collections::HashMap, fmt, os::fd::AsFd};
+use std::{collections::HashMap, fmt};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
@@ -177,6 +180,7 @@ pub struct Datapath {
     ebpf: Ebpf,
     limits: Limits,
     tables: Tables,
+    active: active::ActiveFlows,
     /// Interfaces with an attached XDP program, and their mode.
     attached: HashMap<String, XdpRunMode>,
     vip_addr_refs: HashMap<u32, u32>,
@@ -222,6 +226,8 @@ impl Datapath {
             .map_max_entries(abi::map::BACKEND_STATS, limits.max_backends)
             .map_max_entries(abi::map::VIP_STATS, limits.max_vips + 1)
             .map_max_entries(abi::map::FLOWS, limits.flow_capacity)
+            .map_max_entries(abi::map::CURSORS, limits.max_vips)
+            .map_max_entries(abi::map::ACTIVE, limits.max_backends)
             .map_max_entries(abi::map::VIPS6, limits.max_vips)
             .map_max_entries(abi::map::VIP_ADDRS6, limits.max_vips)
             .map_max_entries(abi::map::SNAT_ADDRS6, limits.max_vips)
@@ -243,10 +249,12 @@ impl Datapath {
             .ok_or(DatapathError::Program(abi::prog::TC_EGRESS))?;
         p.load().map_err(|e| DatapathError::Load(describe(&e)))?;
         let tables = Tables::map(&ebpf, limits)?;
+        let active = active::ActiveFlows::map(&ebpf, limits.max_backends)?;
         Ok(Datapath {
             ebpf,
             limits,
             tables,
+            active,
             attached: HashMap::new(),
             vip_addr_refs: HashMap::new(),
             snat_refs: HashMap::new(),
@@ -552,11 +560,42 @@ impl Datapath {
         Ok(())
     }
 
-    /// Installs `table` as the VIP's live Maglev table: written into the
-    /// inactive half, then made active by one atomic store. Returns the new
-    /// generation. An empty table makes the VIP drop new flows.
-    pub fn swap_table(&mut self, vip_id: u32, table: &[u32]) -> Result<u32> {
-        self.tables.swap(vip_id, table)
+    /// Installs `table` (of kind `abi::TABLE_*`) as the VIP's live table:
+    /// written into the inactive half, then made active by one atomic store.
+    /// Returns the new generation. An empty table makes the VIP drop new
+    /// flows.
+    pub fn swap_table(&mut self, vip_id: u32, kind: u8, table: &[u32]) -> Result<u32> {
+        self.tables.swap(vip_id, kind, table)
+    }
+
+    /// The datapath's active flow count of a backend id (lc/wlc).
+    pub fn active_flows(&self, backend_id: u32) -> i64 {
+        self.active.get(backend_id)
+    }
+
+    /// Recounts active flows from the connection table and corrects the
+    /// datapath's counts (see [`active`]). Returns the sum of corrections.
+    pub fn reconcile_active(&self) -> Result<u64> {
+        let now = monotonic_ns();
+        self.active.reconcile(
+            || {
+                let flows = self.flows()?;
+                let flows6 = self.flows6()?;
+                let name = abi::map::VIPS;
+                let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
+                let m: BpfHashMap<&MapData, VipKey, VipMeta> =
+                    BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
+                let mut vips: Vec<VipMeta> =
+                    m.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect();
+                vips.extend(self.vips6()?.into_iter().map(|v| v.meta));
+                Ok(active::Scan {
+                    flows,
+                    flows6,
+                    vips,
+                })
+            },
+            now,
+        )
     }
 
     /// Current generation and size of the VIP's live table.
@@ -594,19 +633,32 @@ impl Datapath {
         self.counters(abi::map::VIP_STATS, self.limits.max_vips)
     }
 
-    /// A snapshot of the connection table, read in batches; entry by entry
-    /// where the kernel refuses batches.
+    /// A snapshot of the connection table (batched reads where the kernel
+    /// has them).
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>> {
-        let name = abi::map::FLOWS;
+        self.lru_entries(abi::map::FLOWS)
+    }
+
+    /// Every entry of the LRU hash map `name`, batched where the kernel can.
+    fn lru_entries<K: aya::Pod + Default, V: aya::Pod + Default>(
+        &self,
+        name: &'static str,
+    ) -> Result<Vec<(K, V)>> {
         let m = self.ebpf.map(name).ok_or(DatapathError::Map(name))?;
-        if let aya::maps::Map::LruHashMap(data) = m
-            && let Ok(all) = batch::lookup_all(data.fd().as_fd())
-        {
-            return Ok(all);
-        }
-        let m: BpfHashMap<&MapData, FlowKey, Flow> =
+        let m: BpfHashMap<&MapData, K, V> =
             BpfHashMap::try_from(m).map_err(|_| DatapathError::Map(name))?;
-        Ok(m.iter().filter_map(|r| r.ok()).collect())
+        let data = match self.ebpf.map(name) {
+            Some(aya::maps::Map::LruHashMap(d)) => d,
+            _ => return Err(DatapathError::Map(name)),
+        };
+        match batch::dump(data) {
+            Ok(Some(all)) => Ok(all),
+            Ok(None) => Ok(m.iter().filter_map(|r| r.ok()).collect()),
+            Err(e) => Err(DatapathError::MapWrite {
+                what: format!("reading {name}"),
+                error: e.to_string(),
+            }),
+        }
     }
 
     /// Runs a program once (or `repeat` times) on `frame` with

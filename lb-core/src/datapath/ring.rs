@@ -1,8 +1,9 @@
-//! The double-buffered Maglev tables, written through mmap.
+//! The double-buffered scheduler tables, written through mmap.
 //!
 //! `RING` and `TABLE_STATE` are BPF_F_MMAPABLE arrays, so userspace writes a
-//! new table with plain stores into the inactive half and publishes it with a
-//! single atomic store of `TableState::active` (Release). The program reads
+//! new table with plain stores into the inactive half, sets that half's size
+//! and kind (scheduler), and publishes it with a single atomic store of
+//! `TableState::active` (Release). The program reads
 //! `active` once per packet, so a packet sees the old table or the new one.
 //!
 //! The half that was live is rewritten only by the next swap. A packet that
@@ -11,7 +12,6 @@
 //! [`MIN_SWAP_INTERVAL`]; the control plane coalesces changes anyway.
 
 use std::{
-    os::fd::{AsFd, AsRawFd},
     sync::atomic::{AtomicU32, Ordering, fence},
     time::{Duration, Instant},
 };
@@ -19,68 +19,12 @@ use std::{
 use aya::Ebpf;
 use lb_ebpf::abi::{self, TableState};
 
-use super::{DatapathError, Limits};
+use super::{
+    DatapathError, Limits,
+    mmap::{Mmap, slot_size},
+};
 
 pub const MIN_SWAP_INTERVAL: Duration = Duration::from_millis(1);
-
-/// Array maps store each value in a slot rounded up to 8 bytes.
-const fn slot_size(value_size: usize) -> usize {
-    value_size.div_ceil(8) * 8
-}
-
-struct Mmap {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl Mmap {
-    fn new(
-        ebpf: &Ebpf,
-        name: &'static str,
-        entries: u64,
-        value_size: usize,
-    ) -> Result<Self, DatapathError> {
-        let map = ebpf.map(name).ok_or(DatapathError::Map(name))?;
-        let data = match map {
-            aya::maps::Map::Array(d) => d,
-            _ => return Err(DatapathError::Map(name)),
-        };
-        // SAFETY: sysconf has no preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
-        let len = (entries as usize * slot_size(value_size)).div_ceil(page) * page;
-        // SAFETY: mapping a BPF_F_MMAPABLE array fd, shared, at offset 0, for
-        // exactly its data size; the kernel keeps the map alive while mapped.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                data.fd().as_fd().as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(DatapathError::Mmap(name, std::io::Error::last_os_error()));
-        }
-        Ok(Mmap {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-}
-
-impl Drop for Mmap {
-    fn drop(&mut self) {
-        // SAFETY: ptr/len come from a successful mmap.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
-    }
-}
-
-// SAFETY: the mapping is plain shared memory; `Tables` hands out no
-// references into it and all writes go through `&mut self`.
-unsafe impl Send for Mmap {}
-unsafe impl Sync for Mmap {}
 
 pub struct Tables {
     ring: Mmap,
@@ -110,7 +54,7 @@ impl Tables {
         // offset is inside the mapping; slots are 16 bytes, 8-aligned.
         unsafe {
             self.state
-                .ptr
+                .ptr()
                 .add(vip as usize * slot_size(size_of::<TableState>()))
                 .cast()
         }
@@ -132,7 +76,7 @@ impl Tables {
         Some(unsafe { std::ptr::read_volatile(self.state_ptr(vip)) })
     }
 
-    pub fn swap(&mut self, vip: u32, table: &[u32]) -> Result<u32, DatapathError> {
+    pub fn swap(&mut self, vip: u32, kind: u8, table: &[u32]) -> Result<u32, DatapathError> {
         self.check(vip)?;
         if table.len() > self.limits.ring_stride as usize {
             return Err(DatapathError::TableTooBig {
@@ -155,9 +99,10 @@ impl Tables {
             let base = (vip as usize * 2 + next as usize) * self.limits.ring_stride as usize;
             let slot = slot_size(4);
             for (i, id) in table.iter().enumerate() {
-                std::ptr::write_volatile(self.ring.ptr.add((base + i) * slot).cast::<u32>(), *id);
+                std::ptr::write_volatile(self.ring.ptr().add((base + i) * slot).cast::<u32>(), *id);
             }
             std::ptr::write_volatile(&raw mut (*st).size[next as usize], table.len() as u32);
+            std::ptr::write_volatile(&raw mut (*st).kind[next as usize], kind);
             fence(Ordering::Release);
             active.store(next, Ordering::Release);
             let generation = (*st).generation.wrapping_add(1);
@@ -168,6 +113,6 @@ impl Tables {
     }
 
     pub fn clear(&mut self, vip: u32) -> Result<(), DatapathError> {
-        self.swap(vip, &[]).map(|_| ())
+        self.swap(vip, abi::TABLE_MAGLEV, &[]).map(|_| ())
     }
 }

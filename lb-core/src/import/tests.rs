@@ -181,6 +181,66 @@ fn messages(import: &Import) -> Vec<String> {
     import.warnings.iter().map(ToString::to_string).collect()
 }
 
+/// lb_algo keeps its name when lb has the scheduler; none means
+/// keepalived's wlc; others become mh with a warning, as does lc/wlc over
+/// more real servers than lb's lc/wlc take.
+#[test]
+fn lb_algo_maps_to_the_same_scheduler() {
+    let vs = |algo: &str, servers: usize| {
+        let rs: String = (1..=servers)
+            .map(|i| {
+                format!(
+                    "  real_server 10.1.{}.{} 80 {{\n  }}\n",
+                    i / 200,
+                    i % 200 + 1
+                )
+            })
+            .collect();
+        import_text(&format!(
+            "virtual_server 10.1.1.1 80 {{\n  lb_kind DR\n{algo}{rs}}}\n"
+        ))
+    };
+    for s in ["rr", "wrr", "lc", "wlc", "sh", "mh"] {
+        let out = vs(&format!("  lb_algo {s}\n"), 2);
+        assert!(
+            out.toml.contains(&format!("scheduler = \"{s}\"\n")),
+            "{s}: {}",
+            out.toml
+        );
+        assert!(!messages(&out).iter().any(|m| m.contains("lb_algo")));
+    }
+    let out = vs("", 2);
+    assert!(
+        out.toml
+            .contains("scheduler = \"wlc\"  # keepalived's default lb_algo\n"),
+        "{}",
+        out.toml
+    );
+    let out = vs("  lb_algo dh\n", 2);
+    assert!(
+        out.toml
+            .contains("scheduler = \"mh\"  # keepalived: lb_algo dh\n")
+    );
+    assert!(
+        messages(&out).iter().any(|m| m
+            .ends_with("lb_algo dh is not an lb scheduler; using mh (weighted Maglev hashing)")),
+        "{:?}",
+        messages(&out)
+    );
+    let out = vs("  lb_algo lc\n", 65);
+    assert!(
+        out.toml
+            .contains("scheduler = \"mh\"  # keepalived: lb_algo lc\n")
+    );
+    assert!(
+        messages(&out)
+            .iter()
+            .any(|m| m.contains("lb_algo lc with 65 real servers: lb's lc and wlc take at most 64")),
+        "{:?}",
+        messages(&out)
+    );
+}
+
 #[test]
 fn a_vip_without_vrrp_instance_gets_a_placeholder_interface() {
     let out = import_text(

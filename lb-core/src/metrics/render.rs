@@ -162,7 +162,7 @@ fn describe() {
     );
     describe_counter!(
         "lb_service_table_swaps_total",
-        "Maglev table swaps of the service (its table generation)."
+        "Table swaps of the service (its table generation)."
     );
     describe_gauge!(
         "lb_backend_healthy",

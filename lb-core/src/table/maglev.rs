@@ -1,4 +1,5 @@
-//! Weighted Maglev consistent hashing (Eisenbud et al., NSDI 2016).
+//! Weighted Maglev consistent hashing (Eisenbud et al., NSDI 2016): the
+//! table of `mh` (indexed by flow hash) and `sh` (by client address hash).
 //!
 //! Each backend walks its own permutation of the `size` slots and claims the
 //! next free one in turn; a backend of weight `w` takes `w / w_max` turns per
@@ -11,26 +12,7 @@ use std::net::SocketAddr;
 
 use lb_ebpf::abi::NO_BACKEND;
 
-/// A backend as the table sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// Datapath backend id written into the slots.
-    pub id: u32,
-    /// Identity hashed into the permutation.
-    pub addr: SocketAddr,
-    /// 0 means drained: no slot.
-    pub weight: u32,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TableError {
-    #[error("maglev table size {0} is not a prime")]
-    NotPrime(u32),
-    #[error(
-        "maglev table size {size} is too small for {members} backends (needs ≥ 100 × backends for even shares)"
-    )]
-    TooSmall { size: u32, members: usize },
-}
+use super::{Member, TableError};
 
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
@@ -52,7 +34,7 @@ fn fnv1a(bytes: &[u8], basis: u64) -> u64 {
         .fold(basis, |h, b| (h ^ *b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-fn identity(addr: &SocketAddr) -> Vec<u8> {
+pub(super) fn identity(addr: &SocketAddr) -> Vec<u8> {
     let mut v = match addr.ip() {
         std::net::IpAddr::V4(a) => a.octets().to_vec(),
         std::net::IpAddr::V6(a) => a.octets().to_vec(),

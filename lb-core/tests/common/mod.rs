@@ -1,5 +1,5 @@
 //! Helpers shared by the datapath tests.
-#![allow(dead_code)] // each test binary uses a different subset
+#![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
 use etherparse::PacketBuilder;
 pub use lb_testlab::require_root;
@@ -55,4 +55,18 @@ pub fn frame6(
     }
     .expect("building frame");
     out
+}
+
+/// Keeps this thread, and so its test runs, on CPU 0: per-CPU state (the
+/// new-flow cap, rr cursors) then behaves as on one busy CPU.
+pub fn pin_to_one_cpu() {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
 }

@@ -25,8 +25,8 @@ const ORDER: &[&str] = &[
 /// warning and the FIXME comment say it must be replaced.
 const PLACEHOLDER_INTERFACE: &str = "eth0";
 
-/// IPVS schedulers lb reserves the name of but does not implement yet.
-const RESERVED_SCHEDULERS: &[&str] = &["rr", "wrr", "lc", "wlc", "sh"];
+/// IPVS schedulers lb implements, under the same names.
+const SCHEDULERS: &[&str] = &["mh", "sh", "rr", "wrr", "lc", "wlc"];
 
 struct Backend<'n> {
     node: &'n Node,
@@ -134,7 +134,7 @@ pub(crate) fn service(ctx: &mut Ctx, node: &Node, vips: &VipInterfaces) -> Vec<T
             "nat"
         }
     };
-    set_scheduler(ctx, node, &cx, scheduler, &mut t);
+    set_scheduler(ctx, node, &cx, scheduler, real_servers.len(), &mut t);
     let mut backends: Vec<Backend> = real_servers
         .into_iter()
         .filter_map(|r| backend(ctx, r, &cx, vip, forwarding, &defaults))
@@ -204,39 +204,51 @@ fn forwarding_mode(ctx: &mut Ctx, node: &Node, cx: &str, kind: &str) -> Option<&
     }
 }
 
-/// lb implements only `mh` (weighted Maglev); the IPVS names it reserves
-/// are rejected by `check-config`, so every other scheduler becomes `mh`,
-/// with the keepalived one in a comment.
+/// keepalived's scheduler under the same name; no `lb_algo` means
+/// keepalived's default, wlc. A scheduler lb lacks (dh, sed, nq, ...)
+/// becomes `mh`, with a warning and the keepalived one in a comment, and so
+/// does lc/wlc over more real servers than lb's lc/wlc scan.
 fn set_scheduler(
     ctx: &mut Ctx,
     node: &Node,
     cx: &str,
     scheduler: Option<(String, &Node)>,
+    real_servers: usize,
     t: &mut Table,
 ) {
-    let comment = match &scheduler {
-        None => {
-            ctx.warn(
-                node,
-                format!("{cx}: no lb_algo, so keepalived schedules with wlc; lb uses mh (weighted Maglev hashing)"),
-            );
-            Some("keepalived's default: wlc".to_owned())
-        }
-        Some((s, _)) if s == "mh" => None,
+    let (name, at, mut comment) = match scheduler {
+        None => (
+            "wlc".to_owned(),
+            node,
+            Some("keepalived's default lb_algo".to_owned()),
+        ),
+        Some((s, at)) if SCHEDULERS.contains(&s.as_str()) => (s, at, None),
         Some((s, at)) => {
-            let why = if RESERVED_SCHEDULERS.contains(&s.as_str()) {
-                "is not implemented by lb yet"
-            } else {
-                "is not an lb scheduler"
-            };
             ctx.warn(
                 at,
-                format!("{cx}: lb_algo {s} {why}; using mh (weighted Maglev hashing)"),
+                format!(
+                    "{cx}: lb_algo {s} is not an lb scheduler; using mh (weighted Maglev hashing)"
+                ),
             );
-            Some(format!("keepalived: lb_algo {s}"))
+            (
+                "mh".to_owned(),
+                at,
+                Some(format!("keepalived: lb_algo {s}")),
+            )
         }
     };
-    t.set_commented("scheduler", Value::str("mh"), comment);
+    let max = lb_ebpf::abi::LEAST_MAX_BACKENDS as usize;
+    let name = if (name == "lc" || name == "wlc") && real_servers > max {
+        ctx.warn(
+            at,
+            format!("{cx}: lb_algo {name} with {real_servers} real servers: lb's lc and wlc take at most {max}; using mh (weighted Maglev hashing)"),
+        );
+        comment = Some(format!("keepalived: lb_algo {name}"));
+        "mh".to_owned()
+    } else {
+        name
+    };
+    t.set_commented("scheduler", Value::Str(name), comment);
 }
 
 /// `IP PORT` arguments as a socket address (IPv4 or IPv6). `cx` is the

@@ -1,9 +1,18 @@
-//! The connection table and scheduling of new flows.
+//! The connection table: established flows, new flows recorded with the
+//! scheduler's pick (`sched`), active flow counts, SNAT ports.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_ebpf::{abi::*, hash::flow_hash};
+use lb_ebpf::{
+    abi::*,
+    hash::{client_hash, flow_hash},
+};
 
-use crate::{headers::*, maps::*, rewrite::Packet};
+use crate::{
+    headers::*,
+    maps::*,
+    rewrite::Packet,
+    sched::{self, Hashes},
+};
 
 /// SNAT ports tried for a new nat flow before giving up.
 const NAT_PORT_TRIES: u32 = 16;
@@ -27,11 +36,49 @@ pub fn timeout_ns(vip: &VipMeta, proto: u8, closing: bool) -> u64 {
     s as u64 * 1_000_000_000
 }
 
-/// A FIN or RST marks the flow as ending.
+/// A FIN or RST marks the flow as ending. True when this packet ended it
+/// (the flow was not closing before).
 #[inline(always)]
-pub fn observe_close(f: &mut Flow, tcp_flags: u8) {
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+pub fn observe_close(f: &mut Flow, tcp_flags: u8) -> bool {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && f.flags & FLOW_CLOSING == 0 {
         f.flags |= FLOW_CLOSING;
+        return true;
+    }
+    false
+}
+
+/// A FIN or RST from the client ends the connection: it leaves its
+/// backend's active flows.
+#[inline(always)]
+fn observe_forward_close(f: &mut Flow, tcp_flags: u8) {
+    if observe_close(f, tcp_flags) {
+        active_add(f.backend, -1);
+    }
+}
+
+/// A FIN or RST from a nat backend (on its reply entry) ends the connection
+/// too: the forward entry is marked closing, so it leaves the active flows
+/// once, whichever side closed first.
+#[inline(always)]
+pub fn observe_reply_close(f: &mut Flow, tcp_flags: u8, proto: u8) {
+    if !observe_close(f, tcp_flags) {
+        return;
+    }
+    let fwd = FlowKey {
+        src_addr: f.rw_dst_addr,
+        dst_addr: f.rw_src_addr,
+        src_port: f.rw_dst_port,
+        dst_port: f.rw_src_port,
+        proto,
+        _pad: [0; 3],
+    };
+    if let Some(fw) = FLOWS.get_ptr_mut(fwd) {
+        // SAFETY: a map value pointer stays valid for the program's run.
+        let fw = unsafe { &mut *fw };
+        if fw.kind == FLOW_FORWARD {
+            // Closed as if by the client's own RST: once, and counted out.
+            observe_forward_close(fw, TCP_RST);
+        }
     }
 }
 
@@ -45,24 +92,25 @@ pub fn lookup_or_schedule(
     ifindex: u32,
     now: u64,
 ) -> Result<(Flow, bool), DropReason> {
+    // The entry this flow replaces: its backend, and whether it still
+    // counted as active (an expired one left the count at the last recount).
+    let mut stale: Option<(u32, bool)> = None;
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a map value pointer stays valid for the program's run.
         let f = unsafe { &mut *f };
         let closing = f.flags & FLOW_CLOSING != 0;
+        let live = now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto, closing);
         // A fresh SYN on the 5-tuple of an ended connection, or of one whose
         // backend has left the table (refused, down, drained: its end was
         // not seen, e.g. a backend RST in dr mode), is a new connection.
         let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && (closing || !is_member(vip.id, f.backend));
-        if f.kind == FLOW_FORWARD
-            && f.vip == vip.id
-            && !reopened
-            && now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto, closing)
-        {
+        if f.kind == FLOW_FORWARD && f.vip == vip.id && !reopened && live {
             touch(f, now);
-            observe_close(f, pkt.tcp_flags);
+            observe_forward_close(f, pkt.tcp_flags);
             return Ok((*f, false));
         }
+        stale = Some((f.backend, f.kind == FLOW_FORWARD && !closing && live));
         // The old connection's reply entry (nat) goes with it, or its SNAT
         // port would stay taken.
         if f.kind == FLOW_FORWARD && vip.mode == MODE_NAT {
@@ -77,43 +125,22 @@ pub fn lookup_or_schedule(
             let _ = FLOWS.remove(reply);
         }
     }
-    schedule(key, vip, pkt, ifindex, now).map(|f| (f, true))
-}
-
-#[inline(always)]
-fn pick(key: &FlowKey, vip_id: u32) -> Result<u32, DropReason> {
-    let h = flow_hash(
-        key.src_addr,
-        key.dst_addr,
-        key.src_port,
-        key.dst_port,
-        key.proto,
-    );
-    pick_hashed(h, vip_id)
-}
-
-/// Maglev pick from the live half of the VIP's double-buffered table, for
-/// a flow of hash `h` (either family).
-#[inline(always)]
-pub fn pick_hashed(h: u32, vip_id: u32) -> Result<u32, DropReason> {
-    let st = TABLE_STATE.get(vip_id).ok_or(DropReason::NoBackend)?;
-    // One read of `active` decides the half for this packet: see TableState.
-    let half = unsafe { core::ptr::read_volatile(&st.active) } & 1;
-    let size = if half == 0 { st.size[0] } else { st.size[1] };
-    if size == 0 {
-        return Err(DropReason::NoBackend);
+    let (flow, pinned) = schedule(key, vip, pkt, ifindex, now)?;
+    if let Some((backend, counted)) = stale {
+        if counted {
+            active_add(backend, -1);
+        }
+        // An unpinned flow must not meet the old entry on its next packet.
+        if !pinned {
+            let _ = FLOWS.remove(key);
+        }
     }
-    let slot = h % size;
-    let stride = unsafe { core::ptr::read_volatile(&RING_STRIDE) };
-    let id = *RING
-        .get((vip_id * 2 + half) * stride + slot)
-        .ok_or(DropReason::NoBackend)?;
-    if id == NO_BACKEND {
-        return Err(DropReason::NoBackend);
-    }
-    Ok(id)
+    Ok((flow, true))
 }
 
+/// A new flow: its backend from the scheduler, its entry recorded unless
+/// the SYN-flood guard says no. Returns the entry and whether it was
+/// recorded.
 #[inline(always)]
 fn schedule(
     key: &FlowKey,
@@ -121,11 +148,24 @@ fn schedule(
     pkt: &Packet,
     ifindex: u32,
     now: u64,
-) -> Result<Flow, DropReason> {
+) -> Result<(Flow, bool), DropReason> {
+    // nat flows need their entries (the reply is matched by them), so the
+    // guard only applies to modes that can forward without state.
+    let unpinned = vip.mode != MODE_NAT && over_new_flow_cap(now);
+    let h = Hashes {
+        flow: flow_hash(
+            key.src_addr,
+            key.dst_addr,
+            key.src_port,
+            key.dst_port,
+            key.proto,
+        ),
+        client: client_hash(key.src_addr),
+    };
     let id = if vip.persist_timeout_s > 0 {
-        persistent_pick(key, vip, now)?
+        persistent_pick(key, vip, &h, unpinned, now)?
     } else {
-        pick(key, vip.id)?
+        sched::pick(vip.id, &h, unpinned)?
     };
     let be = BACKENDS.get(id).ok_or(DropReason::BadBackend)?;
     let mut flow = Flow {
@@ -185,16 +225,17 @@ fn schedule(
         }
     }
     observe_close(&mut flow, pkt.tcp_flags);
-    // nat flows need their entries (the reply is matched by them), so the
-    // guard only applies to modes that can forward without state.
-    if vip.mode != MODE_NAT && over_new_flow_cap(now) {
+    if unpinned {
         count_unpinned(vip.id);
-        return Ok(flow);
+        return Ok((flow, false));
     }
     // A full LRU evicts its oldest entry, so this only fails on a kernel
     // error; the packet is still forwarded, the flow just is not pinned.
-    let _ = FLOWS.insert(key, flow, 0);
-    Ok(flow)
+    let pinned = FLOWS.insert(key, flow, 0).is_ok();
+    if pinned && flow.flags & FLOW_CLOSING == 0 {
+        active_add(id, 1);
+    }
+    Ok((flow, pinned))
 }
 
 /// Counts a new flow on this CPU; true when the CPU is over its cap.
@@ -218,10 +259,16 @@ pub fn over_new_flow_cap(now: u64) -> bool {
 }
 
 /// Persistence: the client's template backend while the template is fresh
-/// and the backend still in the table, else a Maglev pick that becomes the
-/// template. Every new connection refreshes it.
+/// and the backend still in the table, else the scheduler's pick, which
+/// becomes the template. Every new connection refreshes it.
 #[inline(always)]
-fn persistent_pick(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<u32, DropReason> {
+fn persistent_pick(
+    key: &FlowKey,
+    vip: &VipMeta,
+    h: &Hashes,
+    stateless: bool,
+    now: u64,
+) -> Result<u32, DropReason> {
     let pkey = PersistKey {
         vip: vip.id,
         client: key.src_addr & vip.persist_mask,
@@ -235,7 +282,7 @@ fn persistent_pick(key: &FlowKey, vip: &VipMeta, now: u64) -> Result<u32, DropRe
             return Ok(t.backend);
         }
     }
-    let id = pick(key, vip.id)?;
+    let id = sched::pick(vip.id, h, stateless)?;
     let t = Persist {
         last_seen_ns: now,
         backend: id,

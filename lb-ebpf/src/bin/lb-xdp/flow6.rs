@@ -1,15 +1,19 @@
-//! The IPv6 connection table (`FLOWS6`) and scheduling of new IPv6 flows:
-//! `flow.rs` with 128-bit addresses. The Maglev tables, membership, rate
-//! guard and counters are shared with IPv4 (`flow::pick_hashed` & co.).
+//! The IPv6 connection table (`FLOWS6`) and new IPv6 flows: `flow.rs` with
+//! 128-bit addresses. The scheduler (`sched::pick`), its tables, cursors and
+//! active counts, membership, rate guard and counters are shared with IPv4.
 
 use aya_ebpf::bindings::BPF_NOEXIST;
-use lb_ebpf::{abi::*, hash::flow_hash6};
+use lb_ebpf::{
+    abi::*,
+    hash::{client_hash6, flow_hash6},
+};
 
 use crate::{
-    flow::{count_answer, is_member, over_new_flow_cap, pick_hashed, timeout_ns},
+    flow::{count_answer, is_member, over_new_flow_cap, timeout_ns},
     headers::*,
     ipv6::Packet6,
     maps::*,
+    sched::{self, Hashes},
 };
 
 /// As in `flow.rs`.
@@ -27,11 +31,40 @@ fn hash(key: &FlowKey6) -> u32 {
     )
 }
 
-/// A FIN or RST marks the flow as ending.
+/// A FIN or RST marks the flow as ending. True when this packet ended it
+/// (the flow was not closing before).
 #[inline(always)]
-pub fn observe_close(flags: &mut u8, tcp_flags: u8) {
-    if tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+fn observe_close(flags: &mut u8, tcp_flags: u8) -> bool {
+    if tcp_flags & (TCP_FIN | TCP_RST) != 0 && *flags & FLOW_CLOSING == 0 {
         *flags |= FLOW_CLOSING;
+        return true;
+    }
+    false
+}
+
+/// A FIN or RST from the client: the flow leaves its backend's active
+/// flows (lc/wlc), as in `flow.rs`.
+#[inline(always)]
+fn observe_forward_close(f: &mut Flow6, tcp_flags: u8) {
+    if observe_close(&mut f.flags, tcp_flags) {
+        active_add(f.backend, -1);
+    }
+}
+
+/// A FIN or RST from a nat backend (on its reply entry) closes the forward
+/// entry too, so the connection leaves the active flows once, whichever
+/// side closed first.
+#[inline(always)]
+pub fn observe_reply_close(f: &mut Flow6, tcp_flags: u8, proto: u8) {
+    if !observe_close(&mut f.flags, tcp_flags) {
+        return;
+    }
+    if let Some(fw) = FLOWS6.get_ptr_mut(other_key(f, proto)) {
+        // SAFETY: a map value pointer stays valid for the program's run.
+        let fw = unsafe { &mut *fw };
+        if fw.kind == FLOW_FORWARD {
+            observe_forward_close(fw, TCP_RST);
+        }
     }
 }
 
@@ -45,8 +78,10 @@ pub fn observe_answer(f: &mut Flow6, tcp_flags: u8) {
     count_answer(f.backend, tcp_flags);
 }
 
+/// The key of the other direction's entry: a forward entry's reply key, or
+/// a reply entry's forward key (the rewrite swaps source and destination).
 #[inline(always)]
-fn reply_key(f: &Flow6, proto: u8) -> FlowKey6 {
+fn other_key(f: &Flow6, proto: u8) -> FlowKey6 {
     FlowKey6 {
         src_addr: f.rw_dst_addr,
         dst_addr: f.rw_src_addr,
@@ -70,30 +105,42 @@ pub fn lookup_or_schedule(
     now: u64,
 ) -> Result<(*const Flow6, bool), DropReason> {
     let vip = &vip6.meta;
+    // The entry this flow replaces: its backend, and whether it still
+    // counted as active (see `flow::lookup_or_schedule`).
+    let mut stale: Option<(u32, bool)> = None;
     if let Some(p) = FLOWS6.get_ptr_mut(key) {
         // SAFETY: a map value pointer stays valid for the program's run.
         let f = unsafe { &mut *p };
         let closing = f.flags & FLOW_CLOSING != 0;
+        let live = now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto, closing);
         let reopened = pkt.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
             && (closing || !is_member(vip.id, f.backend));
-        if f.kind == FLOW_FORWARD
-            && f.vip == vip.id
-            && !reopened
-            && now.wrapping_sub(f.last_seen_ns) <= timeout_ns(vip, key.proto, closing)
-        {
+        if f.kind == FLOW_FORWARD && f.vip == vip.id && !reopened && live {
             stamp(&mut f.last_seen_ns, now);
-            observe_close(&mut f.flags, pkt.tcp_flags);
+            observe_forward_close(f, pkt.tcp_flags);
             return Ok((p, false));
         }
+        stale = Some((f.backend, f.kind == FLOW_FORWARD && !closing && live));
         if f.kind == FLOW_FORWARD && vip.mode == MODE_NAT {
-            let _ = FLOWS6.remove(reply_key(f, key.proto));
+            let _ = FLOWS6.remove(other_key(f, key.proto));
         }
     }
-    schedule(key, vip6, pkt, ifindex, now).map(|f| (f, true))
+    let (flow, pinned) = schedule(key, vip6, pkt, ifindex, now)?;
+    if let Some((backend, counted)) = stale {
+        if counted {
+            active_add(backend, -1);
+        }
+        // An unpinned flow must not meet the old entry on its next packet.
+        if !pinned {
+            let _ = FLOWS6.remove(key);
+        }
+    }
+    Ok((flow, true))
 }
 
 /// Builds the new flow in `SCRATCH6[0]` (and nat's reply entry in
-/// `SCRATCH6[1]`) and records it.
+/// `SCRATCH6[1]`) with the scheduler's backend and records it unless the
+/// SYN-flood guard says no. Returns the entry and whether it was recorded.
 #[inline(always)]
 fn schedule(
     key: &FlowKey6,
@@ -101,12 +148,19 @@ fn schedule(
     pkt: &Packet6,
     ifindex: u32,
     now: u64,
-) -> Result<*const Flow6, DropReason> {
+) -> Result<(*const Flow6, bool), DropReason> {
     let vip = &vip6.meta;
+    // As for IPv4: nat flows need their entries, and the scheduler must
+    // know before it picks whether the flow will be recorded.
+    let unpinned = vip.mode != MODE_NAT && over_new_flow_cap(now);
+    let h = Hashes {
+        flow: hash(key),
+        client: client_hash6(&key.src_addr),
+    };
     let id = if vip.persist_timeout_s > 0 {
-        persistent_pick(key, vip6, now)?
+        persistent_pick(key, vip6, &h, unpinned, now)?
     } else {
-        pick_hashed(hash(key), vip.id)?
+        sched::pick(vip.id, &h, unpinned)?
     };
     let be = BACKENDS.get(id).ok_or(DropReason::BadBackend)?;
     let be_addr = &BACKENDS6.get(id).ok_or(DropReason::BadBackend)?.addr;
@@ -131,7 +185,7 @@ fn schedule(
     flow._pad = [0; 2];
     if vip.mode == MODE_TUN {
         flow.rw_dst_addr = *be_addr;
-        flow.rw_src_addr = crate::tun6::source(vip6, hash(key));
+        flow.rw_src_addr = crate::tun6::source(vip6, h.flow);
     }
     if vip.mode == MODE_NAT {
         flow.rw_dst_addr = *be_addr;
@@ -173,17 +227,28 @@ fn schedule(
         }
     }
     observe_close(&mut flow.flags, pkt.tcp_flags);
-    if vip.mode != MODE_NAT && over_new_flow_cap(now) {
+    if unpinned {
         count_unpinned(vip.id);
-        return Ok(fp);
+        return Ok((fp, false));
     }
     let flow: &Flow6 = flow;
-    let _ = FLOWS6.insert(key, flow, 0);
-    Ok(fp)
+    // As for IPv4, only a kernel error makes this fail.
+    let pinned = FLOWS6.insert(key, flow, 0).is_ok();
+    if pinned && flow.flags & FLOW_CLOSING == 0 {
+        active_add(id, 1);
+    }
+    Ok((fp, pinned))
 }
 
+/// `flow::persistent_pick` for IPv6.
 #[inline(always)]
-fn persistent_pick(key: &FlowKey6, vip6: &VipMeta6, now: u64) -> Result<u32, DropReason> {
+fn persistent_pick(
+    key: &FlowKey6,
+    vip6: &VipMeta6,
+    h: &Hashes,
+    stateless: bool,
+    now: u64,
+) -> Result<u32, DropReason> {
     let vip = &vip6.meta;
     let m = &vip6.persist_mask;
     let c = &key.src_addr;
@@ -200,7 +265,7 @@ fn persistent_pick(key: &FlowKey6, vip6: &VipMeta6, now: u64) -> Result<u32, Dro
             return Ok(t.backend);
         }
     }
-    let id = pick_hashed(hash(key), vip.id)?;
+    let id = sched::pick(vip.id, h, stateless)?;
     let t = Persist {
         last_seen_ns: now,
         backend: id,
@@ -264,7 +329,7 @@ fn is_dead(reply: &Flow6, proto: u8, now: u64, timeout: u64) -> bool {
     if idle <= CLOSED_PORT_REUSE_NS {
         return false;
     }
-    let fwd = unsafe { FLOWS6.get(reply_key(reply, proto)) };
+    let fwd = unsafe { FLOWS6.get(other_key(reply, proto)) };
     let closed =
         reply.flags & FLOW_CLOSING != 0 || fwd.is_some_and(|f| f.flags & FLOW_CLOSING != 0);
     let limit = if closed {

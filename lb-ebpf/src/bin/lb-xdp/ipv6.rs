@@ -231,7 +231,7 @@ fn from_backend(ctx: &XdpContext, pkt: &Packet6, key: &FlowKey6) -> u32 {
     }
     stamp(&mut f.last_seen_ns, now());
     flow6::observe_answer(f, pkt.tcp_flags);
-    flow6::observe_close(&mut f.flags, pkt.tcp_flags);
+    flow6::observe_reply_close(f, pkt.tcp_flags, key.proto);
     rewrite6::translate(pkt, f);
     crate::rewrite::set_eth_macs(pkt.eth, &f.peer_mac, &f.local_mac);
     transmit(ctx, f.ifindex)

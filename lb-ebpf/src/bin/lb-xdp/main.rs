@@ -1,17 +1,22 @@
 //! lb's datapath: an XDP load balancer with a tc egress helper.
 //!
-//! Per packet (IPv4 TCP/UDP): find the VIP, keep an established flow on its
-//! backend (connection table), else pick one from the VIP's live Maglev table
-//! and remember it; then forward in `dr` (MAC rewrite) or `nat` (address and
-//! port translation, replies translated back) mode. Everything that is not
-//! addressed to a VIP, or a reply of a nat flow, goes to the kernel untouched.
+//! Per packet (IPv4 or IPv6 TCP/UDP): find the VIP, keep an established flow
+//! on its backend (connection table), else pick one with the VIP's scheduler
+//! from its live table and remember it; then forward in `dr` (MAC rewrite),
+//! `nat` (address and port translation, replies translated back) or `tun`
+//! (encapsulation) mode. Everything that is not addressed to a VIP, or a
+//! reply of a nat flow, goes to the kernel untouched.
 //!
 //! Module per concern: `headers` (wire formats, bounds), `maps` (state),
-//! `flow` (connection table and scheduling), `rewrite` (NAT and checksums),
-//! `tun`, `icmp`; IPv6 has the same concerns in the `*6` modules, with its
-//! own VIP, backend-address and flow maps beside the IPv4 ones.
+//! `flow` (connection table), `sched` (the scheduler's pick for a new flow,
+//! both families), `rewrite` (NAT and checksums), `tun`, `icmp`; IPv6 has the
+//! same concerns in the `*6` modules, with its own VIP, backend-address and
+//! flow maps beside the IPv4 ones.
 #![no_std]
 #![no_main]
+// `atomic_xadd`: the only atomic add the BPF target exposes (maps::active_add).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod flow;
 mod flow6;
@@ -22,6 +27,7 @@ mod ipv6;
 mod maps;
 mod rewrite;
 mod rewrite6;
+mod sched;
 mod tun;
 mod tun6;
 
@@ -206,7 +212,7 @@ fn from_backend(ctx: &XdpContext, pkt: &rewrite::Packet, key: &FlowKey) -> u32 {
     }
     touch(f, now());
     flow::observe_answer(f, pkt.tcp_flags);
-    flow::observe_close(f, pkt.tcp_flags);
+    flow::observe_reply_close(f, pkt.tcp_flags, key.proto);
     rewrite::translate(pkt, f);
     rewrite::set_macs(pkt, &f.peer_mac, &f.local_mac);
     transmit(ctx, f.ifindex)

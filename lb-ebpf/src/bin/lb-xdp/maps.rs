@@ -6,6 +6,8 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
 use lb_ebpf::abi::*;
 
 /// Slots per table half in `RING`; set by the loader (`abi::global`).
@@ -33,18 +35,35 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub static TABLE_STATE: Array<TableState> =
     Array::with_max_entries(DEFAULT_MAX_VIPS, BPF_F_MMAPABLE);
 
-/// Maglev tables: VIP `id`, half `h` occupies
+/// Scheduler tables (see `TableState::kind`): VIP `id`, half `h` occupies
 /// `[(2·id + h)·RING_STRIDE, (2·id + h)·RING_STRIDE + size[h])`.
 #[map(name = "RING")]
 pub static RING: Array<u32> =
     Array::with_max_entries(2 * DEFAULT_MAX_VIPS * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
+
+/// rr/wrr: each CPU's position in its VIP's sequence. Per CPU so a new
+/// flow costs no shared cache line; each CPU walks the whole sequence in
+/// order, so shares are exact per CPU and across CPUs over many flows, but
+/// two consecutive connections handled by different CPUs may go to the same
+/// backend.
+#[map(name = "CURSORS")]
+pub static CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Active (pinned, not closing) forward flows per backend id, for lc/wlc.
+/// Shared and updated with atomic adds: +1 when a flow is pinned, -1 when
+/// its connection closes (first FIN or RST either way) or a live entry is
+/// replaced. Timeouts and LRU evictions have no hook, so userspace recounts
+/// `FLOWS` periodically and adds the difference (mmap, atomically too).
+#[map(name = "ACTIVE")]
+pub static ACTIVE: Array<i64> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, BPF_F_MMAPABLE);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(DEFAULT_MAX_BACKENDS, 0);
 
 /// The connection table, shared by all CPUs because a nat reply may arrive on
 /// another CPU than its request. LRU: when full, the least recently used flow
-/// is evicted (and rescheduled by Maglev if it comes back). The common LRU
+/// is evicted (and rescheduled if it comes back: mh and sh give it the same
+/// backend, the stateful schedulers may not). The common LRU
 /// list is kept: per-CPU lists (BPF_F_NO_COMMON_LRU) split the capacity by
 /// CPU and made new flows slower in `lb-bench datapath` (416 vs 293 ns).
 #[map(name = "FLOWS")]
@@ -68,7 +87,8 @@ pub static MEMBER_WORDS: u32 = DEFAULT_MAX_BACKENDS.div_ceil(64);
 
 /// SYN-flood guard (Katran's MAX_CONN_RATE): per-CPU new-flow count in the
 /// current second. Over `NEW_FLOW_CAP`, dr and tun flows are still forwarded
-/// (Maglev gives the same backend) but not recorded, so a flood of new
+/// (every scheduler then indexes its table by the flow hash, so each packet
+/// gets the same backend) but not recorded, so a flood of new
 /// flows cannot evict established ones from the LRU.
 #[map(name = "NEW_FLOW_RATE")]
 pub static NEW_FLOW_RATE: PerCpuArray<FlowRate> = PerCpuArray::with_max_entries(1, 0);
@@ -96,6 +116,18 @@ pub fn count(map: &PerCpuArray<Counters>, idx: u32, bytes: u64, new_flow: bool) 
         c.packets += 1;
         c.bytes += bytes;
         c.new_flows += new_flow as u64;
+    }
+}
+
+/// Adds `delta` to a backend's active flows.
+#[inline(always)]
+pub fn active_add(backend: u32, delta: i64) {
+    if let Some(a) = ACTIVE.get_ptr_mut(backend) {
+        // SAFETY: a map value pointer stays valid for the program's run and
+        // is 8-aligned; other CPUs update it with atomics too. The BPF target
+        // offers no `AtomicI64::fetch_add`; with its result unused this
+        // intrinsic is the plain atomic add every BPF CPU version has.
+        unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(a, delta) };
     }
 }
 

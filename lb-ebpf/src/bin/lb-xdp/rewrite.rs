@@ -111,7 +111,7 @@ pub fn tc_unnat(ctx: &TcContext) -> Result<(), i64> {
     if proto == IPPROTO_TCP {
         let flags = ctx.load::<u8>(L4_OFF + TCP_FLAGS_OFF)?;
         crate::flow::observe_answer(f, flags);
-        crate::flow::observe_close(f, flags);
+        crate::flow::observe_reply_close(f, flags, proto);
     }
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0;
     for (off, old, new) in [

@@ -89,7 +89,7 @@ pub fn tc_unnat(ctx: &TcContext) -> Result<(), i64> {
     if proto == IPPROTO_TCP {
         let flags = ctx.load::<u8>(L4_OFF6 + TCP_FLAGS_OFF)?;
         flow6::observe_answer(f, flags);
-        flow6::observe_close(&mut f.flags, flags);
+        flow6::observe_reply_close(f, flags, proto);
     }
     let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled0 | 4;
     let (rw_src, rw_dst) = (f.rw_src_addr, f.rw_dst_addr);
