@@ -45,4 +45,11 @@ if ! bpf-linker --version >/dev/null 2>&1; then
     --no-default-features --features "llvm-$MAJOR" --root "$TOOLS"
 fi
 bpf-linker --version
+
+# cargo-fuzz for `cargo xtask fuzz` (the VRRP codec and config parser
+# targets; CI runs them briefly).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-fuzz"
+  cargo +stable install cargo-fuzz@0.13.2 --locked --root "$TOOLS"
+fi
 echo "setup: done"

@@ -48,6 +48,14 @@ enum Task {
         #[arg(value_enum, default_value = "micro")]
         which: BenchKind,
     },
+    /// The cargo-fuzz targets (VRRP codec, config parser), each for
+    /// `--seconds`, from the committed seeds plus fuzz/corpus (needs nightly
+    /// and cargo-fuzz: scripts/setup.sh installs both). CI runs the short
+    /// default; see fuzz/README.md for a long run.
+    Fuzz {
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Chaos under load (as root): two `lb run` nodes (VRRP, dr) and five
     /// backends killed, hung, resetting and flapping, the master killed,
     /// valid and invalid reloads, under a bounded client load; prints one
@@ -350,6 +358,34 @@ struct LabReport {
     masters: usize,
 }
 
+/// cargo-fuzz targets; fuzz/ is a workspace of its own (see its README).
+const FUZZ_TARGETS: [&str; 2] = ["vrrp_codec", "config_parser"];
+
+fn fuzz(seconds: u64) -> Result<()> {
+    let fuzz = |args: &[&str]| {
+        let mut c = Command::new("cargo");
+        c.current_dir(root()).args(["+nightly", "fuzz"]).args(args);
+        c
+    };
+    run(&mut fuzz(&["build", "-O"]))?;
+    for t in FUZZ_TARGETS {
+        let corpus = root().join("fuzz/corpus").join(t);
+        std::fs::create_dir_all(&corpus)?;
+        let seeds = root().join("fuzz/seeds").join(t);
+        run(&mut fuzz(&[
+            "run",
+            "-O",
+            t,
+            &corpus.display().to_string(),
+            &seeds.display().to_string(),
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]))
+        .with_context(|| format!("fuzz target {t} failed: see fuzz/artifacts/{t}/"))?;
+    }
+    Ok(())
+}
+
 fn lab_up() -> Result<LabReport> {
     require_root("cargo xtask lab")?;
     let lb = build()?;
@@ -516,6 +552,7 @@ fn main() -> Result<()> {
             action: LabAction::Check,
         } => lab_check(),
         Task::Bench { which } => bench(which),
+        Task::Fuzz { seconds } => fuzz(seconds),
         Task::Chaos { duration, seed } => chaos(duration, seed),
     }
 }

@@ -184,12 +184,18 @@ pub fn classify(
             let Outcome::Failed(failure) = r.outcome else {
                 return None;
             };
-            let taken = r.port.and_then(|p| {
-                by_port
-                    .get(&p)?
-                    .iter()
-                    .find(|a| a.at + slack >= r.start && a.at <= r.end + slack)
-            });
+            // A refused connect was answered by a RST to its SYN: nothing
+            // accepted it. An accept on its port within the slack is the
+            // client's next connection reusing the port.
+            let taken = r
+                .port
+                .filter(|_| failure != Failure::Refused)
+                .and_then(|p| {
+                    by_port
+                        .get(&p)?
+                        .iter()
+                        .find(|a| a.at + slack >= r.start && a.at <= r.end + slack)
+                });
             let failover = failover_window(events, r.start, r.end, bounds);
             let class = match taken {
                 Some(a) => {
@@ -458,6 +464,19 @@ mod tests {
         assert_eq!(
             classes(&reqs, &[], &events),
             [Class::BackendBeforeDetection, Class::Lb, Class::Lb]
+        );
+    }
+
+    #[test]
+    fn a_refused_connect_is_not_the_accept_of_its_ports_next_connection() {
+        let events = [at(10, Event::Backend(0, Mode::Down))];
+        // Refused by the dead backend; the port's next connect, right after,
+        // reached a healthy one.
+        let reqs = [failed(11, Some(1000), Failure::Refused)];
+        let accepts = [accept(1, 1000, 11)];
+        assert_eq!(
+            classes(&reqs, &accepts, &events),
+            [Class::BackendBeforeDetection]
         );
     }
 
