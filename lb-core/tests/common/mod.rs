@@ -1,7 +1,7 @@
 //! Helpers shared by the datapath tests.
 #![allow(dead_code, unused_imports)] // each test binary uses a different subset
 
-use etherparse::PacketBuilder;
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 pub use lb_testlab::require_root;
 
 pub const TCP: u8 = 6;
@@ -19,17 +19,8 @@ pub fn frame(
     proto: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64);
-    let mut out = Vec::new();
-    match proto {
-        TCP => b
-            .tcp(sport, dport, 1000, 64_000)
-            .syn()
-            .write(&mut out, payload),
-        _ => b.udp(sport, dport).write(&mut out, payload),
-    }
-    .expect("building frame");
-    out
+    let ip = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64);
+    l4(ip, sport, dport, proto, payload)
 }
 
 /// [`frame`] over IPv6 (hop limit 64).
@@ -44,14 +35,25 @@ pub fn frame6(
     proto: u8,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src, dst, 64);
+    let ip = PacketBuilder::ethernet2(src_mac, dst_mac).ipv6(src, dst, 64);
+    l4(ip, sport, dport, proto, payload)
+}
+
+/// A TCP SYN (seq 1000, window 64000) or a UDP datagram on `ip`.
+fn l4(
+    ip: PacketBuilderStep<IpHeaders>,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
     match proto {
-        TCP => b
+        TCP => ip
             .tcp(sport, dport, 1000, 64_000)
             .syn()
             .write(&mut out, payload),
-        _ => b.udp(sport, dport).write(&mut out, payload),
+        _ => ip.udp(sport, dport).write(&mut out, payload),
     }
     .expect("building frame");
     out
