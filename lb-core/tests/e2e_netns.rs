@@ -893,3 +893,158 @@ fn over_the_new_flow_cap_connections_work_unpinned() {
         "{recorded} flows recorded, cap {CAP}/s over {secs} s"
     );
 }
+
+/// ICMP "fragmentation needed" sent to the VIP about a dr flow (a router on
+/// the backend's path to the client answering the backend's reply, which
+/// leaves from the VIP) reaches that flow's backend, and only it, so the
+/// backend's socket can lower its path MTU.
+#[test]
+fn frag_needed_about_a_dr_flow_reaches_its_backend() {
+    let mut lab = Lab::new("fragn");
+    let client = lab.host("client", "198.18.0.1/15");
+    let lb_ns = lab.host("lb", "198.18.0.2/15");
+    lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "add",
+        "198.18.0.100/32",
+        "dev",
+        "eth0",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let names = ["be1", "be2", "be3"];
+    let mut backend_ns = Vec::new();
+    for (i, be) in BACKENDS.iter().enumerate() {
+        let ns = lab.host(names[i], &format!("{be}/15"));
+        // LVS-DR backend: the VIP on loopback, never answered for in ARP.
+        lab.ip(&["-n", &ns, "addr", "add", "198.18.0.100/32", "dev", "lo"]);
+        lab.sh(
+            &ns,
+            "sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2",
+        );
+        echo_backend(&ns, SocketAddrV4::new(VIP, 80), names[i], stop.clone());
+        backend_ns.push(ns);
+    }
+    let lb = NsWorker::start(&lb_ns, || {
+        Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
+    });
+    let backends: Vec<BackendSpec> = BACKENDS
+        .iter()
+        .map(|a| BackendSpec {
+            addr: SocketAddr::from((*a, 80)),
+            weight: 1,
+        })
+        .collect();
+    lb.call(move |b| {
+        b.add_service(spec(Forwarding::Dr)).expect("add_service");
+        b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
+            .expect("set_backends");
+    });
+    let (conn, name) = in_ns(&client, || connect(SocketAddrV4::new(VIP, 80)));
+    let port = conn.local_addr().expect("local addr").port();
+    // Every backend listens for ICMP before the message is sent.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let listeners: Vec<_> = backend_ns
+        .iter()
+        .map(|ns| {
+            let (ns, ready) = (ns.clone(), ready_tx.clone());
+            thread::spawn(move || {
+                enter(&ns);
+                frag_needed_seen(port, ready)
+            })
+        })
+        .collect();
+    for _ in 0..listeners.len() {
+        ready_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("listener ready");
+    }
+    in_ns(&client, move || send_frag_needed(port, 1200));
+    let seen: Vec<bool> = listeners
+        .into_iter()
+        .map(|t| t.join().expect("listener"))
+        .collect();
+    let want: Vec<bool> = names.iter().map(|n| *n == name).collect();
+    assert_eq!(seen, want, "the flow is on {name}");
+    stop.store(true, Ordering::Relaxed);
+    drop(conn);
+}
+
+/// Sends, from the client, ICMP "fragmentation needed" (next-hop MTU `mtu`)
+/// to the VIP, quoting the header of a segment VIP:80 → client:`port`.
+fn send_frag_needed(port: u16, mtu: u16) {
+    let client = Ipv4Addr::new(198, 18, 0, 1);
+    let mut quoted = [0u8; 28];
+    quoted[0] = 0x45;
+    quoted[2..4].copy_from_slice(&1500u16.to_be_bytes());
+    quoted[6] = 0x40; // DF
+    quoted[8] = 64;
+    quoted[9] = 6; // TCP
+    quoted[12..16].copy_from_slice(&VIP.octets());
+    quoted[16..20].copy_from_slice(&client.octets());
+    let sum = !fold(&quoted[..20]);
+    quoted[10..12].copy_from_slice(&sum.to_be_bytes());
+    quoted[20..22].copy_from_slice(&80u16.to_be_bytes());
+    quoted[22..24].copy_from_slice(&port.to_be_bytes());
+    let mut msg = vec![3u8, 4, 0, 0, 0, 0];
+    msg.extend_from_slice(&mtu.to_be_bytes());
+    msg.extend_from_slice(&quoted);
+    let sum = !fold(&msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV4),
+    )
+    .expect("raw socket");
+    s.send_to(&msg, &SocketAddr::from((VIP, 0)).into())
+        .expect("send frag needed");
+}
+
+/// Waits up to 3 s for ICMP "fragmentation needed" quoting a TCP segment
+/// from VIP:80 to the client's `port`; says whether one came.
+fn frag_needed_seen(port: u16, ready: std::sync::mpsc::Sender<()>) -> bool {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV4,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV4),
+    )
+    .expect("raw socket");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let _ = ready.send(());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+    while Instant::now() < deadline {
+        let Ok(n) = s.recv(&mut buf) else {
+            continue;
+        };
+        // SAFETY: recv initialised the first n bytes.
+        let p: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        // Outer IPv4 header (20 bytes), ICMP (8), quoted IPv4 (20), ports.
+        if n >= 52
+            && p[20] == 3
+            && p[21] == 4
+            && p[24..28] == [0, 0, 0x04, 0xb0]
+            && p[48..50] == 80u16.to_be_bytes()
+            && p[50..52] == port.to_be_bytes()
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The ones' complement sum of `b` (even length), folded to 16 bits.
+fn fold(b: &[u8]) -> u16 {
+    let sum: u32 = b
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
