@@ -115,7 +115,7 @@ fn backend_row(b: &BackendView) -> Vec<String> {
     ];
     row.extend(traffic(b.usage.as_ref()));
     let mut reason = b.reason.clone().unwrap_or_default();
-    if let Some(l) = b.probes.as_ref().and_then(|p| p.last_ok_latency_seconds) {
+    if let Some(l) = b.probe_latency_seconds {
         let _ = write!(reason, " ({:.1}ms)", l * 1e3);
     }
     row.push(reason.trim().to_string());
@@ -292,6 +292,7 @@ mod tests {
             live_weight: Some(weight),
             healthy: true,
             reason: Some("HTTP 200".into()),
+            probe_latency_seconds: Some(0.0021),
             probes: Some(ProbeSnapshot {
                 count: 10,
                 last_ok_latency_seconds: Some(0.0021),
@@ -311,6 +312,7 @@ mod tests {
         down.healthy = false;
         down.live_weight = None;
         down.reason = Some("connect: connection refused".into());
+        down.probe_latency_seconds = None;
         down.probes = None;
         down.usage = None;
         let mut web_usage = usage(1_332_567, 45, Some(812.4)).unwrap();
@@ -319,6 +321,7 @@ mod tests {
         let mut sorry = backend("198.18.2.1:53", 1);
         sorry.sorry_server = true;
         sorry.reason = None;
+        sorry.probe_latency_seconds = None;
         sorry.probes = None;
         StatusView {
             config_path: "/etc/lb/lb.toml".into(),

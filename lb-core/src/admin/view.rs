@@ -89,6 +89,9 @@ pub struct BackendView {
     pub healthy: bool,
     /// Why the health last changed (the probe's result).
     pub reason: Option<String>,
+    /// Latency of the last successful probe (kept from the first v1
+    /// schema; the same as `probes.last_ok_latency_seconds`).
+    pub probe_latency_seconds: Option<f64>,
     /// The health check's probes so far (latency histogram, failures, last
     /// successful latency); `None` without a check.
     pub probes: Option<ProbeSnapshot>,
@@ -206,16 +209,22 @@ pub fn merge(
                 backends: s
                     .backends
                     .iter()
-                    .map(|b| BackendView {
-                        address: b.address,
-                        weight: b.weight,
-                        admin_weight: b.admin_weight,
-                        live_weight: b.live_weight,
-                        healthy: b.healthy,
-                        reason: b.reason.clone(),
-                        probes: b.probes.as_ref().map(|p| p.snapshot()),
-                        sorry_server: b.sorry_server,
-                        usage: backend(b),
+                    .map(|b| {
+                        let probes = b.probes.as_ref().map(|p| p.snapshot());
+                        BackendView {
+                            address: b.address,
+                            weight: b.weight,
+                            admin_weight: b.admin_weight,
+                            live_weight: b.live_weight,
+                            healthy: b.healthy,
+                            reason: b.reason.clone(),
+                            probe_latency_seconds: probes
+                                .as_ref()
+                                .and_then(|p| p.last_ok_latency_seconds),
+                            probes,
+                            sorry_server: b.sorry_server,
+                            usage: backend(b),
+                        }
                     })
                     .collect(),
             }
