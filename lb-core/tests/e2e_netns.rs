@@ -250,6 +250,32 @@ fn tun_generic_spreads_http_over_backends() {
     spreads_then_detaches("tung", Forwarding::Tun, AttachMode::Generic);
 }
 
+/// tun: a full-size segment does not fit the link once wrapped (1500 +
+/// 20 > 1500). It is dropped and counted as `tun_too_big` (no ICMP is sent
+/// back: the policy documented in lb-ebpf/README.md), while segments that
+/// fit go through.
+#[test]
+fn tun_drops_and_counts_what_does_not_fit_once_wrapped() {
+    let s = setup("tunbig", Forwarding::Tun, AttachMode::Generic);
+    assert_spread(&s, 6);
+    let too_big = |s: &Setup| {
+        s.lb.call(|b| {
+            let id = b
+                .vip_id(SocketAddr::from((VIP, 80)), Protocol::Tcp)
+                .expect("vip id");
+            b.datapath().vip_counters(id).expect("counters").drops
+                [lb_ebpf::abi::DropReason::TunTooBig as usize]
+        })
+    };
+    assert_eq!(too_big(&s), 0, "small requests fit");
+    // A 64 KiB POST: the client sends full-size (1500-byte) segments.
+    s.lab.try_sh(
+        &s.client,
+        "head -c 65536 /dev/zero | curl -s -m 3 -o /dev/null -H 'Expect:' --data-binary @- http://198.18.0.100/",
+    );
+    assert!(too_big(&s) > 0, "full-size segments are counted");
+}
+
 #[test]
 fn nat_generic_translates_port_80_to_8033() {
     spreads_then_detaches("natg", Forwarding::Nat, AttachMode::Generic);
