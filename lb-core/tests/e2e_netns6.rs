@@ -2,7 +2,8 @@
 //! curl through an IPv6 VIP to python HTTP backends, in dr, nat (port 80 →
 //! 8033, SNAT) and tun (IPv6-in-IPv6 with lb's decap helper on the
 //! backends), generic XDP, and dr and nat in native mode too; rr and lc with
-//! real TCP connections. The IPv4 counterpart is `e2e_netns.rs`.
+//! real TCP connections; persistence; ICMPv6 echo answered by the datapath.
+//! The IPv4 counterpart is `e2e_netns.rs`.
 //!
 //! Layout: the lab's one L2 segment (its hosts keep their 198.18.0.0/15
 //! addresses), plus 2001:2::/64 (RFC 5180): client ::1, lb ::2 (holds the
@@ -101,6 +102,12 @@ fn setup_sched(
     mode: AttachMode,
     scheduler: Scheduler,
 ) -> Setup {
+    setup_spec(test, mode, spec(forwarding, scheduler))
+}
+
+/// [`setup`] of the service `service`.
+fn setup_spec(test: &str, mode: AttachMode, service: ServiceSpec) -> Setup {
+    let forwarding = service.forwarding;
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     add6(&lab, &client, "2001:2::1/64", "eth0");
@@ -158,8 +165,7 @@ fn setup_sched(
         })
         .collect();
     let swap = lb.call(move |b| {
-        b.add_service(spec(forwarding, scheduler))
-            .expect("add_service");
+        b.add_service(service).expect("add_service");
         b.set_backends(sa(VIP, 80), Protocol::Tcp, &backends)
             .expect("set_backends")
     });
@@ -332,4 +338,105 @@ fn lc_sends_ipv6_connections_to_the_least_busy_backend() {
     });
     assert_eq!(names, ["be1", "be1"]);
     drop(held);
+}
+
+/// Persistence over IPv6 (a /128 template over rr): a client's connections
+/// stay on one backend until it has opened none for the timeout; then rr's
+/// next turn is taken.
+#[test]
+fn persistence_keeps_an_ipv6_clients_connections_on_one_backend() {
+    let s = setup_spec(
+        "pers6",
+        AttachMode::Generic,
+        ServiceSpec {
+            persistence: Some((
+                Duration::from_secs(2),
+                std::net::Ipv6Addr::from(u128::MAX).into(),
+            )),
+            ..spec(Forwarding::Dr, Scheduler::Rr)
+        },
+    );
+    let (sticky, after) = in_ns(&s.client, || {
+        common::pin_to_one_cpu();
+        let sticky: Vec<String> = (0..6).map(|_| get(open())).collect();
+        std::thread::sleep(Duration::from_millis(3_100));
+        (sticky, get(open()))
+    });
+    assert!(
+        sticky.iter().all(|n| *n == sticky[0]),
+        "connections left the client's backend: {sticky:?}"
+    );
+    assert_ne!(
+        after, sticky[0],
+        "after the timeout rr's next turn should have been taken"
+    );
+}
+
+/// ICMPv6 echo to the VIP is answered by the datapath: the LB node does not
+/// hold the VIP here (the client's neighbour entry points at the LB), so
+/// only lb can answer; without the service nothing does.
+#[test]
+fn icmpv6_echo_to_the_vip_is_answered_by_the_datapath() {
+    let s = setup("icmp6", Forwarding::Dr, AttachMode::Generic);
+    let lb_ns = s.lab.ns("lb");
+    s.lab.ip(&[
+        "-n",
+        &lb_ns,
+        "addr",
+        "del",
+        &format!("{VIP}/128"),
+        "dev",
+        "eth0",
+    ]);
+    let mac = s.lab.sh(&lb_ns, "cat /sys/class/net/eth0/address");
+    let mac = String::from_utf8_lossy(&mac.stdout).trim().to_string();
+    s.lab.ip(&[
+        "-n", &s.client, "neigh", "replace", VIP, "lladdr", &mac, "dev", "eth0",
+    ]);
+    let answered = in_ns(&s.client, || (0..3u16).filter(|seq| echo6(*seq)).count());
+    assert_eq!(answered, 3, "echo requests to the VIP went unanswered");
+    s.lb.call(|b| b.remove_service(sa(VIP, 80), Protocol::Tcp))
+        .expect("remove_service");
+    assert!(!in_ns(&s.client, || echo6(9)), "something else answered");
+}
+
+/// One ICMPv6 echo request to the VIP (raw socket: the kernel fills in the
+/// checksum) and up to 2 s for its reply.
+fn echo6(seq: u16) -> bool {
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::RAW,
+        Some(socket2::Protocol::ICMPV6),
+    )
+    .expect("raw socket");
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("timeout");
+    let id = 0x4c42u16;
+    let mut req = vec![128u8, 0, 0, 0];
+    req.extend_from_slice(&id.to_be_bytes());
+    req.extend_from_slice(&seq.to_be_bytes());
+    req.extend_from_slice(b"lb");
+    s.send_to(&req, &sa(VIP, 0).into()).expect("send echo");
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+    while std::time::Instant::now() < deadline {
+        let Ok((n, from)) = s.recv_from(&mut buf) else {
+            continue;
+        };
+        // SAFETY: recv_from initialised the first n bytes.
+        let p: Vec<u8> = buf[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        // ICMPv6 raw sockets hand the message without the IPv6 header.
+        if from.as_socket().map(|a| a.ip()) == Some(VIP.parse().expect("vip"))
+            && n >= 8
+            && p[0] == 129
+            && p[4..6] == id.to_be_bytes()
+            && p[6..8] == seq.to_be_bytes()
+        {
+            return true;
+        }
+    }
+    false
 }
