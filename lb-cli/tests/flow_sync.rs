@@ -198,14 +198,14 @@ fn nat_flows_survive_host_crashes_with_sync() {
 
 #[test]
 fn dr_flows_survive_sigkills_and_host_crashes_without_sync() {
-    flows_survive_failovers("fsdrk", Forwarding::Dr, Failure::Sigkill, 3);
-    flows_survive_failovers("fsdrc", Forwarding::Dr, Failure::HostCrash, 2);
+    flows_survive_failovers("fsdrk", Forwarding::Dr, Failure::Sigkill, 6);
+    flows_survive_failovers("fsdrc", Forwarding::Dr, Failure::HostCrash, 4);
 }
 
 #[test]
 fn tun_flows_survive_sigkills_and_host_crashes_without_sync() {
-    flows_survive_failovers("fstunk", Forwarding::Tun, Failure::Sigkill, 3);
-    flows_survive_failovers("fstunc", Forwarding::Tun, Failure::HostCrash, 2);
+    flows_survive_failovers("fstunk", Forwarding::Tun, Failure::Sigkill, 6);
+    flows_survive_failovers("fstunc", Forwarding::Tun, Failure::HostCrash, 4);
 }
 
 /// A running node's sync channel applies an authentic message once and
