@@ -912,6 +912,36 @@ fn a_closed_nat_connection_frees_its_port_soon() {
     assert_eq!(nat_port(&out), 20_000);
 }
 
+/// A client that reuses the 5-tuple of an ended nat connection (as clients
+/// do under load, with tw_reuse) must not take away the reply entry of the
+/// connection that has since been given that SNAT port: the newer
+/// connection's replies would stop being translated and it would hang.
+#[test]
+fn reopening_an_ended_nat_flow_leaves_its_reused_port_alone() {
+    let dp = one_port_nat();
+    assert_eq!(run(&dp, &client_pkt(56_100, TCP)).0, XDP_TX);
+    let mut fin = ack_pkt(56_100);
+    fin[47] = 0x11;
+    assert_eq!(run(&dp, &fin).0, XDP_TX);
+    sleep(Duration::from_millis(2_200));
+    let (v, out) = run(&dp, &client_pkt(56_101, TCP));
+    assert_eq!(v, XDP_TX);
+    assert_eq!(nat_port(&out), 20_000, "the ended connection's port");
+    // The first client port comes back with a new connection; the only
+    // port is taken by a live one, so it cannot be served.
+    assert_eq!(run(&dp, &client_pkt(56_100, TCP)).0, XDP_DROP);
+    let payload = b"HTTP/1.0 200 OK\r\n\r\n";
+    let reply = frame(BE_MAC[0], LB_MAC_OUT, BE[0], LB, 8033, 20_000, TCP, payload);
+    assert_eq!(
+        run(&dp, &reply),
+        (
+            XDP_TX,
+            frame(LB_MAC, CLIENT_MAC, VIP, CLIENT, 80, 56_101, TCP, payload)
+        ),
+        "the live connection's replies must still reach its client"
+    );
+}
+
 /// Backend `id` of the scheduler cases, told apart by the last byte of its MAC.
 fn sched_backend_addr(id: u32) -> [u8; 4] {
     [198, 18, 1, id as u8 + 1]

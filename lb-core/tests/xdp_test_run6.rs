@@ -267,6 +267,64 @@ fn nat_translates_to_backend_port_and_back() {
     }
 }
 
+/// As `xdp_test_run::reopening_an_ended_nat_flow_leaves_its_reused_port_alone`:
+/// a new connection on an ended one's 5-tuple must not take away the reply
+/// entry of the live connection its SNAT port went to.
+#[test]
+fn reopening_an_ended_ipv6_nat_flow_leaves_its_reused_port_alone() {
+    let dp = setup_with(
+        VipMeta6 {
+            meta: VipMeta {
+                snat_port_min: 20_000,
+                snat_port_max: 20_000,
+                ..meta(abi::MODE_NAT).meta
+            },
+            ..meta(abi::MODE_NAT)
+        },
+        TCP,
+    );
+    assert_eq!(run(&dp, &client_pkt(56_100, TCP)).0, XDP_TX);
+    let mut fin = ack_pkt(56_100);
+    // ACK (0x10) → FIN|ACK (0x11), with ack_pkt's RFC 1624 update.
+    fin[54 + 13] = 0x11;
+    let c = u16::from_be_bytes([fin[54 + 16], fin[54 + 17]]);
+    let s = !c as u32 + !0x0010u16 as u32 + 0x0011;
+    let s = (s & 0xffff) + (s >> 16);
+    let c = !((s & 0xffff) + (s >> 16)) as u16;
+    fin[54 + 16..54 + 18].copy_from_slice(&c.to_be_bytes());
+    assert_eq!(run(&dp, &fin).0, XDP_TX);
+    sleep(Duration::from_millis(2_200));
+    let (v, out) = run(&dp, &client_pkt(56_101, TCP));
+    assert_eq!(v, XDP_TX);
+    assert_eq!(nat_port(&out), 20_000, "the ended connection's port");
+    assert_eq!(run(&dp, &client_pkt(56_100, TCP)).0, XDP_DROP);
+    let reply = frame6(
+        BE_MAC[0],
+        LB_MAC_OUT,
+        be(0),
+        lb(),
+        8033,
+        20_000,
+        TCP,
+        ANSWER,
+    );
+    let want = frame6(
+        LB_MAC,
+        CLIENT_MAC,
+        vip_addr(),
+        client(),
+        80,
+        56_101,
+        TCP,
+        ANSWER,
+    );
+    assert_eq!(
+        run(&dp, &reply),
+        (XDP_TX, want),
+        "the live connection's replies must still reach its client"
+    );
+}
+
 #[test]
 fn nat_to_local_backend_passes_to_stack_and_tc_unnats_reply() {
     let mut dp = setup(abi::MODE_NAT, TCP);

@@ -112,7 +112,10 @@ pub fn lookup_or_schedule(
         }
         stale = Some((f.backend, f.kind == FLOW_FORWARD && !closing && live));
         // The old connection's reply entry (nat) goes with it, or its SNAT
-        // port would stay taken.
+        // port would stay taken; but only if it is still this connection's:
+        // an ended connection's port is handed on after
+        // `CLOSED_PORT_REUSE_NS`, and removing the new owner's entry would
+        // cut that live connection's replies off.
         if f.kind == FLOW_FORWARD && vip.mode == MODE_NAT {
             let reply = FlowKey {
                 src_addr: f.rw_dst_addr,
@@ -122,7 +125,9 @@ pub fn lookup_or_schedule(
                 proto: key.proto,
                 _pad: [0; 3],
             };
-            let _ = FLOWS.remove(reply);
+            if unsafe { FLOWS.get(reply) }.is_some_and(|r| replies_to(r, key)) {
+                let _ = FLOWS.remove(reply);
+            }
         }
     }
     let (flow, pinned) = schedule(key, vip, pkt, ifindex, now)?;
@@ -353,6 +358,16 @@ fn alloc_port(
         i += 1;
     }
     Err(DropReason::NatPortsExhausted)
+}
+
+/// Whether `reply` is the reply entry of the forward flow `key`.
+#[inline(always)]
+fn replies_to(reply: &Flow, key: &FlowKey) -> bool {
+    reply.kind == FLOW_REPLY
+        && reply.rw_dst_addr == key.src_addr
+        && reply.rw_dst_port == key.src_port
+        && reply.rw_src_addr == key.dst_addr
+        && reply.rw_src_port == key.dst_port
 }
 
 /// A reply entry is dead when neither direction has been seen for the

@@ -92,6 +92,18 @@ fn other_key(f: &Flow6, proto: u8) -> FlowKey6 {
     }
 }
 
+/// Whether `reply` is the reply entry of the forward flow `key`. Word by
+/// word: an array comparison may become a memcmp call, which BPF has not.
+#[inline(always)]
+fn replies_to(reply: &Flow6, key: &FlowKey6) -> bool {
+    let same = |a: &Addr6, b: &Addr6| a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+    reply.kind == FLOW_REPLY
+        && same(&reply.rw_dst_addr, &key.src_addr)
+        && same(&reply.rw_src_addr, &key.dst_addr)
+        && reply.rw_dst_port == key.src_port
+        && reply.rw_src_port == key.dst_port
+}
+
 /// The flow's entry if it is live, else a new one from the VIP's table.
 /// Returns a pointer to the forward entry (in `FLOWS6`, or in `SCRATCH6`
 /// when the new flow was not recorded) and whether it is new; either stays
@@ -121,8 +133,12 @@ pub fn lookup_or_schedule(
             return Ok((p, false));
         }
         stale = Some((f.backend, f.kind == FLOW_FORWARD && !closing && live));
+        // Only its own reply entry: see `flow::lookup_or_schedule`.
         if f.kind == FLOW_FORWARD && vip.mode == MODE_NAT {
-            let _ = FLOWS6.remove(other_key(f, key.proto));
+            let reply = other_key(f, key.proto);
+            if unsafe { FLOWS6.get(reply) }.is_some_and(|r| replies_to(r, key)) {
+                let _ = FLOWS6.remove(reply);
+            }
         }
     }
     let (flow, pinned) = schedule(key, vip6, pkt, ifindex, now)?;
