@@ -1,8 +1,8 @@
 //! End to end through the XDP datapath in network namespaces: a real HTTP
 //! client (curl) and real HTTP backends (python's http.server) through the
 //! VIP, in dr and nat mode, with XDP in generic and in native mode; a hot
-//! swap of the backend table under long-lived connections; and the rr and lc
-//! schedulers with real TCP connections.
+//! swap of the backend table under long-lived connections; and the rr, wrr,
+//! lc, wlc and sh schedulers with real TCP connections.
 //!
 //! Layout (one L2 segment, the LVS one-armed shape), all in 198.18.0.0/15:
 //! client .0.1, lb .0.2 (holds the VIP .0.100), backends .1.1-.1.3.
@@ -566,7 +566,8 @@ fn bad_input_is_named_and_nothing_programmed_is_lost() {
 }
 
 /// A nat service on VIP:80 with `scheduler` over three echo backends (each
-/// greets a connection with its name). Dropping it stops the backends.
+/// greets a connection with its name, then echoes). Dropping it stops the
+/// backends.
 struct EchoService {
     lab: Lab,
     lb: NsWorker<Balancer>,
@@ -587,10 +588,25 @@ fn echo_service(test: &str, scheduler: Scheduler) -> EchoService {
             scheduler,
             ..spec(Forwarding::Nat)
         },
+        [1; 3],
     )
 }
 
-fn echo_service_with(test: &str, service: ServiceSpec) -> EchoService {
+/// The echo backends with these weights; a weight of 0 leaves the backend
+/// out of the set altogether (not drained: removed).
+fn echo_backends(weights: [u32; 3]) -> Vec<BackendSpec> {
+    BACKENDS
+        .iter()
+        .zip(weights)
+        .filter(|(_, w)| *w > 0)
+        .map(|(a, weight)| BackendSpec {
+            addr: SocketAddr::from((*a, 8033)),
+            weight,
+        })
+        .collect()
+}
+
+fn echo_service_with(test: &str, service: ServiceSpec, weights: [u32; 3]) -> EchoService {
     let mut lab = Lab::new(test);
     let client = lab.host("client", "198.18.0.1/15");
     let lb_ns = lab.host("lb", "198.18.0.2/15");
@@ -612,13 +628,7 @@ fn echo_service_with(test: &str, service: ServiceSpec) -> EchoService {
     let lb = NsWorker::start(&lb_ns, || {
         Balancer::new(Datapath::load(limits()).expect("load"), AttachMode::Generic)
     });
-    let backends: Vec<BackendSpec> = BACKENDS
-        .iter()
-        .map(|a| BackendSpec {
-            addr: SocketAddr::from((*a, 8033)),
-            weight: 1,
-        })
-        .collect();
+    let backends = echo_backends(weights);
     lb.call(move |b| {
         b.add_service(service).expect("add_service");
         b.set_backends(SocketAddr::from((VIP, 80)), Protocol::Tcp, &backends)
@@ -634,7 +644,22 @@ fn echo_service_with(test: &str, service: ServiceSpec) -> EchoService {
 
 /// A connection from the client through the VIP, and the backend's name.
 fn connect(vip: SocketAddrV4) -> (TcpStream, String) {
-    let c = TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect");
+    greeted(TcpStream::connect_timeout(&vip.into(), Duration::from_secs(3)).expect("connect"))
+}
+
+/// [`connect`] from source address `src` (one of the client's).
+fn connect_from(src: Ipv4Addr, vip: SocketAddrV4) -> (TcpStream, String) {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.bind(&SocketAddr::from((src, 0)).into())
+        .unwrap_or_else(|e| panic!("bind {src}: {e}"));
+    s.connect_timeout(&SocketAddr::from(vip).into(), Duration::from_secs(3))
+        .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+    greeted(s.into())
+}
+
+/// `c` and the name its backend greeted it with.
+fn greeted(c: TcpStream) -> (TcpStream, String) {
     c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut name = String::new();
     BufReader::new(c.try_clone().unwrap())
@@ -680,23 +705,6 @@ fn rr_gives_connections_to_backends_in_turn() {
 fn lc_sends_connections_to_the_least_busy_backend() {
     let s = echo_service("lc", Scheduler::Lc);
     let vip = SocketAddrV4::new(VIP, 80);
-    let count = |names: &[String]| {
-        let mut n = HashMap::new();
-        for name in names {
-            *n.entry(name.clone()).or_insert(0) += 1;
-        }
-        n
-    };
-    let active = |s: &EchoService| {
-        s.lb.call(|b| {
-            BACKENDS.map(|a| {
-                let id = b
-                    .backend_id("eth0", SocketAddr::from((a, 8033)))
-                    .expect("backend id");
-                b.datapath().active_flows(id)
-            })
-        })
-    };
     let (tx, rx) = std::sync::mpsc::channel::<usize>();
     let (names_tx, names_rx) = std::sync::mpsc::channel();
     let client = s.client.clone();
@@ -737,6 +745,221 @@ fn lc_sends_connections_to_the_least_busy_backend() {
     client.join().expect("client panicked");
 }
 
+/// Connections per backend name.
+fn count(names: &[String]) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for name in names {
+        *n.entry(name.clone()).or_insert(0) += 1;
+    }
+    n
+}
+
+/// The datapath's active flow count of be1..be3 (what lc/wlc choose by).
+fn active(s: &EchoService) -> [i64; 3] {
+    s.lb.call(|b| {
+        BACKENDS.map(|a| {
+            let id = b
+                .backend_id("eth0", SocketAddr::from((a, 8033)))
+                .expect("backend id");
+            b.datapath().active_flows(id)
+        })
+    })
+}
+
+/// wrr: from one CPU, consecutive connections follow LVS's interleaved
+/// sequence for weights 3, 2, 1 (documented as `a a b a b c`), so every
+/// full cycle gives each backend exactly its weight, spread rather than in
+/// bursts. Only the starting point in the cycle is left open.
+#[test]
+fn wrr_gives_connections_weighted_turns() {
+    const CYCLE: [&str; 6] = ["be1", "be1", "be2", "be1", "be2", "be3"];
+    const CYCLES: usize = 4;
+    let s = echo_service_with(
+        "wrr",
+        ServiceSpec {
+            scheduler: Scheduler::Wrr,
+            ..spec(Forwarding::Nat)
+        },
+        [3, 2, 1],
+    );
+    let vip = SocketAddrV4::new(VIP, 80);
+    let names = in_ns(&s.client, move || {
+        pin_to_cpu0();
+        (0..CYCLES * CYCLE.len())
+            .map(|_| connect(vip).1)
+            .collect::<Vec<_>>()
+    });
+    let follows = |start: usize| {
+        names
+            .iter()
+            .enumerate()
+            .all(|(i, n)| *n == CYCLE[(start + i) % CYCLE.len()])
+    };
+    assert!(
+        (0..CYCLE.len()).any(follows),
+        "not the weighted turn {CYCLE:?}: {names:?}"
+    );
+    assert_eq!(
+        count(&names),
+        HashMap::from([
+            ("be1".into(), 3 * CYCLES),
+            ("be2".into(), 2 * CYCLES),
+            ("be3".into(), CYCLES)
+        ]),
+    );
+}
+
+/// wlc with weights 2, 1, 1: held connections go where active / weight is
+/// lowest (the first backend on a tie), so be1 carries twice the others;
+/// once be1's connections close it takes the next ones until it is back to
+/// twice the others' load.
+#[test]
+fn wlc_spreads_held_connections_by_weight() {
+    let s = echo_service_with(
+        "wlc",
+        ServiceSpec {
+            scheduler: Scheduler::Wlc,
+            ..spec(Forwarding::Nat)
+        },
+        [2, 1, 1],
+    );
+    let vip = SocketAddrV4::new(VIP, 80);
+    let mut held = in_ns(&s.client, move || {
+        (0..8).map(|_| connect(vip)).collect::<Vec<_>>()
+    });
+    let names: Vec<String> = held.iter().map(|(_, n)| n.clone()).collect();
+    // active/weight after each: (½,0,0) (½,1,0) (½,1,1) (1,1,1) tie→be1
+    // (1½,1,1) (1½,2,1) (1½,2,2) (2,2,2).
+    assert_eq!(
+        names,
+        ["be1", "be2", "be3", "be1", "be1", "be2", "be3", "be1"],
+        "eight held connections over weights 2, 1, 1"
+    );
+    assert_eq!(active(&s), [4, 2, 2]);
+
+    // Closing sends FINs; the count drops when the datapath sees them.
+    held.retain(|(_, name)| name != "be1");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while active(&s) != [0, 2, 2] && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        active(&s),
+        [0, 2, 2],
+        "be1's closed connections still count"
+    );
+    let refilled = in_ns(&s.client, move || {
+        (0..4).map(|_| connect(vip)).collect::<Vec<_>>()
+    });
+    let more: Vec<String> = refilled.iter().map(|(_, n)| n.clone()).collect();
+    assert_eq!(
+        more, ["be1"; 4],
+        "be1 (weight 2) is below its share until it holds 4"
+    );
+    assert_eq!(active(&s), [4, 2, 2]);
+    drop((held, refilled));
+}
+
+/// A line sent on `c` comes back (the connection still reaches its backend).
+fn echoes(c: &mut TcpStream, line: &str) -> bool {
+    let mut back = String::new();
+    c.write_all(format!("{line}\n").as_bytes()).is_ok()
+        && BufReader::new(&*c).read_line(&mut back).is_ok()
+        && back.trim_end() == line
+}
+
+/// sh: every connection of a client address, whatever its source port,
+/// reaches one backend, and different addresses spread. When a client's
+/// backend leaves the set, that backend's clients move (each to one new
+/// backend) while its established connections keep working, and every other
+/// client stays put (Maglev's minimal disruption); when it comes back, its
+/// clients return to it (the table depends on the set only).
+#[test]
+fn sh_keeps_each_client_address_on_its_backend() {
+    const PER_CLIENT: usize = 4;
+    let s = echo_service("sh", Scheduler::Sh);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let clients: Vec<Ipv4Addr> = std::iter::once(Ipv4Addr::new(198, 18, 0, 1))
+        .chain((11..19).map(|i| Ipv4Addr::new(198, 18, 0, i)))
+        .collect();
+    for c in &clients[1..] {
+        s.lab.ip(&[
+            "-n",
+            &s.client,
+            "addr",
+            "add",
+            &format!("{c}/15"),
+            "dev",
+            "eth0",
+        ]);
+    }
+    // Each client's backend, checking that all its connections agree; the
+    // connections are handed back open.
+    let backends_of = |s: &EchoService| {
+        let clients = clients.clone();
+        in_ns(&s.client, move || {
+            clients
+                .iter()
+                .map(|src| {
+                    let conns: Vec<(TcpStream, String)> =
+                        (0..PER_CLIENT).map(|_| connect_from(*src, vip)).collect();
+                    let names: Vec<&String> = conns.iter().map(|(_, n)| n).collect();
+                    assert!(
+                        names.iter().all(|n| *n == names[0]),
+                        "{src}'s connections went to several backends: {names:?}"
+                    );
+                    (names[0].clone(), conns)
+                })
+                .collect::<Vec<_>>()
+        })
+    };
+    let mut before = backends_of(&s);
+    let on: Vec<String> = before.iter().map(|(n, _)| n.clone()).collect();
+    let mut used = on.clone();
+    used.sort();
+    used.dedup();
+    assert!(used.len() > 1, "{} clients all on {used:?}", clients.len());
+
+    // The first client's backend leaves the set.
+    let gone = on[0].clone();
+    let weights: [u32; 3] = std::array::from_fn(|i| u32::from(format!("be{}", i + 1) != gone));
+    s.lb.call(move |b| {
+        b.set_backends(
+            SocketAddr::from((VIP, 80)),
+            Protocol::Tcp,
+            &echo_backends(weights),
+        )
+        .expect("set_backends")
+    });
+    let during: Vec<String> = backends_of(&s).into_iter().map(|(n, _)| n).collect();
+    for ((c, was), now) in clients.iter().zip(&on).zip(&during) {
+        if *was == gone {
+            assert_ne!(*now, gone, "{c} still sent to the removed {gone}");
+        } else {
+            assert_eq!(now, was, "{c} moved though its backend stayed: {during:?}");
+        }
+    }
+    for (c, (name, conns)) in clients.iter().zip(&mut before) {
+        for (i, (conn, _)) in conns.iter_mut().enumerate() {
+            assert!(
+                echoes(conn, &format!("{c} conn {i}")),
+                "{c}'s established connection to {name} broke"
+            );
+        }
+    }
+
+    s.lb.call(|b| {
+        b.set_backends(
+            SocketAddr::from((VIP, 80)),
+            Protocol::Tcp,
+            &echo_backends([1; 3]),
+        )
+        .expect("set_backends")
+    });
+    let after: Vec<String> = backends_of(&s).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(after, on, "clients did not return once {gone} was back");
+}
+
 /// persistence_timeout: a client's new connections stick to its first
 /// backend (rr would rotate them); once it has opened none for the timeout,
 /// its next connection is scheduled afresh.
@@ -749,6 +972,7 @@ fn persistence_keeps_a_clients_connections_on_one_backend() {
             persistence: Some((Duration::from_secs(2), Ipv4Addr::BROADCAST.into())),
             ..spec(Forwarding::Nat)
         },
+        [1; 3],
     );
     let vip = SocketAddrV4::new(VIP, 80);
     let (sticky, after) = in_ns(&s.client, move || {
