@@ -1,5 +1,6 @@
-//! The admin socket file: created mode 0600, a stale one replaced, a live
-//! one left alone, removed again when the server is dropped.
+//! The admin socket file: created mode 0600 in a directory no other user
+//! may write to, a stale one replaced, a live one left alone, removed again
+//! when the server is dropped.
 
 use std::{
     fs::{self, Permissions},
@@ -18,6 +19,10 @@ pub enum SocketError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "admin socket directory {dir} {why}: another user could put their own socket in its place; use a directory only root or the daemon's user may write to, like /run/lb"
+    )]
+    UnsafeDir { dir: PathBuf, why: String },
     #[error("another daemon answers on the admin socket {0}; stop it first")]
     InUse(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
@@ -67,6 +72,7 @@ impl Drop for SocketFile {
 /// Binds `path` with mode [`SOCKET_MODE`], creating its directory if
 /// missing. A socket file nobody answers on (a daemon that crashed) is
 /// replaced; one that answers means another daemon runs, and is an error.
+/// A directory another user may write to is refused (see [`check_dir`]).
 pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError> {
     let io_err = |source| SocketError::Io {
         path: path.to_path_buf(),
@@ -81,6 +87,9 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError
                 dir: dir.to_path_buf(),
                 source,
             })?;
+        for d in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+            check_dir(d)?;
+        }
     }
     match fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -108,4 +117,33 @@ pub async fn bind(path: &Path) -> Result<(UnixListener, SocketFile), SocketError
     fs::set_permissions(path, Permissions::from_mode(SOCKET_MODE)).map_err(io_err)?;
     file.owner = fs::metadata(path).map_err(io_err)?.uid();
     Ok((listener, file))
+}
+
+/// Refuses a directory on the socket's path that a user other than root and
+/// the daemon's own may rename or delete entries in: that user could swap
+/// the socket for their own, which `lb` would then trust, or for a symlink
+/// between bind and chmod, so that the chmod hits another file. A sticky
+/// directory (`/tmp`) is safe: there only an entry's owner may do that.
+fn check_dir(dir: &Path) -> Result<(), SocketError> {
+    let unsafe_dir = |why: String| SocketError::UnsafeDir {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    let m = fs::metadata(dir).map_err(|source| SocketError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != 0 && m.uid() != me {
+        return Err(unsafe_dir(format!("is owned by uid {}", m.uid())));
+    }
+    let mode = m.mode();
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        return Err(unsafe_dir(format!(
+            "is writable by group or others (mode {:o}) and not sticky",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
 }

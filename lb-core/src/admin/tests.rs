@@ -426,4 +426,121 @@ async fn stale_sockets_are_replaced_and_other_files_kept() {
     let e = AdminServer::bind(&file).await.err().expect("refused");
     assert!(matches!(e, SocketError::NotASocket(_)), "{e}");
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+
+    // A symlink is not followed: its target keeps its content and mode.
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.0.join("link.sock");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    let e = AdminServer::bind(&link).await.err().expect("refused");
+    assert!(matches!(e, SocketError::NotASocket(_)), "{e}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o644);
+}
+
+#[tokio::test]
+async fn socket_directories_others_may_write_to_are_refused() {
+    let dir = TempDir::new("admin");
+    // Created directories are writable by the daemon's user only.
+    let path = dir.0.join("new/run/admin.sock");
+    drop(AdminServer::bind(&path).await.unwrap());
+    for d in ["new", "new/run"] {
+        let mode = std::fs::metadata(dir.0.join(d))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o022, 0, "{d}: mode {mode:o}");
+    }
+
+    let open = dir.0.join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    // In it, or anywhere below it: whoever may rename entries of `open` may
+    // swap the directory that holds the socket.
+    for path in [open.join("admin.sock"), open.join("run/admin.sock")] {
+        let e = AdminServer::bind(&path).await.err().expect("refused");
+        assert!(
+            matches!(&e, SocketError::UnsafeDir { dir, .. } if *dir == open),
+            "{e}"
+        );
+        assert!(!path.exists(), "{} created", path.display());
+    }
+    // Sticky, like /tmp: only an entry's owner may remove or rename it.
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    drop(AdminServer::bind(&open.join("admin.sock")).await.unwrap());
+}
+
+#[tokio::test]
+async fn socket_directories_of_other_users_are_refused() {
+    lb_testlab::require_root();
+    let dir = TempDir::new("admin");
+    let theirs = dir.0.join("theirs");
+    std::fs::create_dir(&theirs).unwrap();
+    std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    let e = AdminServer::bind(&theirs.join("admin.sock"))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "admin socket directory {} is owned by uid 65534: another user could put their own socket in its place; use a directory only root or the daemon's user may write to, like /run/lb",
+            theirs.display()
+        )
+    );
+}
+
+/// Sends `request` as is over the socket and returns the whole answer.
+async fn raw(path: &std::path::Path, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::UnixStream::connect(path).await.unwrap();
+    // The server may answer and close before it read everything: a failed
+    // write is fine as long as the answer came.
+    let _ = s.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn request_bodies_over_the_limit_are_refused() {
+    let dir = TempDir::new("admin");
+    let path = dir.0.join("admin.sock");
+    let server = AdminServer::bind(&path).await.unwrap();
+    let fake = Fake::new();
+    let task = tokio::spawn(server.serve(api(&fake)));
+    // A valid change, padded past the limit with JSON whitespace.
+    let body = format!("{{\"weight\": 0}}{}", " ".repeat(routes::MAX_BODY));
+    let route = backend_path("weight");
+    let declared = format!(
+        "PUT {route} HTTP/1.1\r\nHost: lb\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (half1, half2) = body.split_at(body.len() / 2);
+    let chunked = format!(
+        "PUT {route} HTTP/1.1\r\nHost: lb\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         {:x}\r\n{half1}\r\n{:x}\r\n{half2}\r\n0\r\n\r\n",
+        half1.len(),
+        half2.len()
+    );
+    for request in [declared, chunked] {
+        let answer = raw(&path, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(
+            answer.contains(&format!(
+                "{{\"error\":\"request body larger than {} bytes\"}}",
+                routes::MAX_BODY
+            )),
+            "{answer}"
+        );
+    }
+    assert_eq!(fake.requests(), vec![]);
+    // The same change within the limit goes through.
+    let small = format!(
+        "PUT {route} HTTP/1.1\r\nHost: lb\r\nContent-Length: 13\r\nConnection: close\r\n\r\n{{\"weight\": 0}}"
+    );
+    let answer = raw(&path, small.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(fake.requests().len(), 1);
+    task.abort();
 }

@@ -126,7 +126,7 @@ pub async fn start(
         seq: 0,
         counters: counters.clone(),
     };
-    let gate = Gate::new(key, &cfg.peers);
+    let gate = Gate::new(key, &cfg.peers, boot_id);
     Ok(tokio::spawn(run(
         sender,
         gate,

@@ -279,3 +279,32 @@ fn spawn_track_script(
     });
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::testutil::ArgvProbe;
+
+    #[tokio::test]
+    async fn track_script_arguments_reach_the_program_verbatim_and_run_nothing() {
+        let probe = ArgvProbe::new("track-argv");
+        let mut command = probe.command();
+        command.extend(probe.hostile.iter().cloned());
+        let t = config::TrackScript {
+            name: "chk".into(),
+            command,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(5),
+            weight: 0,
+            fall: 1,
+            rise: 1,
+        };
+        let (tx, _rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        spawn_track_script("VI_1", &t, tx, stop.clone()).expect("valid script");
+        let recorded = probe.wait_recorded().await;
+        stop.cancel();
+        assert_eq!(recorded, probe.hostile);
+        probe.assert_nothing_ran();
+    }
+}

@@ -24,7 +24,7 @@ pub mod service;
 pub mod state;
 pub mod tcp;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::fmt;
 use std::future::Future;

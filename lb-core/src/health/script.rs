@@ -193,6 +193,7 @@ fn fold(out: &[u8], err: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::testutil::ArgvProbe;
 
     fn sh(script: &str, timeout_ms: u64) -> ScriptCheck {
         let mut spec = ScriptSpec::new(["/bin/sh", "-c", script]);
@@ -311,6 +312,17 @@ mod tests {
             assert!(Instant::now() < deadline, "{pid} not killed and reaped");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn config_arguments_reach_the_program_verbatim_and_run_nothing() {
+        let probe = ArgvProbe::new("health-argv");
+        let mut argv = probe.command();
+        argv.extend(probe.hostile.iter().cloned());
+        let check = ScriptCheck::new(&ScriptSpec::new(argv)).expect("valid");
+        check.check(target()).await.expect("the program ran");
+        assert_eq!(probe.recorded(), Some(probe.hostile.clone()));
+        probe.assert_nothing_ran();
     }
 
     #[test]

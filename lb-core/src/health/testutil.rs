@@ -1,4 +1,6 @@
-//! Local servers for the checkers' tests. Everything listens on loopback.
+//! Local servers for the checkers' tests, everything on loopback, and a
+//! program that records its arguments, for every runner of configured
+//! commands (script checks, `track_script`, notify scripts).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -137,4 +139,85 @@ pub fn self_signed() -> (TlsAcceptor, String) {
     .with_single_cert(vec![cert.der().clone()], key.into())
     .expect("server config");
     (TlsAcceptor::from(Arc::new(config)), cert.pem())
+}
+
+/// A program that writes the arguments it gets to a file, and arguments a
+/// shell would expand or split, each of which would create a file in the
+/// probe's directory if anything ran it.
+pub struct ArgvProbe {
+    dir: crate::admin::testutil::TempDir,
+    pub hostile: Vec<String>,
+}
+
+/// Writes its argument count then each argument on its own line to `$1`.
+const RECORD: &str = "out=$1; shift; printf '%s\\n' \"$#\" \"$@\" > \"$out\"\n";
+
+impl ArgvProbe {
+    pub fn new(tag: &str) -> ArgvProbe {
+        let dir = crate::admin::testutil::TempDir::new(tag);
+        std::fs::write(dir.0.join("record.sh"), RECORD).expect("write record.sh");
+        let d = dir.0.display();
+        let hostile = vec![
+            format!("$(touch {d}/dollar)"),
+            format!("`touch {d}/backtick`"),
+            format!("; touch {d}/semicolon"),
+            format!("x && touch {d}/and | cat > {d}/pipe"),
+            "*".into(),
+            "$HOME".into(),
+            "two words".into(),
+            String::new(),
+        ];
+        ArgvProbe { dir, hostile }
+    }
+
+    /// The command to configure, arguments still to append. `sh` reads the
+    /// script as a file (no exec of a file just written, so no ETXTBSY), and
+    /// only the script's own quoted `"$@"` touches the arguments.
+    pub fn command(&self) -> Vec<String> {
+        [
+            "/bin/sh".into(),
+            self.dir.0.join("record.sh").display().to_string(),
+            self.dir.0.join("args").display().to_string(),
+        ]
+        .into()
+    }
+
+    /// The arguments the program got, once it has written them all.
+    pub fn recorded(&self) -> Option<Vec<String>> {
+        let text = std::fs::read_to_string(self.dir.0.join("args")).ok()?;
+        // A file caught mid-write ends without its newline or lacks lines.
+        if !text.ends_with('\n') {
+            return None;
+        }
+        let mut lines = text.lines();
+        let n: usize = lines.next()?.parse().ok()?;
+        let args: Vec<String> = lines.map(str::to_owned).collect();
+        (args.len() == n).then_some(args)
+    }
+
+    /// Waits up to 5 s for the program to have run.
+    pub async fn wait_recorded(&self) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(args) = self.recorded() {
+                return args;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the program never wrote its arguments"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Panics if anything but the script and its output appeared in the
+    /// directory: one of the hostile arguments ran.
+    pub fn assert_nothing_ran(&self) {
+        let mut files: Vec<_> = std::fs::read_dir(&self.dir.0)
+            .expect("list the probe directory")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        files.sort();
+        assert_eq!(files, ["args", "record.sh"], "an argument was run");
+    }
 }

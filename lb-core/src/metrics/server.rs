@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     Method, Request, Response, StatusCode,
-    header::{CONTENT_TYPE, HeaderValue},
+    header::{ALLOW, CONTENT_TYPE, HeaderValue},
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
@@ -88,7 +88,12 @@ async fn respond<C: Control, B>(control: &C, req: Request<B>) -> Response<Full<B
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT));
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(CONTENT));
+    // RFC 9110 requires Allow on a 405; it also tells the caller that no
+    // method writes here.
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+    }
     resp
 }

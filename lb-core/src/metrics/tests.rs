@@ -4,7 +4,10 @@
 use std::{
     io::{Read, Write},
     process::{Command, Stdio},
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use super::*;
@@ -166,16 +169,29 @@ fn unreadable_datapath_is_visible_and_the_rest_still_renders() {
     assert!(text.contains("lb_backend_healthy{"), "{text}");
 }
 
-/// A daemon that never changes.
+/// A daemon that never changes, counting the changes asked of it.
 #[derive(Clone)]
-struct Fixed(Arc<Status>);
+struct Fixed {
+    status: Arc<Status>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl Fixed {
+    fn new() -> Fixed {
+        Fixed {
+            status: Arc::new(status()),
+            requests: Arc::default(),
+        }
+    }
+}
 
 impl Control for Fixed {
     fn status(&self) -> Arc<Status> {
-        self.0.clone()
+        self.status.clone()
     }
 
     async fn request(&self, _: AdminRequest) -> Result<String, AdminError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
         Err(AdminError::Datapath("read-only fixture".into()))
     }
 
@@ -198,7 +214,7 @@ async fn serves_metrics_over_http_read_only() {
         .await
         .unwrap();
     let addr = server.local_addr().unwrap();
-    let task = tokio::spawn(server.serve(Fixed(Arc::new(status()))));
+    let task = tokio::spawn(server.serve(Fixed::new()));
     let (ok, post) = tokio::task::spawn_blocking(move || {
         (
             get(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
@@ -215,6 +231,67 @@ async fn serves_metrics_over_http_read_only() {
     );
     assert!(ok.contains("\nlb_service_packets_total{"), "{ok}");
     assert!(post.starts_with("HTTP/1.1 405"), "{post}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_method_but_get_and_head_is_refused_and_changes_nothing() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = server.local_addr().unwrap();
+    let daemon = Fixed::new();
+    let task = tokio::spawn(server.serve(daemon.clone()));
+    let scrape = move || {
+        let r = get(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        );
+        // The body only: the Date header moves between two scrapes.
+        r.split_once("\r\n\r\n")
+            .expect("a full response")
+            .1
+            .to_owned()
+    };
+    let (before, refused, after) = tokio::task::spawn_blocking(move || {
+        let before = scrape();
+        let mut refused = Vec::new();
+        // The admin API's write routes too: a request meant for the admin
+        // socket that lands here must not be taken for one.
+        for path in [
+            "/metrics",
+            "/",
+            "/v1/reload",
+            "/v1/services/198.18.0.100:80/tcp/backends/198.18.1.1:8080/drain",
+        ] {
+            for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"] {
+                let body = r#"{"weight": 0}"#;
+                let req = format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                refused.push((format!("{method} {path}"), get(addr, &req)));
+            }
+        }
+        (before, refused, scrape())
+    })
+    .await
+    .unwrap();
+    task.abort();
+    for (req, resp) in &refused {
+        assert!(
+            resp.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{req}: {resp}"
+        );
+        assert!(resp.contains("\r\nallow: GET, HEAD\r\n"), "{req}: {resp}");
+        assert!(
+            resp.ends_with("\r\n\r\nthe metrics endpoint is read-only\n"),
+            "{req}: {resp}"
+        );
+    }
+    assert_eq!(daemon.requests.load(Ordering::Relaxed), 0);
+    assert!(before.contains("\nlb_service_packets_total{"), "{before}");
+    assert_eq!(before, after);
 }
 
 #[test]

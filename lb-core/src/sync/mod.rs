@@ -58,9 +58,12 @@
 //!   accepts only messages newer than the last it accepted from that peer
 //!   (a higher sequence number in the same boot, a later timestamp from
 //!   another boot) and within [`wire::MAX_CLOCK_SKEW_MS`] of its own clock,
-//!   which bounds replays to a receiver that just restarted.
-//!   Datagrams from an address that is not a configured peer are dropped
-//!   before any crypto.
+//!   which bounds replays to a receiver that just restarted. A message
+//!   carrying the receiver's own boot id is its own sent back, and refused.
+//!   The sender's address is not under the tag: with three or more nodes,
+//!   one peer's message can be passed off as another's (extra resends, no
+//!   forged flow). Datagrams from an address that is not a configured peer
+//!   are dropped before any crypto.
 //! * **Bounds**: datagrams of at most [`wire::MAX_MESSAGE`] bytes (no
 //!   fragmentation; larger ones are refused), [`MAX_FLOWS_PER_SCAN`] flows
 //!   per scan, paced by [`PACE_EVERY`] messages, and a receive batch of at

@@ -88,7 +88,7 @@ pub enum Reject {
     BadTag,
     #[error("unknown message kind")]
     BadKind,
-    #[error("replayed (old boot id or sequence number)")]
+    #[error("replayed (old boot id or sequence number, or our own message sent back)")]
     Replayed,
     #[error("timestamp more than {MAX_CLOCK_SKEW_MS} ms from our clock")]
     Stale,
@@ -272,18 +272,23 @@ impl Replay {
 }
 
 /// The receiving end: only configured peers, only authenticated, only new
-/// messages.
+/// messages, never our own.
 #[derive(Debug)]
 pub struct Gate {
     key: Key,
     peers: HashMap<Ipv4Addr, Replay>,
+    own_boot_id: u64,
 }
 
 impl Gate {
-    pub fn new(key: Key, peers: &[Ipv4Addr]) -> Gate {
+    /// `own_boot_id` is the one this node sends with: every node holds the
+    /// same key, so a message of ours sent back with a peer's source address
+    /// authenticates, and its later timestamp would pass the replay check.
+    pub fn new(key: Key, peers: &[Ipv4Addr], own_boot_id: u64) -> Gate {
         Gate {
             key,
             peers: peers.iter().map(|p| (*p, Replay::default())).collect(),
+            own_boot_id,
         }
     }
 
@@ -295,6 +300,9 @@ impl Gate {
     ) -> Result<Message, Reject> {
         let replay = self.peers.get_mut(&from).ok_or(Reject::UnknownPeer)?;
         let m = open(&self.key, datagram)?;
+        if m.boot_id == self.own_boot_id {
+            return Err(Reject::Replayed);
+        }
         replay.check(&m, now_ms)?;
         Ok(m)
     }
@@ -427,7 +435,7 @@ mod tests {
     #[test]
     fn the_gate_takes_only_configured_peers_and_each_message_once() {
         let peer = Ipv4Addr::new(198, 18, 0, 3);
-        let mut g = Gate::new(key(), &[peer]);
+        let mut g = Gate::new(key(), &[peer], 99);
         let bytes = seal(&key(), &flows(1, 1));
         let now = 1_000_000;
         assert_eq!(
@@ -439,5 +447,35 @@ mod tests {
         let mut forged = bytes.clone();
         forged[20] ^= 1;
         assert_eq!(g.accept(peer, &forged, now), Err(Reject::BadTag));
+    }
+
+    #[test]
+    fn our_own_messages_sent_back_are_refused() {
+        // Node A, boot 100, with one peer B, boot 200.
+        let b = Ipv4Addr::new(198, 18, 0, 3);
+        let (a_boot, b_boot) = (100, 200);
+        let mut at_a = Gate::new(key(), &[b], a_boot);
+        let now = 1_000_000;
+        let from_b = |seq, sent_ms| Message {
+            boot_id: b_boot,
+            seq,
+            sent_ms,
+            body: Body::Hello,
+        };
+        assert!(at_a.accept(b, &seal(&key(), &from_b(1, now)), now).is_ok());
+        // A sent this to B after B's last message; an attacker on the path
+        // sends it back to A from B's address.
+        let mut ours = flows(1, 1);
+        ours.boot_id = a_boot;
+        ours.sent_ms = now + 10;
+        let reflected = seal(&key(), &ours);
+        assert_eq!(at_a.accept(b, &reflected, now), Err(Reject::Replayed));
+        // B's next message is still taken: the refusal moved no state, so B
+        // is not seen as restarted and nothing is resent.
+        assert!(
+            at_a.accept(b, &seal(&key(), &from_b(2, now + 5)), now)
+                .is_ok()
+        );
+        assert_eq!(at_a.peers[&b].boot_id(), Some(b_boot));
     }
 }

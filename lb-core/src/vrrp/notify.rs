@@ -63,6 +63,7 @@ fn log_failure(script: &Path, reason: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::health::testutil::ArgvProbe;
 
     #[test]
     fn keepalived_arguments() {
@@ -88,5 +89,21 @@ mod tests {
             ]
         );
         assert_eq!(commands(&c, NotifyState::Fault, 100).len(), 1);
+    }
+
+    #[tokio::test]
+    async fn config_values_reach_the_script_verbatim_and_run_nothing() {
+        let probe = ArgvProbe::new("notify-argv");
+        // The instance name is appended too: it must not be parsed either.
+        let name = probe.hostile[0].clone();
+        let mut c = InstanceConfig::new(name.clone(), "eth0", 51, 100, Vec::new());
+        let mut notify = probe.command();
+        notify.extend(probe.hostile.iter().cloned());
+        c.notify = Some(notify);
+        spawn(commands(&c, NotifyState::Master, 150));
+        let mut expected = probe.hostile.clone();
+        expected.extend(["INSTANCE".into(), name, "MASTER".into(), "150".into()]);
+        assert_eq!(probe.wait_recorded().await, expected);
+        probe.assert_nothing_ran();
     }
 }
