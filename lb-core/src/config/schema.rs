@@ -149,7 +149,9 @@ pub(crate) struct RawService {
     pub alpha: Option<S<bool>>,
     /// Passive health from the datapath (HAProxy's `observe layer4`):
     /// `layer4` or `none`. Default: `layer4` with `nat`, `none` with `dr`
-    /// (dr replies bypass the LB, so there is nothing to observe).
+    /// (dr replies bypass the LB, so there is nothing to observe). Only
+    /// backends with an active check are observed, as only a check brings
+    /// a backend back; `layer4` with no check at all is an error.
     pub observe: Option<S<Observe>>,
     /// HAProxy's `error-limit`: consecutive connection errors (a RST
     /// answering a SYN, or a SYN unanswered after `syn_timeout`) that mark a

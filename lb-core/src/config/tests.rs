@@ -1084,6 +1084,30 @@ fn observe_defaults_to_layer4_for_nat_only_and_is_refused_with_dr() {
     );
 }
 
+/// Passive health takes a backend down and only an active check brings it
+/// back, so without a check it would be down for good.
+#[test]
+fn observe_layer4_is_refused_without_a_health_check() {
+    let errs = errors(&MINIMAL.replace(
+        "forwarding = \"nat\"",
+        "forwarding = \"nat\"\nobserve = \"layer4\"",
+    ));
+    assert_eq!(
+        errs,
+        vec![
+            "t.toml:6:11: service[0].observe: observe = \"layer4\" needs a health check ([service.check] or a backend's own): nothing else would bring a backend it took down back",
+        ]
+    );
+    let checked = ok(&format!(
+        "{}\n[service.check]\ntype = \"tcp\"\n",
+        MINIMAL.replace(
+            "forwarding = \"nat\"",
+            "forwarding = \"nat\"\nobserve = \"layer4\""
+        )
+    ));
+    assert_eq!(checked.services[0].observe, Observe::Layer4);
+}
+
 #[test]
 fn persistence_keys_follow_keepalived() {
     let c = ok(&MINIMAL.replace(

@@ -734,6 +734,14 @@ impl<'a> Validator<'a> {
                 self.err(&v.span(), &key(p, "observe"), reason);
                 Observe::None
             }
+            Some(v)
+                if *v.get_ref() == Observe::Layer4
+                    && backends.iter().all(|b| b.check.is_none()) =>
+            {
+                let reason = "observe = \"layer4\" needs a health check ([service.check] or a backend's own): nothing else would bring a backend it took down back";
+                self.err(&v.span(), &key(p, "observe"), reason);
+                Observe::None
+            }
             Some(v) => *v.get_ref(),
             None if forwarding == Forwarding::Nat => Observe::Layer4,
             None => Observe::None,

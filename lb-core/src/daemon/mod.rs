@@ -737,6 +737,8 @@ impl Daemon {
     /// Reads the passive-health counters of every observed backend that is
     /// up, and takes down at once those whose connections keep failing.
     /// Their checks restart from "down", so `rise` passes bring them back.
+    /// Only backends with an active check are observed: nothing else would
+    /// ever bring one back.
     async fn observe(&mut self) {
         let watched: Vec<(ServiceKey, UsageQuery)> = self
             .services
@@ -749,12 +751,19 @@ impl Daemon {
                         vip: k.vip,
                         protocol: k.protocol,
                         interface: s.cfg.interface.clone(),
-                        backends: s.cfg.backends.iter().map(|b| b.address).collect(),
+                        backends: s
+                            .cfg
+                            .backends
+                            .iter()
+                            .filter(|b| b.check.is_some())
+                            .map(|b| b.address)
+                            .collect(),
                         idle: Duration::ZERO,
                         count_flows: false,
                     },
                 )
             })
+            .filter(|(_, q)| !q.backends.is_empty())
             .collect();
         self.observers
             .retain(|(k, _), _| watched.iter().any(|(w, _)| w == k));
