@@ -425,6 +425,20 @@ fn wrk(lab: &Lab, client: &str, args: &Args, mode: Mode, url: &str, secs: u32) -
     let stalled = match out.lines().find_map(|l| l.strip_prefix("wrk-exit=")) {
         Some("0") => false,
         Some("124") => true,
+        // Killed after ignoring SIGINT too: it printed nothing, and the run
+        // counts as stalled with nothing served, as bad as a run can be.
+        Some("137") => {
+            let run_us = f64::from(secs + 10) * 1e6;
+            return Ok(Sample {
+                rps: 0.0,
+                p50_us: run_us,
+                p99_us: run_us,
+                requests: 0.0,
+                errors: 0,
+                cpu_s,
+                stalled: true,
+            });
+        }
         code => bail!("wrk failed (exit {code:?}):\n{out}"),
     };
     let (rps, p50_us, p99_us, requests, errors) =
