@@ -512,9 +512,13 @@ fn lb_conf(dir: &Path, xdp_mode: &str, vip_dr: &str, vip_nat: &str) -> String {
         ("e2e-dr", vip_dr, "dr", 80),
         ("e2e-nat", vip_nat, "nat", 8080),
     ] {
+        // Checked as in production: the nat service then also runs passive
+        // health (observe layer4) under the load, which must not take a
+        // busy, healthy backend down.
         let _ = write!(
             c,
-            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:80\"\ninterface = \"eth0\"\nforwarding = \"{fwd}\"\n"
+            "\n[[service]]\nname = \"{name}\"\nvip = \"{vip}:80\"\ninterface = \"eth0\"\nforwarding = \"{fwd}\"\n\
+             \n[service.check]\ntype = \"tcp\"\ndelay_loop = \"2s\"\nconnect_timeout = \"1s\"\n"
         );
         for b in BACKENDS {
             let _ = write!(c, "\n[[service.backend]]\naddress = \"{b}:{port}\"\n");
