@@ -209,9 +209,10 @@ fn tun_flows_survive_sigkills_and_host_crashes_without_sync() {
 }
 
 /// A running node's sync channel applies an authentic message once and
-/// refuses (and counts) a replay of it, a wrong key, an altered byte, an old
-/// timestamp, a truncated and an oversized datagram, and any datagram from
-/// an address that is not a configured peer.
+/// refuses (and counts) a replay of it, a wrong key, an altered byte, a
+/// message signed for another sender, an old timestamp, a truncated and an
+/// oversized datagram, and any datagram from an address that is not a
+/// configured peer.
 #[test]
 fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -260,12 +261,16 @@ fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
             snat: SocketAddrV4::new(VIP, 2_000),
         }]),
     };
-    let authentic = seal(&key, &message(1, now_ms));
+    // Node 1's address, a configured peer: node 1 is not running.
+    let peer = Ipv4Addr::new(198, 18, 0, 3);
+    let authentic = seal(&key, peer, &message(1, now_ms));
     let other_key = Key::new(b"not the lab key, and 32 bytes!!!").expect("key");
-    let wrong_key = seal(&other_key, &message(2, now_ms));
-    let mut altered = seal(&key, &message(3, now_ms));
+    let wrong_key = seal(&other_key, peer, &message(2, now_ms));
+    let mut altered = seal(&key, peer, &message(3, now_ms));
     altered[40] ^= 1;
-    let stale = seal(&key, &message(4, now_ms - 3_600_000));
+    let stale = seal(&key, peer, &message(4, now_ms - 3_600_000));
+    // Signed for the client's address, sent from the peer's.
+    let misattributed = seal(&key, Ipv4Addr::new(198, 18, 0, 1), &message(5, now_ms));
     let truncated = authentic[..20].to_vec();
     let oversized = vec![0u8; 2_000];
     let node0 = SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 2), SYNC_PORT);
@@ -274,13 +279,13 @@ fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
         authentic.clone(),
         wrong_key,
         altered,
+        misattributed,
         stale,
         truncated,
         oversized,
     ];
-    // Node 1 is not running: its address is the configured peer's.
     in_ns(&fl.lab.ns("b"), move || {
-        let s = UdpSocket::bind((Ipv4Addr::new(198, 18, 0, 3), SYNC_PORT)).expect("bind");
+        let s = UdpSocket::bind((peer, SYNC_PORT)).expect("bind");
         for d in from_peer {
             s.send_to(&d, node0).expect("send");
             thread::sleep(Duration::from_millis(20));
@@ -298,7 +303,7 @@ fn sync_channel_refuses_forged_replayed_and_foreign_datagrams() {
     };
     let expected = [
         ("replayed", 1.0),
-        ("bad_tag", 2.0),
+        ("bad_tag", 3.0),
         ("stale", 1.0),
         ("truncated", 1.0),
         ("oversized", 1.0),

@@ -51,6 +51,9 @@ struct Sender {
     sock: Arc<UdpSocket>,
     key: Key,
     peers: Vec<SocketAddr>,
+    /// The address the socket is bound to: peers see it as the source, and
+    /// the tag covers it.
+    source: Ipv4Addr,
     boot_id: u64,
     seq: u64,
     counters: Arc<Counters>,
@@ -65,6 +68,7 @@ impl Sender {
         };
         let bytes = wire::seal(
             &self.key,
+            self.source,
             &Message {
                 boot_id: self.boot_id,
                 seq: self.seq,
@@ -122,6 +126,7 @@ pub async fn start(
             .iter()
             .map(|p| SocketAddr::V4(SocketAddrV4::new(*p, cfg.port)))
             .collect(),
+        source: cfg.source_address,
         boot_id,
         seq: 0,
         counters: counters.clone(),

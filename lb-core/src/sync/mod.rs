@@ -51,19 +51,19 @@
 //!   master that sees a peer's boot id change (it restarted, empty table)
 //!   resends its whole table. A node that becomes master resends too.
 //! * **Authentication**: HMAC-SHA256 (ring, already in the tree through
-//!   rustls) over the whole datagram with a shared key read from
-//!   `sync.key_file`, which must not be accessible to "other". **Replay**:
+//!   rustls) over the sender's address and the whole datagram with a shared
+//!   key read from `sync.key_file`, which must not be accessible to
+//!   "other"; the address under the tag keeps one node's messages from
+//!   being passed off as another's, or sent back to it. **Replay**:
 //!   each message carries the sender's boot id (its start time), a sequence
 //!   number strictly increasing within the boot and a timestamp; a receiver
 //!   accepts only messages newer than the last it accepted from that peer
 //!   (a higher sequence number in the same boot, a later timestamp from
 //!   another boot) and within [`wire::MAX_CLOCK_SKEW_MS`] of its own clock,
 //!   which bounds replays to a receiver that just restarted. A message
-//!   carrying the receiver's own boot id is its own sent back, and refused.
-//!   The sender's address is not under the tag: with three or more nodes,
-//!   one peer's message can be passed off as another's (extra resends, no
-//!   forged flow). Datagrams from an address that is not a configured peer
-//!   are dropped before any crypto.
+//!   carrying the receiver's own boot id is its own, and refused (a peer
+//!   list that names the node itself would let it in). Datagrams from an
+//!   address that is not a configured peer are dropped before any crypto.
 //! * **Bounds**: datagrams of at most [`wire::MAX_MESSAGE`] bytes (no
 //!   fragmentation; larger ones are refused), [`MAX_FLOWS_PER_SCAN`] flows
 //!   per scan, paced by [`PACE_EVERY`] messages, and a receive batch of at

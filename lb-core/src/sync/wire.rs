@@ -3,9 +3,13 @@
 //!
 //! ```text
 //! 0      4   5    6      8         16    24       32
-//! | LBSY | 1 | kind | count | boot_id | seq | sent_ms | count × 32-byte record | HMAC-SHA256 (32) |
+//! | LBSY | 2 | kind | count | boot_id | seq | sent_ms | count × 32-byte record | HMAC-SHA256 (32) |
 //! ```
-//! Integers are big-endian. The tag covers everything before it. A record:
+//! Integers are big-endian. The tag covers the sender's IPv4 address (the
+//! UDP source the receiver sees, not sent in the datagram) followed by
+//! everything before the tag: every node holds the same key, so without the
+//! address one peer's message could be passed off as another's, or a node's
+//! own sent back to it. Version 1 signed the datagram alone. A record:
 //! `proto, flags, client_mac[6], client ip[4] port[2], vip ip[4] port[2],
 //! backend ip[4] port[2], snat ip[4] port[2]`.
 
@@ -17,7 +21,7 @@ use std::{
 use ring::hmac;
 
 const MAGIC: &[u8; 4] = b"LBSY";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 32;
 const TAG: usize = 32;
 pub const RECORD: usize = 32;
@@ -155,7 +159,7 @@ fn get_addr(b: &[u8]) -> SocketAddrV4 {
 
 /// Encodes and signs a message. Panics if it holds more than
 /// [`RECORDS_PER_MESSAGE`] records: callers chunk them (a bug otherwise).
-pub fn seal(key: &Key, m: &Message) -> Vec<u8> {
+pub fn seal(key: &Key, sender: Ipv4Addr, m: &Message) -> Vec<u8> {
     let (kind, records): (u8, &[FlowRecord]) = match &m.body {
         Body::Hello => (KIND_HELLO, &[]),
         Body::Flows(r) => (KIND_FLOWS, r),
@@ -177,15 +181,25 @@ pub fn seal(key: &Key, m: &Message) -> Vec<u8> {
             put_addr(&mut out, a);
         }
     }
-    let tag = hmac::sign(&key.0, &out);
+    let tag = hmac::sign(&key.0, &signed_by(sender, &out));
     out.extend_from_slice(tag.as_ref());
     out
 }
 
-/// Checks the size, the framing and the tag (in constant time), then
-/// decodes. Replay is checked separately ([`Replay`]), only on messages that
-/// authenticated, so forged datagrams cannot move its state.
-pub fn open(key: &Key, datagram: &[u8]) -> Result<Message, Reject> {
+/// What the tag is computed over: the sender's address, then the datagram
+/// up to the tag.
+fn signed_by(sender: Ipv4Addr, bytes: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + bytes.len());
+    v.extend_from_slice(&sender.octets());
+    v.extend_from_slice(bytes);
+    v
+}
+
+/// Checks the size, the framing and the tag (in constant time) for a
+/// datagram received from `sender`, then decodes. Replay is checked
+/// separately ([`Replay`]), only on messages that authenticated, so forged
+/// datagrams cannot move its state.
+pub fn open(key: &Key, sender: Ipv4Addr, datagram: &[u8]) -> Result<Message, Reject> {
     if datagram.len() > MAX_MESSAGE {
         return Err(Reject::Oversized);
     }
@@ -196,7 +210,7 @@ pub fn open(key: &Key, datagram: &[u8]) -> Result<Message, Reject> {
         return Err(Reject::BadMagic);
     }
     let (signed, tag) = datagram.split_at(datagram.len() - TAG);
-    hmac::verify(&key.0, signed, tag).map_err(|_| Reject::BadTag)?;
+    hmac::verify(&key.0, &signed_by(sender, signed), tag).map_err(|_| Reject::BadTag)?;
     let count = u16::from_be_bytes([signed[6], signed[7]]) as usize;
     if signed.len() != HEADER + count * RECORD {
         return Err(Reject::Truncated);
@@ -281,9 +295,10 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// `own_boot_id` is the one this node sends with: every node holds the
-    /// same key, so a message of ours sent back with a peer's source address
-    /// authenticates, and its later timestamp would pass the replay check.
+    /// `own_boot_id` is the one this node sends with: if `peers` names this
+    /// node's own address, its own messages come in from a listed address
+    /// with a valid tag, and their later timestamps would pass the replay
+    /// check.
     pub fn new(key: Key, peers: &[Ipv4Addr], own_boot_id: u64) -> Gate {
         Gate {
             key,
@@ -299,7 +314,7 @@ impl Gate {
         now_ms: u64,
     ) -> Result<Message, Reject> {
         let replay = self.peers.get_mut(&from).ok_or(Reject::UnknownPeer)?;
-        let m = open(&self.key, datagram)?;
+        let m = open(&self.key, from, datagram)?;
         if m.boot_id == self.own_boot_id {
             return Err(Reject::Replayed);
         }
@@ -328,6 +343,9 @@ mod tests {
         }
     }
 
+    /// The sender of the tests' messages.
+    const A: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+
     fn flows(n: u16, seq: u64) -> Message {
         Message {
             boot_id: 7,
@@ -340,65 +358,65 @@ mod tests {
     #[test]
     fn a_full_message_round_trips_and_fits_the_mtu() {
         let m = flows(RECORDS_PER_MESSAGE as u16, 1);
-        let bytes = seal(&key(), &m);
+        let bytes = seal(&key(), A, &m);
         assert!(bytes.len() <= MAX_MESSAGE, "{} bytes", bytes.len());
-        assert_eq!(open(&key(), &bytes), Ok(m));
+        assert_eq!(open(&key(), A, &bytes), Ok(m));
         let hello = Message {
             boot_id: 1,
             seq: 2,
             sent_ms: 3,
             body: Body::Hello,
         };
-        assert_eq!(open(&key(), &seal(&key(), &hello)), Ok(hello));
+        assert_eq!(open(&key(), A, &seal(&key(), A, &hello)), Ok(hello));
     }
 
     #[test]
     fn any_flipped_bit_fails_authentication() {
-        let bytes = seal(&key(), &flows(3, 1));
+        let bytes = seal(&key(), A, &flows(3, 1));
         // Magic and version are checked before the tag; every other byte,
         // the tag included, is covered by it.
         for i in 5..bytes.len() {
             let mut t = bytes.clone();
             t[i] ^= 0x10;
-            assert_eq!(open(&key(), &t), Err(Reject::BadTag), "byte {i}");
+            assert_eq!(open(&key(), A, &t), Err(Reject::BadTag), "byte {i}");
         }
         let mut t = bytes.clone();
         t[0] ^= 1;
-        assert_eq!(open(&key(), &t), Err(Reject::BadMagic));
+        assert_eq!(open(&key(), A, &t), Err(Reject::BadMagic));
     }
 
     #[test]
     fn a_wrong_key_is_refused() {
         let other = Key::new(b"another key of 32 bytes, really!").expect("key");
-        let bytes = seal(&other, &flows(2, 1));
-        assert_eq!(open(&key(), &bytes), Err(Reject::BadTag));
+        let bytes = seal(&other, A, &flows(2, 1));
+        assert_eq!(open(&key(), A, &bytes), Err(Reject::BadTag));
         assert!(Key::new(b"short").is_none());
     }
 
     #[test]
     fn truncated_and_oversized_datagrams_are_refused() {
-        let bytes = seal(&key(), &flows(3, 1));
-        assert_eq!(open(&key(), &bytes[..HEADER]), Err(Reject::Truncated));
-        assert_eq!(open(&key(), &[]), Err(Reject::Truncated));
+        let bytes = seal(&key(), A, &flows(3, 1));
+        assert_eq!(open(&key(), A, &bytes[..HEADER]), Err(Reject::Truncated));
+        assert_eq!(open(&key(), A, &[]), Err(Reject::Truncated));
         // Cut a record off but keep a valid tag over what is left: the
         // count no longer matches.
         let mut short = bytes[..bytes.len() - TAG - RECORD].to_vec();
-        let tag = hmac::sign(&key().0, &short);
+        let tag = hmac::sign(&key().0, &signed_by(A, &short));
         short.extend_from_slice(tag.as_ref());
-        assert_eq!(open(&key(), &short), Err(Reject::Truncated));
+        assert_eq!(open(&key(), A, &short), Err(Reject::Truncated));
         let mut big = bytes.clone();
         big.resize(MAX_MESSAGE + 1, 0);
-        assert_eq!(open(&key(), &big), Err(Reject::Oversized));
+        assert_eq!(open(&key(), A, &big), Err(Reject::Oversized));
     }
 
     #[test]
     fn an_unknown_kind_is_refused_even_when_signed() {
-        let mut b = seal(&key(), &flows(0, 1));
+        let mut b = seal(&key(), A, &flows(0, 1));
         b.truncate(b.len() - TAG);
         b[5] = 9;
-        let tag = hmac::sign(&key().0, &b);
+        let tag = hmac::sign(&key().0, &signed_by(A, &b));
         b.extend_from_slice(tag.as_ref());
-        assert_eq!(open(&key(), &b), Err(Reject::BadKind));
+        assert_eq!(open(&key(), A, &b), Err(Reject::BadKind));
     }
 
     #[test]
@@ -436,7 +454,7 @@ mod tests {
     fn the_gate_takes_only_configured_peers_and_each_message_once() {
         let peer = Ipv4Addr::new(198, 18, 0, 3);
         let mut g = Gate::new(key(), &[peer], 99);
-        let bytes = seal(&key(), &flows(1, 1));
+        let bytes = seal(&key(), peer, &flows(1, 1));
         let now = 1_000_000;
         assert_eq!(
             g.accept(Ipv4Addr::new(198, 18, 0, 9), &bytes, now),
@@ -450,32 +468,43 @@ mod tests {
     }
 
     #[test]
-    fn our_own_messages_sent_back_are_refused() {
-        // Node A, boot 100, with one peer B, boot 200.
-        let b = Ipv4Addr::new(198, 18, 0, 3);
-        let (a_boot, b_boot) = (100, 200);
-        let mut at_a = Gate::new(key(), &[b], a_boot);
+    fn a_message_is_bound_to_its_senders_address() {
+        // Node A with peers B and C, all holding the same key.
+        let (b, c) = (Ipv4Addr::new(198, 18, 0, 3), Ipv4Addr::new(198, 18, 0, 4));
+        let mut at_a = Gate::new(key(), &[b, c], 100);
         let now = 1_000_000;
-        let from_b = |seq, sent_ms| Message {
-            boot_id: b_boot,
+        let from_b = |seq| Message {
+            boot_id: 200,
             seq,
-            sent_ms,
+            sent_ms: now,
             body: Body::Hello,
         };
-        assert!(at_a.accept(b, &seal(&key(), &from_b(1, now)), now).is_ok());
-        // A sent this to B after B's last message; an attacker on the path
-        // sends it back to A from B's address.
+        // B's message relayed with C's address as its source.
+        let relayed = seal(&key(), b, &from_b(1));
+        assert_eq!(at_a.accept(c, &relayed, now), Err(Reject::BadTag));
+        // A's own message sent back to it from B's address.
         let mut ours = flows(1, 1);
-        ours.boot_id = a_boot;
-        ours.sent_ms = now + 10;
-        let reflected = seal(&key(), &ours);
-        assert_eq!(at_a.accept(b, &reflected, now), Err(Reject::Replayed));
-        // B's next message is still taken: the refusal moved no state, so B
-        // is not seen as restarted and nothing is resent.
-        assert!(
-            at_a.accept(b, &seal(&key(), &from_b(2, now + 5)), now)
-                .is_ok()
+        ours.boot_id = 100;
+        assert_eq!(
+            at_a.accept(b, &seal(&key(), A, &ours), now),
+            Err(Reject::BadTag)
         );
-        assert_eq!(at_a.peers[&b].boot_id(), Some(b_boot));
+        // Neither moved any state: B's own message is taken.
+        assert!(at_a.accept(b, &relayed, now).is_ok());
+        assert_eq!(at_a.peers[&b].boot_id(), Some(200));
+        assert_eq!(at_a.peers[&c].boot_id(), None);
+    }
+
+    #[test]
+    fn our_own_messages_are_refused_even_from_a_listed_address() {
+        // The same peer list on both nodes lists A itself: its own messages
+        // reach it from a configured address, with a valid tag.
+        let mut at_a = Gate::new(key(), &[A], 100);
+        let mut ours = flows(1, 1);
+        ours.boot_id = 100;
+        assert_eq!(
+            at_a.accept(A, &seal(&key(), A, &ours), 1_000_000),
+            Err(Reject::Replayed)
+        );
     }
 }
