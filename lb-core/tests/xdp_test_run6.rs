@@ -284,14 +284,7 @@ fn reopening_an_ended_ipv6_nat_flow_leaves_its_reused_port_alone() {
         TCP,
     );
     assert_eq!(run(&dp, &client_pkt(56_100, TCP)).0, XDP_TX);
-    let mut fin = ack_pkt(56_100);
-    // ACK (0x10) → FIN|ACK (0x11), with ack_pkt's RFC 1624 update.
-    fin[54 + 13] = 0x11;
-    let c = u16::from_be_bytes([fin[54 + 16], fin[54 + 17]]);
-    let s = !c as u32 + !0x0010u16 as u32 + 0x0011;
-    let s = (s & 0xffff) + (s >> 16);
-    let c = !((s & 0xffff) + (s >> 16)) as u16;
-    fin[54 + 16..54 + 18].copy_from_slice(&c.to_be_bytes());
+    let fin = with_flags(client_pkt(56_100, TCP), 0x11);
     assert_eq!(run(&dp, &fin).0, XDP_TX);
     sleep(Duration::from_millis(2_200));
     let (v, out) = run(&dp, &client_pkt(56_101, TCP));
