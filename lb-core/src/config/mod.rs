@@ -21,6 +21,7 @@ mod error;
 mod model;
 mod parse;
 mod schema;
+mod script_security;
 mod validate;
 
 #[cfg(test)]
@@ -36,6 +37,12 @@ pub use model::*;
 /// What validation needs to know about the machine; tests inject a fake.
 pub trait Environment {
     fn interface_exists(&self, name: &str) -> bool;
+
+    /// Why a configured script's program (argv[0]) must not be run, if it
+    /// must not (see `daemon.script_security`). Default: no objection.
+    fn script_problem(&self, _program: &str) -> Option<String> {
+        None
+    }
 }
 
 /// Any `Fn(&str) -> bool` answers "does this interface exist?".
@@ -56,6 +63,13 @@ impl Environment for System {
         };
         // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
         unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+    }
+
+    fn script_problem(&self, program: &str) -> Option<String> {
+        let path = std::env::var_os("PATH");
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        script_security::problem(program, path.as_deref(), euid)
     }
 }
 

@@ -63,6 +63,8 @@ pub struct Daemon {
     pub log_level: String,
     /// Where the XDP attachment is pinned; `None`: not pinned.
     pub pin_dir: Option<PathBuf>,
+    /// Scripts must be safe from other users (`script_security`).
+    pub script_security: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -87,6 +87,10 @@ pub(crate) struct RawDaemon {
     /// (SIGKILL, OOM, panic); the next start replaces it, a clean stop
     /// removes it. Default: none (the datapath leaves with the process).
     pub pin_dir: Option<S<String>>,
+    /// Refuse scripts (checks, track scripts, notify) that a user other
+    /// than root or the daemon's own could change, like keepalived's
+    /// `enable_script_security`. Default: true.
+    pub script_security: Option<S<bool>>,
 }
 
 /// keepalived's `virtual_server`.

@@ -194,6 +194,7 @@ fn config_defaults_are_applied() {
             table_size: 65_537,
             log_level: "info".into(),
             pin_dir: None,
+            script_security: true,
         }
     );
     let s = &c.services[0];
@@ -340,7 +341,7 @@ fn config_error_unknown_keys_are_all_reported() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`, `pin_dir`",
+            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`, `pin_dir`, `script_security`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
             "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
@@ -1361,4 +1362,65 @@ fn pin_dir_must_be_absolute() {
     let e = errors(&format!("[daemon]\npin_dir = \"bpf/lb\"\n{MINIMAL}"));
     assert_eq!(e, ["t.toml:2:11: daemon.pin_dir: must be an absolute path"]);
     assert_eq!(ok(MINIMAL).daemon.pin_dir, None);
+}
+
+/// Objects to every program under /unsafe, as the real check would to a
+/// script in a world-writable directory.
+struct UnsafeScripts;
+
+impl Environment for UnsafeScripts {
+    fn interface_exists(&self, name: &str) -> bool {
+        env(name)
+    }
+
+    fn script_problem(&self, program: &str) -> Option<String> {
+        program
+            .starts_with("/unsafe/")
+            .then(|| format!("{program}: writable by others"))
+    }
+}
+
+const UNSAFE_SCRIPTS: &str = r#"
+[[service]]
+vip = "198.18.0.100:80"
+interface = "lb0"
+forwarding = "nat"
+
+[service.check]
+type = "script"
+command = ["/unsafe/check.sh", "--port", "8080"]
+
+[[service.backend]]
+address = "198.18.1.1:8080"
+
+[[vrrp_instance]]
+name = "VI_1"
+interface = "lb0"
+virtual_router_id = 7
+virtual_ipaddress = ["198.18.0.100"]
+notify_master = ["/unsafe/master.sh"]
+notify = ["/etc/lb/notify.sh"]
+
+[[vrrp_instance.track_script]]
+name = "chk"
+command = ["/unsafe/track.sh"]
+"#;
+
+#[test]
+fn config_error_scripts_other_users_could_change_are_refused() {
+    let errors: Vec<String> = match parse(UNSAFE_SCRIPTS, "t.toml", &UnsafeScripts) {
+        Ok(c) => panic!("expected errors, got {c:?}"),
+        Err(e) => e.0.iter().map(ToString::to_string).collect(),
+    };
+    assert_eq!(
+        errors,
+        [
+            "t.toml:9:11: service[0].check.command: /unsafe/check.sh: writable by others",
+            "t.toml:19:17: vrrp_instance[0].notify_master: /unsafe/master.sh: writable by others",
+            "t.toml:24:11: vrrp_instance[0].track_script[0].command: /unsafe/track.sh: writable by others",
+        ]
+    );
+    let off = format!("[daemon]\nscript_security = false\n{UNSAFE_SCRIPTS}");
+    let c = parse(&off, "t.toml", &UnsafeScripts).expect("script_security = false accepts them");
+    assert!(!c.daemon.script_security);
 }

@@ -45,6 +45,8 @@ pub(crate) struct Validator<'a> {
     env: &'a dyn Environment,
     /// Keys whose value was already reported (and removed) by the parser.
     blanked: &'a HashSet<String>,
+    /// `daemon.script_security`, once `[daemon]` is read.
+    script_security: bool,
     pub errors: Vec<ConfigError>,
 }
 
@@ -58,6 +60,7 @@ impl<'a> Validator<'a> {
             loc,
             env,
             blanked,
+            script_security: true,
             errors: Vec::new(),
         }
     }
@@ -218,6 +221,10 @@ impl<'a> Validator<'a> {
                 key,
                 "must name a program to run: [\"/path/to/program\", \"arg\", ...]",
             );
+        } else if self.script_security
+            && let Some(reason) = self.env.script_problem(&argv[0])
+        {
+            self.err(&v.span(), key, reason);
         }
         argv
     }
@@ -239,6 +246,7 @@ impl<'a> Validator<'a> {
 
     pub(crate) fn config(&mut self, raw: &RawConfig) -> Config {
         let daemon = self.daemon(raw.daemon.as_ref().unwrap_or(&RawDaemon::default()));
+        self.script_security = daemon.script_security;
         let services = self.services(&raw.service, &daemon);
         self.snat_ports_clear_of_vips(raw, &services);
         let vrrp_instances = self.vrrp_instances(&raw.vrrp_instance);
@@ -490,6 +498,7 @@ impl<'a> Validator<'a> {
             table_size: table_size.unwrap_or(DEFAULT_TABLE_SIZE),
             log_level,
             pin_dir,
+            script_security: raw.script_security.as_ref().is_none_or(|v| *v.get_ref()),
         }
     }
 

@@ -149,6 +149,8 @@ fn global_defs(ctx: &mut Ctx, node: &Node, globals: &mut Globals) {
             "vrrp_version" => globals.version = values::int(ctx, c, cx),
             "vrrp_garp_master_delay" => globals.garp_master_delay = values::timer(ctx, c, cx),
             "vrrp_garp_master_repeat" => globals.garp_master_repeat = values::int(ctx, c, cx),
+            // lb checks scripts this way unless told not to (daemon.script_security).
+            "enable_script_security" => {}
             _ => ctx.unsupported(c, cx),
         }
     }
