@@ -541,7 +541,13 @@ impl Daemon {
                 return Err(AdminError::Reload(e.to_string()));
             }
         };
-        if new.daemon != self.cfg.daemon {
+        // script_security is not a restart setting: it governs the reading
+        // of the file it is in, this one included.
+        let at_restart = |d: &config::Daemon| config::Daemon {
+            script_security: true,
+            ..d.clone()
+        };
+        if at_restart(&new.daemon) != at_restart(&self.cfg.daemon) {
             tracing::warn!("[daemon] settings changed: they apply at the next restart");
         }
         if new.sync != self.cfg.sync {
