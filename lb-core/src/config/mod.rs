@@ -43,6 +43,11 @@ pub trait Environment {
     fn script_problem(&self, _program: &str) -> Option<String> {
         None
     }
+
+    /// The uid and primary gid of user `name`. Default: no such user.
+    fn user_ids(&self, _name: &str) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// Any `Fn(&str) -> bool` answers "does this interface exist?".
@@ -70,6 +75,26 @@ impl Environment for System {
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
         script_security::problem(program, path.as_deref(), euid)
+    }
+
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        let name = CString::new(name).ok()?;
+        let mut buf = vec![0u8; 16 * 1024];
+        // SAFETY: an all-zero passwd is a valid value for getpwnam_r to fill.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call and `buf` is as long
+        // as the length passed; the result points into `pwd` or is null.
+        let r = unsafe {
+            libc::getpwnam_r(
+                name.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        (r == 0 && !found.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
     }
 }
 

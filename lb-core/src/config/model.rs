@@ -65,6 +65,17 @@ pub struct Daemon {
     pub pin_dir: Option<PathBuf>,
     /// Scripts must be safe from other users (`script_security`).
     pub script_security: bool,
+    /// Who scripts run as; `None`: the daemon's user.
+    pub script_user: Option<ScriptUser>,
+}
+
+/// `daemon.script_user`, resolved when the config is read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScriptUser {
+    pub name: String,
+    pub uid: u32,
+    /// The user's primary group.
+    pub gid: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

@@ -91,6 +91,10 @@ pub(crate) struct RawDaemon {
     /// than root or the daemon's own could change, like keepalived's
     /// `enable_script_security`. Default: true.
     pub script_security: Option<S<bool>>,
+    /// User that checks, track scripts and notify scripts run as (with its
+    /// primary group and no supplementary groups), like keepalived's
+    /// `script_user`. Default: none (the daemon's own user).
+    pub script_user: Option<S<String>>,
 }
 
 /// keepalived's `virtual_server`.

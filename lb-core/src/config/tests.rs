@@ -45,10 +45,23 @@ fn configs_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
 }
 
+/// The example configs' host: `env`'s interfaces and the root user.
+struct ExampleHost;
+
+impl Environment for ExampleHost {
+    fn interface_exists(&self, name: &str) -> bool {
+        env(name)
+    }
+
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        (name == "root").then_some((0, 0))
+    }
+}
+
 fn example(name: &str) -> Config {
     let path = configs_dir().join(name);
     let text = std::fs::read_to_string(&path).expect("example config");
-    match parse(&text, name, &env) {
+    match parse(&text, name, &ExampleHost) {
         Ok(c) => c,
         Err(e) => panic!("{name} does not load:\n{e}"),
     }
@@ -113,6 +126,13 @@ fn reference_toml_loads_and_sets_every_key() {
     assert_eq!(
         c.daemon.pin_dir.as_deref(),
         Some(Path::new("/sys/fs/bpf/lb"))
+    );
+    assert_eq!(
+        c.daemon
+            .script_user
+            .as_ref()
+            .map(|u| (u.name.as_str(), u.uid)),
+        Some(("root", 0))
     );
 }
 
@@ -195,6 +215,7 @@ fn config_defaults_are_applied() {
             log_level: "info".into(),
             pin_dir: None,
             script_security: true,
+            script_user: None,
         }
     );
     let s = &c.services[0];
@@ -341,7 +362,7 @@ fn config_error_unknown_keys_are_all_reported() {
     assert_eq!(
         errors(&text),
         [
-            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`, `pin_dir`, `script_security`",
+            "t.toml:2:1: daemon.max_vip: unknown key; expected one of `admin_socket`, `metrics_listen`, `xdp_mode`, `flow_capacity`, `max_new_flows_per_cpu`, `max_vips`, `max_backends`, `table_size`, `log_level`, `pin_dir`, `script_security`, `script_user`",
             "t.toml:11:1: service[0].backend[0].wieght: unknown key; expected one of `address`, `weight`, `check`",
             "t.toml:13:10: service[0].chek: unknown key; expected one of `name`, `vip`, `protocol`, `interface`, `forwarding`, `scheduler`, `table_size`, `snat_address`, `snat_ports`, `persistence_timeout`, `persistence_granularity`, `tun_source`, `tcp_timeout`, `udp_timeout`, `quorum`, `hysteresis`, `sorry_server`, `inhibit_on_failure`, `alpha`, `observe`, `error_limit`, `syn_timeout`, `check`, `backend`",
         ]
@@ -1423,4 +1444,55 @@ fn config_error_scripts_other_users_could_change_are_refused() {
     let off = format!("[daemon]\nscript_security = false\n{UNSAFE_SCRIPTS}");
     let c = parse(&off, "t.toml", &UnsafeScripts).expect("script_security = false accepts them");
     assert!(!c.daemon.script_security);
+}
+
+/// A host with a `portal` user (uid 1001, gid 1002).
+struct PortalUser;
+
+impl Environment for PortalUser {
+    fn interface_exists(&self, name: &str) -> bool {
+        env(name)
+    }
+
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        (name == "portal").then_some((1001, 1002))
+    }
+}
+
+#[test]
+fn script_user_is_resolved_when_the_config_is_read() {
+    let c = parse(
+        &format!("[daemon]\nscript_user = \"portal\"\n{MINIMAL}"),
+        "t.toml",
+        &PortalUser,
+    )
+    .expect("portal exists");
+    assert_eq!(
+        c.daemon.script_user,
+        Some(ScriptUser {
+            name: "portal".into(),
+            uid: 1001,
+            gid: 1002
+        })
+    );
+    let errors: Vec<String> = parse(
+        &format!("[daemon]\nscript_user = \"nobody-here\"\n{MINIMAL}"),
+        "t.toml",
+        &PortalUser,
+    )
+    .expect_err("no such user")
+    .0
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    assert_eq!(
+        errors,
+        ["t.toml:2:15: daemon.script_user: no user \"nobody-here\" on this host"]
+    );
+}
+
+#[test]
+fn script_user_of_this_host_comes_from_its_user_database() {
+    assert_eq!(System.user_ids("root"), Some((0, 0)));
+    assert_eq!(System.user_ids("lb-no-such-user"), None);
 }

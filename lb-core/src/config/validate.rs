@@ -18,8 +18,9 @@ use super::error::{ConfigError, Locator};
 use super::model::{
     Backend, Check, CheckKind, CheckType, Config, DEFAULT_ADMIN_SOCKET, DEFAULT_METRICS_LISTEN,
     DEFAULT_SNAT_PORTS, DEFAULT_SYNC_INTERVAL, DEFAULT_SYNC_PORT, Daemon, Forwarding, HttpCheck,
-    Observe, PortRange, Protocol, Scheduler, ScriptCheck, Service, ServiceKey, StatusRange, Sync,
-    TrackInterface, TrackScript, VirtualAddress, VrrpInstance, VrrpVersion, XdpMode,
+    Observe, PortRange, Protocol, Scheduler, ScriptCheck, ScriptUser, Service, ServiceKey,
+    StatusRange, Sync, TrackInterface, TrackScript, VirtualAddress, VrrpInstance, VrrpVersion,
+    XdpMode,
 };
 use super::schema::{
     RawBackend, RawCheck, RawConfig, RawDaemon, RawService, RawSync, RawTrackInterface,
@@ -499,6 +500,19 @@ impl<'a> Validator<'a> {
             log_level,
             pin_dir,
             script_security: raw.script_security.as_ref().is_none_or(|v| *v.get_ref()),
+            script_user: raw.script_user.as_ref().and_then(|v| {
+                let name = v.get_ref();
+                let found = self.env.user_ids(name);
+                if found.is_none() {
+                    let reason = format!("no user {name:?} on this host");
+                    self.err(&v.span(), &key(p, "script_user"), reason);
+                }
+                found.map(|(uid, gid)| ScriptUser {
+                    name: name.clone(),
+                    uid,
+                    gid,
+                })
+            }),
         }
     }
 

@@ -63,11 +63,17 @@ pub fn backend_specs(live: &[(SocketAddr, u32)]) -> Vec<BackendSpec> {
         .collect()
 }
 
+/// uid and gid of `daemon.script_user`, if set.
+pub fn run_as(d: &config::Daemon) -> Option<(u32, u32)> {
+    d.script_user.as_ref().map(|u| (u.uid, u.gid))
+}
+
 /// A config check as the health module's spec. The config's `fall` already
 /// counts keepalived's `retry` (fall = retry + 1), and rounds are spaced by
 /// `delay_loop`, so the checker retries nothing within a round: a backend
 /// leaves rotation within `delay_loop × fall` plus one probe timeout.
-pub fn check_spec(c: &config::Check, alpha: bool) -> CheckSpec {
+/// Scripts run as `run_as` (uid, gid) when given.
+pub fn check_spec(c: &config::Check, alpha: bool, run_as: Option<(u32, u32)>) -> CheckSpec {
     let http = |h: &config::HttpCheck, tls: bool| HttpSpec {
         path: h.path.clone(),
         host: h.host.clone(),
@@ -84,6 +90,7 @@ pub fn check_spec(c: &config::Check, alpha: bool) -> CheckSpec {
         config::CheckKind::Script(s) => health::CheckKind::Script(ScriptSpec {
             argv: s.command.iter().map(OsString::from).collect(),
             timeout: s.timeout,
+            run_as,
         }),
     };
     CheckSpec {

@@ -133,7 +133,7 @@ fn health_settle(cfg: &config::Config) -> Duration {
     cfg.services
         .iter()
         .flat_map(|s| s.backends.iter().filter_map(|b| b.check.as_ref()))
-        .map(|c| convert::check_spec(c, false).down_within())
+        .map(|c| convert::check_spec(c, false, None).down_within())
         .max()
         .unwrap_or_default()
 }
@@ -260,7 +260,12 @@ impl Daemon {
         let settle = health_settle(&cfg);
         for v in &cfg.vrrp_instances {
             let v = hold_preemption(v, settle);
-            let running = vrrp::start(&v, vrrp_changed_tx.clone(), d.vrrp_stop.clone())?;
+            let running = vrrp::start(
+                &v,
+                convert::run_as(&cfg.daemon),
+                vrrp_changed_tx.clone(),
+                d.vrrp_stop.clone(),
+            )?;
             d.vrrp.push(running);
         }
         let failed = d.flush().await;
@@ -343,7 +348,8 @@ impl Daemon {
             });
             let probes = state.probes.get_or_insert_default().clone();
             // The checker starts from the state we already know.
-            let check_spec = convert::check_spec(check, !state.up);
+            let check_spec =
+                convert::check_spec(check, !state.up, convert::run_as(&self.cfg.daemon));
             let checker = health::build(&check_spec).map_err(|error| DaemonError::Check {
                 service: cfg.vip,
                 backend: b.address,

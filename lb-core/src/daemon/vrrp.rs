@@ -60,7 +60,12 @@ fn v4(instance: &str, what: &'static str, a: IpAddr) -> Result<Ipv4Addr, VrrpSet
     }
 }
 
-pub fn instance_config(c: &config::VrrpInstance) -> Result<InstanceConfig, VrrpSetupError> {
+/// The instance as the VRRP module's config; notify scripts run as
+/// `run_as` (uid, gid) when given.
+pub fn instance_config(
+    c: &config::VrrpInstance,
+    run_as: Option<(u32, u32)>,
+) -> Result<InstanceConfig, VrrpSetupError> {
     let vips = c
         .virtual_ipaddress
         .iter()
@@ -79,6 +84,7 @@ pub fn instance_config(c: &config::VrrpInstance) -> Result<InstanceConfig, VrrpS
         vips,
     );
     i.advert_int = c.advert_int;
+    i.notify_run_as = run_as;
     i.version = match c.version {
         config::VrrpVersion::V2 => vrrp::Version::V2,
         config::VrrpVersion::V3 => vrrp::Version::V3,
@@ -179,13 +185,14 @@ impl Running {
 /// cancels everything.
 pub fn start(
     cfg: &config::VrrpInstance,
+    run_as: Option<(u32, u32)>,
     changed: mpsc::Sender<()>,
     stop: CancellationToken,
 ) -> Result<Running, VrrpSetupError> {
-    let icfg = instance_config(cfg)?;
+    let icfg = instance_config(cfg, run_as)?;
     let (track_tx, track_rx) = mpsc::channel(64);
     for t in &cfg.track_script {
-        spawn_track_script(&cfg.name, t, track_tx.clone(), stop.clone())?;
+        spawn_track_script(&cfg.name, t, run_as, track_tx.clone(), stop.clone())?;
     }
     let (status_tx, status_rx) = watch::channel(vrrp::Status::default());
     let transitions = Arc::new(AtomicU64::new(0));
@@ -229,12 +236,14 @@ pub fn start(
 fn spawn_track_script(
     instance: &str,
     t: &config::TrackScript,
+    run_as: Option<(u32, u32)>,
     updates: mpsc::Sender<TrackUpdate>,
     stop: CancellationToken,
 ) -> Result<(), VrrpSetupError> {
     let spec = CheckSpec::new(CheckKind::Script(ScriptSpec {
         argv: t.command.iter().map(OsString::from).collect(),
         timeout: t.timeout,
+        run_as,
     }));
     let checker = health::build(&spec).map_err(|error| VrrpSetupError::Script {
         instance: instance.to_string(),
@@ -285,6 +294,51 @@ mod tests {
     use super::*;
     use crate::health::testutil::ArgvProbe;
 
+    /// `daemon.script_user` reaches track scripts and notify scripts.
+    #[tokio::test]
+    async fn track_and_notify_scripts_run_as_the_script_user() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (setuid)"
+        );
+        let t = config::TrackScript {
+            name: "as-root".into(),
+            // Passes as root, so it only goes down if it runs as nobody.
+            command: vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "test \"$(id -u)\" = 0".into(),
+            ],
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(5),
+            weight: 0,
+            fall: 1,
+            rise: 1,
+        };
+        let (tx, mut rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        spawn_track_script("VI_1", &t, Some((65534, 65534)), tx, stop.clone())
+            .expect("valid script");
+        let update = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a transition within 10 s")
+            .expect("an update");
+        stop.cancel();
+        assert!(!update.up, "the script ran as root");
+        let mut c = crate::config::parse(
+            "[[vrrp_instance]]\nname = \"VI_1\"\ninterface = \"lb0\"\nvirtual_router_id = 7\n\
+             virtual_ipaddress = [\"198.18.0.100\"]\n",
+            "t.toml",
+            &|_: &str| true,
+        )
+        .expect("valid");
+        let c = c.vrrp_instances.remove(0);
+        let i = instance_config(&c, Some((65534, 65534))).expect("valid instance");
+        assert_eq!(i.notify_run_as, Some((65534, 65534)));
+    }
+
     #[tokio::test]
     async fn track_script_arguments_reach_the_program_verbatim_and_run_nothing() {
         let probe = ArgvProbe::new("track-argv");
@@ -301,7 +355,7 @@ mod tests {
         };
         let (tx, _rx) = mpsc::channel(4);
         let stop = CancellationToken::new();
-        spawn_track_script("VI_1", &t, tx, stop.clone()).expect("valid script");
+        spawn_track_script("VI_1", &t, None, tx, stop.clone()).expect("valid script");
         let recorded = probe.wait_recorded().await;
         stop.cancel();
         assert_eq!(recorded, probe.hostile);

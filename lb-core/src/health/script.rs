@@ -29,6 +29,9 @@ pub struct ScriptSpec {
     /// Time the program may run before its process group is killed, like keepalived's
     /// `misc_timeout`. Default 5 s.
     pub timeout: Duration,
+    /// uid and gid to run as (keepalived's `script_user`); supplementary groups are dropped.
+    /// Default: none, the daemon's own.
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl ScriptSpec {
@@ -41,6 +44,7 @@ impl ScriptSpec {
         Self {
             argv: argv.into_iter().map(Into::into).collect(),
             timeout: Duration::from_secs(5),
+            run_as: None,
         }
     }
 }
@@ -51,6 +55,7 @@ pub struct ScriptCheck {
     program: OsString,
     args: Vec<OsString>,
     timeout: Duration,
+    run_as: Option<(u32, u32)>,
 }
 
 impl ScriptCheck {
@@ -61,12 +66,18 @@ impl ScriptCheck {
             program: program.clone(),
             args: args.to_vec(),
             timeout: spec.timeout,
+            run_as: spec.run_as,
         })
     }
 
     async fn run(&self, target: SocketAddr) -> Result<Duration, CheckFailure> {
         let start = Instant::now();
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        if let Some((uid, gid)) = self.run_as {
+            // std's spawn drops supplementary groups when a uid is set.
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command
             .args(&self.args)
             .env("LB_BACKEND_IP", target.ip().to_string())
             .env("LB_BACKEND_PORT", target.port().to_string())
@@ -214,6 +225,30 @@ mod tests {
     #[tokio::test]
     async fn exit_zero_is_up() {
         sh("exit 0", 2000).check(target()).await.expect("up");
+    }
+
+    /// keepalived's `script_user`: uid, gid and no supplementary groups.
+    #[tokio::test]
+    async fn runs_as_the_script_user_with_its_group_alone() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (setuid)"
+        );
+        let ids = "echo \"$(id -u) $(id -g) $(id -G)\"; test \"$(id -u) $(id -g) $(id -G)\" = '65534 65534 65534'";
+        let mut spec = ScriptSpec::new(["/bin/sh", "-c", ids]);
+        spec.run_as = Some((65534, 65534));
+        let check = ScriptCheck::new(&spec).expect("valid");
+        check.check(target()).await.expect("ran as nobody");
+        let as_root = sh(ids, 2000)
+            .check(target())
+            .await
+            .expect_err("root is not nobody");
+        assert!(
+            as_root.to_string().contains("exit code 1: 0 0 0"),
+            "{as_root}"
+        );
     }
 
     #[tokio::test]

@@ -110,8 +110,7 @@ pub fn import_str(
     warnings.sort_by_key(|(pos, _)| *pos);
     let mut warnings: Vec<Warning> = warnings.into_iter().map(|(_, w)| w).collect();
     let toml = emit::render(file_name, &converted.tables);
-    let accept_any_interface = |_: &str| true;
-    if let Err(errors) = crate::config::parse(&toml, GENERATED, &accept_any_interface) {
+    if let Err(errors) = crate::config::parse(&toml, GENERATED, &TargetHost) {
         warnings.extend(errors.0.into_iter().map(|e| Warning {
             file: e.file,
             line: e.line,
@@ -127,4 +126,19 @@ pub fn import_str(
         }));
     }
     Ok(Import { toml, warnings })
+}
+
+/// The node the generated config is for, which need not be this one: any
+/// interface and any user may exist there, and its scripts are checked when
+/// `lb check-config` runs on it.
+struct TargetHost;
+
+impl crate::config::Environment for TargetHost {
+    fn interface_exists(&self, _name: &str) -> bool {
+        true
+    }
+
+    fn user_ids(&self, _name: &str) -> Option<(u32, u32)> {
+        Some((0, 0))
+    }
 }

@@ -336,8 +336,7 @@ fn golden(case: &str, interfaces: &[&str]) {
         |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     assert_eq!(out.toml, read(&toml_path), "{case}: TOML");
     assert_eq!(warnings, read(&warnings_path), "{case}: warnings");
-    let env = |name: &str| interfaces.contains(&name);
-    if let Err(e) = crate::config::parse(&out.toml, "expected.toml", &env) {
+    if let Err(e) = crate::config::parse(&out.toml, "expected.toml", &Host(interfaces)) {
         panic!("{case}: the TOML does not validate:\n{e}");
     }
 }
@@ -467,6 +466,41 @@ fn an_sctp_virtual_server_is_skipped_with_one_warning() {
         messages(&out),
         [
             "k.conf:2: warning: virtual_server 10.1.1.1 80: protocol SCTP is not supported by lb (tcp, udp); virtual_server ignored"
+        ]
+    );
+}
+
+/// A host with these interfaces and the root user.
+struct Host<'a>(&'a [&'a str]);
+
+impl crate::config::Environment for Host<'_> {
+    fn interface_exists(&self, name: &str) -> bool {
+        self.0.contains(&name)
+    }
+
+    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
+        (name == "root").then_some((0, 0))
+    }
+}
+
+/// `script_user` becomes `daemon.script_user`; keepalived's optional group
+/// has no lb equivalent and says so; `enable_script_security` is lb's
+/// default and needs no word.
+#[test]
+fn script_user_and_script_security() {
+    let i = import_text("global_defs {\n  enable_script_security\n  script_user portal\n}\n");
+    assert!(
+        i.toml.contains("\n[daemon]\nscript_user = \"portal\"\n"),
+        "{}",
+        i.toml
+    );
+    assert_eq!(messages(&i), Vec::<String>::new());
+    let i = import_text("global_defs {\n  script_user portal staff\n}\n");
+    assert!(i.toml.contains("script_user = \"portal\""), "{}", i.toml);
+    assert_eq!(
+        messages(&i),
+        [
+            "k.conf:2: warning: global_defs: script_user's group staff: lb runs scripts with the user's primary group; ignored"
         ]
     );
 }

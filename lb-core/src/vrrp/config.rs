@@ -51,6 +51,8 @@ pub struct InstanceConfig {
     pub notify_backup: Option<Vec<String>>,
     pub notify_fault: Option<Vec<String>>,
     pub notify_stop: Option<Vec<String>>,
+    /// uid and gid the notify scripts run as. Default: none, the daemon's own.
+    pub notify_run_as: Option<(u32, u32)>,
     pub garp_master_delay: Duration,
     pub garp_master_repeat: u32,
 }
@@ -103,6 +105,7 @@ impl InstanceConfig {
             notify_backup: None,
             notify_fault: None,
             notify_stop: None,
+            notify_run_as: None,
             garp_master_delay: DEFAULT_GARP_MASTER_DELAY,
             garp_master_repeat: DEFAULT_GARP_MASTER_REPEAT,
         }

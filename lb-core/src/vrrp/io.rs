@@ -271,7 +271,10 @@ impl Edge {
                 Action::SendGarp { repeat } => self.send_garps(repeat),
                 Action::Notify { state, priority } => {
                     tracing::info!(instance = %self.config.name, state = state.as_str(), priority, "VRRP transition");
-                    notify::spawn(notify::commands(&self.config, state, priority));
+                    notify::spawn(
+                        notify::commands(&self.config, state, priority),
+                        self.config.notify_run_as,
+                    );
                     Ok(())
                 }
             };

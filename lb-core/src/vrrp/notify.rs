@@ -38,10 +38,15 @@ pub fn commands(
 }
 
 /// Starts the scripts without waiting: a slow script must not delay adverts.
-/// Each exit status is logged when it comes.
-pub fn spawn(commands: Vec<(PathBuf, Vec<String>)>) {
+/// Each exit status is logged when it comes. They run as `run_as` (uid,
+/// gid; supplementary groups dropped) when given.
+pub fn spawn(commands: Vec<(PathBuf, Vec<String>)>, run_as: Option<(u32, u32)>) {
     for (script, args) in commands {
-        match tokio::process::Command::new(&script).args(&args).spawn() {
+        let mut command = tokio::process::Command::new(&script);
+        if let Some((uid, gid)) = run_as {
+            command.uid(uid).gid(gid);
+        }
+        match command.args(&args).spawn() {
             Ok(mut child) => {
                 tokio::spawn(async move {
                     match child.wait().await {
@@ -91,6 +96,40 @@ mod tests {
         assert_eq!(commands(&c, NotifyState::Fault, 100).len(), 1);
     }
 
+    /// keepalived's `script_user` applies to notify scripts too.
+    #[tokio::test]
+    async fn runs_as_the_script_user() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (setuid)"
+        );
+        let out = std::env::temp_dir().join(format!("lb-notify-user-{}", std::process::id()));
+        // The script's user may write this file, not create it: it exists
+        // first, writable by all.
+        std::fs::write(&out, "").unwrap();
+        std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+        let mut c = InstanceConfig::new("VI_1", "eth0", 51, 100, Vec::new());
+        c.notify = Some(vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("id -u > {}; id -G >> {}", out.display(), out.display()),
+        ]);
+        spawn(commands(&c, NotifyState::Master, 150), Some((65534, 65534)));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let written = loop {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            if text.lines().count() == 2 || std::time::Instant::now() > deadline {
+                break text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(written, "65534\n65534\n");
+    }
+
     #[tokio::test]
     async fn config_values_reach_the_script_verbatim_and_run_nothing() {
         let probe = ArgvProbe::new("notify-argv");
@@ -100,7 +139,7 @@ mod tests {
         let mut notify = probe.command();
         notify.extend(probe.hostile.iter().cloned());
         c.notify = Some(notify);
-        spawn(commands(&c, NotifyState::Master, 150));
+        spawn(commands(&c, NotifyState::Master, 150), None);
         let mut expected = probe.hostile.clone();
         expected.extend(["INSTANCE".into(), name, "MASTER".into(), "150".into()]);
         assert_eq!(probe.wait_recorded().await, expected);

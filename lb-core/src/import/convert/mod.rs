@@ -54,6 +54,8 @@ pub(crate) struct Globals {
     pub version: Option<Value>,
     pub garp_master_delay: Option<Value>,
     pub garp_master_repeat: Option<Value>,
+    /// `script_user`: lb's `daemon.script_user`.
+    pub script_user: Option<Value>,
 }
 
 /// The top-level vrrp_script blocks, by name, and which ones an instance
@@ -110,6 +112,11 @@ pub(crate) fn convert(nodes: &[Node]) -> Converted {
         }
     }
     let mut tables = Vec::new();
+    if let Some(user) = globals.script_user.clone() {
+        let mut daemon = Table::new("[daemon]");
+        daemon.set("script_user", user);
+        tables.push(daemon);
+    }
     let mut vips = VipInterfaces::new();
     for node in instances {
         tables.extend(vrrp::instance(
@@ -151,6 +158,20 @@ fn global_defs(ctx: &mut Ctx, node: &Node, globals: &mut Globals) {
             "vrrp_garp_master_repeat" => globals.garp_master_repeat = values::int(ctx, c, cx),
             // lb checks scripts this way unless told not to (daemon.script_security).
             "enable_script_security" => {}
+            "script_user" => {
+                if let Some(group) = c.args.get(1) {
+                    ctx.warn(
+                        c,
+                        format!(
+                            "{cx}: script_user's group {group}: lb runs scripts with the user's primary group; ignored"
+                        ),
+                    );
+                }
+                globals.script_user = c.args.first().map(Value::str);
+                if globals.script_user.is_none() {
+                    ctx.warn(c, format!("{cx}: script_user without a value; ignored"));
+                }
+            }
             _ => ctx.unsupported(c, cx),
         }
     }
