@@ -19,8 +19,9 @@ use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// What `execvp(3)` searches when `PATH` is unset.
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// What glibc's `execvp(3)`, and so the spawn of a script, searches when
+/// `PATH` is unset.
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
 const GROUP_OTHER_WRITE: u32 = 0o022;
 const STICKY: u32 = 0o1000;
