@@ -45,23 +45,37 @@ fn configs_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
 }
 
-/// The example configs' host: `env`'s interfaces and the root user.
-struct ExampleHost;
+/// A host for validation: `env`'s interfaces, these users (name, uid,
+/// gid), and every script under `/unsafe/` refused, as the real check would
+/// refuse one in a world-writable directory.
+struct TestHost(&'static [(&'static str, u32, u32)]);
 
-impl Environment for ExampleHost {
+impl Environment for TestHost {
     fn interface_exists(&self, name: &str) -> bool {
         env(name)
     }
 
+    fn script_problem(&self, program: &str) -> Option<String> {
+        program
+            .starts_with("/unsafe/")
+            .then(|| format!("{program}: writable by others"))
+    }
+
     fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
-        (name == "root").then_some((0, 0))
+        self.0
+            .iter()
+            .find(|(n, _, _)| *n == name)
+            .map(|&(_, uid, gid)| (uid, gid))
     }
 }
+
+/// The example configs' host: it has root.
+const EXAMPLE_HOST: TestHost = TestHost(&[("root", 0, 0)]);
 
 fn example(name: &str) -> Config {
     let path = configs_dir().join(name);
     let text = std::fs::read_to_string(&path).expect("example config");
-    match parse(&text, name, &ExampleHost) {
+    match parse(&text, name, &EXAMPLE_HOST) {
         Ok(c) => c,
         Err(e) => panic!("{name} does not load:\n{e}"),
     }
@@ -1385,22 +1399,6 @@ fn pin_dir_must_be_absolute() {
     assert_eq!(ok(MINIMAL).daemon.pin_dir, None);
 }
 
-/// Objects to every program under /unsafe, as the real check would to a
-/// script in a world-writable directory.
-struct UnsafeScripts;
-
-impl Environment for UnsafeScripts {
-    fn interface_exists(&self, name: &str) -> bool {
-        env(name)
-    }
-
-    fn script_problem(&self, program: &str) -> Option<String> {
-        program
-            .starts_with("/unsafe/")
-            .then(|| format!("{program}: writable by others"))
-    }
-}
-
 const UNSAFE_SCRIPTS: &str = r#"
 [[service]]
 vip = "198.18.0.100:80"
@@ -1429,7 +1427,7 @@ command = ["/unsafe/track.sh"]
 
 #[test]
 fn config_error_scripts_other_users_could_change_are_refused() {
-    let errors: Vec<String> = match parse(UNSAFE_SCRIPTS, "t.toml", &UnsafeScripts) {
+    let errors: Vec<String> = match parse(UNSAFE_SCRIPTS, "t.toml", &TestHost(&[])) {
         Ok(c) => panic!("expected errors, got {c:?}"),
         Err(e) => e.0.iter().map(ToString::to_string).collect(),
     };
@@ -1442,29 +1440,19 @@ fn config_error_scripts_other_users_could_change_are_refused() {
         ]
     );
     let off = format!("[daemon]\nscript_security = false\n{UNSAFE_SCRIPTS}");
-    let c = parse(&off, "t.toml", &UnsafeScripts).expect("script_security = false accepts them");
+    let c = parse(&off, "t.toml", &TestHost(&[])).expect("script_security = false accepts them");
     assert!(!c.daemon.script_security);
 }
 
 /// A host with a `portal` user (uid 1001, gid 1002).
-struct PortalUser;
-
-impl Environment for PortalUser {
-    fn interface_exists(&self, name: &str) -> bool {
-        env(name)
-    }
-
-    fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
-        (name == "portal").then_some((1001, 1002))
-    }
-}
+const PORTAL_HOST: TestHost = TestHost(&[("portal", 1001, 1002)]);
 
 #[test]
 fn script_user_is_resolved_when_the_config_is_read() {
     let c = parse(
         &format!("[daemon]\nscript_user = \"portal\"\n{MINIMAL}"),
         "t.toml",
-        &PortalUser,
+        &PORTAL_HOST,
     )
     .expect("portal exists");
     assert_eq!(
@@ -1478,7 +1466,7 @@ fn script_user_is_resolved_when_the_config_is_read() {
     let errors: Vec<String> = parse(
         &format!("[daemon]\nscript_user = \"nobody-here\"\n{MINIMAL}"),
         "t.toml",
-        &PortalUser,
+        &PORTAL_HOST,
     )
     .expect_err("no such user")
     .0
