@@ -377,7 +377,8 @@ async fn other_users_are_refused() {
 
 /// `lb check-config` (and so `lb run` and a reload, which read the config
 /// the same way) refuses a script check whose directory anyone may write,
-/// naming the key and the directory, and accepts it once that is fixed.
+/// naming the key and the directory, and accepts it once that is fixed;
+/// then one its `script_user` may not execute.
 #[test]
 fn check_config_refuses_a_script_other_users_could_change() {
     let dir = TempDir::new();
@@ -408,7 +409,7 @@ fn check_config_refuses_a_script_other_users_could_change() {
     let out = check();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let expected = format!(
-        "{}:8:11: service[0].check.command: {}: {} is writable by group or others (mode 0777)",
+        "{}:8:11: service[0].check.command: {}: {} is writable by a group other than root's or by others (mode 0777",
         config.display(),
         script.display(),
         scripts.display()
@@ -419,6 +420,31 @@ fn check_config_refuses_a_script_other_users_could_change() {
         text(&out.stderr)
     );
     std::fs::set_permissions(&scripts, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = check();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // With a script user, the script must be one that user can run.
+    let body = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("[daemon]\nscript_user = \"nobody\"\n{body}"),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o744)).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    let expected = format!(
+        "{}:10:11: service[0].check.command: {}: script_user \"nobody\" (uid {NOBODY}, gid ",
+        config.display(),
+        script.display(),
+    );
+    assert!(
+        text(&out.stderr).starts_with(&expected)
+            && text(&out.stderr).contains("cannot execute the script (mode 0744"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = check();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }

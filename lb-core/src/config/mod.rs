@@ -38,9 +38,10 @@ pub use model::*;
 pub trait Environment {
     fn interface_exists(&self, name: &str) -> bool;
 
-    /// Why a configured script's program (argv[0]) must not be run, if it
-    /// must not (see `daemon.script_security`). Default: no objection.
-    fn script_problem(&self, _program: &str) -> Option<String> {
+    /// Why a configured script's program (argv[0]) must not be run, as
+    /// `run_as` or else the daemon's user, if it must not (see
+    /// `daemon.script_security`). Default: no objection.
+    fn script_problem(&self, _program: &str, _run_as: Option<&ScriptUser>) -> Option<String> {
         None
     }
 
@@ -70,11 +71,11 @@ impl Environment for System {
         unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
     }
 
-    fn script_problem(&self, program: &str) -> Option<String> {
+    fn script_problem(&self, program: &str, run_as: Option<&ScriptUser>) -> Option<String> {
         let path = std::env::var_os("PATH");
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
-        script_security::problem(program, path.as_deref(), euid)
+        script_security::problem(program, path.as_deref(), euid, run_as)
     }
 
     fn user_ids(&self, name: &str) -> Option<(u32, u32)> {

@@ -1,46 +1,66 @@
 //! Who can change what the daemon runs.
 //!
 //! The daemon runs health-check, track and notify scripts as its own user,
-//! usually root. A script that another user can rewrite, or that sits in a
-//! directory another user can write (and so can swap the file or a symlink
-//! on its path), hands that user root. keepalived refuses such scripts with
-//! `enable_script_security`; lb does the same by default
-//! (`daemon.script_security`, default true).
+//! usually root, or as `daemon.script_user`. A script that another user can
+//! rewrite, or that sits in a directory another user can write (and so can
+//! swap the file or a symlink on its path), hands that user the script's
+//! privileges. keepalived refuses such scripts with `enable_script_security`;
+//! lb does the same by default (`daemon.script_security`, default true).
 //!
-//! Trusted owners are root and the daemon's own user. A file or directory is
-//! unsafe when another user owns it, or when group or others may write it;
-//! a group/world-writable directory with the sticky bit (`/tmp`) is safe,
-//! since only a file's owner may then rename or remove it. Every directory
-//! on the path as written and on the resolved path is checked, and each
-//! symlink on the way must have a trusted owner too.
+//! Trusted owners are root, the daemon's own user and the script user. A
+//! file or directory is unsafe when another user owns it, or when others
+//! may write it, or its group may and that group is not root's (gid 0, as
+//! keepalived allows). A world-writable directory with the sticky bit
+//! (`/tmp`) is safe, since only a file's owner may then rename or remove
+//! it. Every directory on the path as written and on the resolved path is
+//! checked, and each symlink on the way must have a trusted owner too.
+//!
+//! With a script user, the program must also be one that user can run:
+//! every directory on the resolved path searchable and the file executable
+//! by its uid and primary group alone (the groups a script runs with), or
+//! the script would fail at every run instead of at config time.
 
 use std::ffi::OsStr;
 use std::fs::Metadata;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::ScriptUser;
+
 /// What glibc's `execvp(3)`, and so the spawn of a script, searches when
 /// `PATH` is unset.
 const DEFAULT_PATH: &str = "/bin:/usr/bin";
 
-const GROUP_OTHER_WRITE: u32 = 0o022;
+const GROUP_WRITE: u32 = 0o020;
+const OTHER_WRITE: u32 = 0o002;
 const STICKY: u32 = 0o1000;
 const ANY_EXEC: u32 = 0o111;
 
 /// Why the daemon must not run `program` (argv[0] of a configured script,
 /// looked up in `path_var` like `execvp` when it has no `/`), or `None` when
-/// it is safe. `euid` is the daemon's effective user.
-pub fn problem(program: &str, path_var: Option<&OsStr>, euid: u32) -> Option<String> {
-    let file = match resolve(program, path_var) {
+/// it is safe. `euid` is the daemon's effective user; `run_as` the
+/// `script_user`, if any.
+pub fn problem(
+    program: &str,
+    path_var: Option<&OsStr>,
+    euid: u32,
+    run_as: Option<&ScriptUser>,
+) -> Option<String> {
+    let file = match resolve(program, path_var, run_as) {
         Ok(f) => f,
         Err(reason) => return Some(reason),
     };
-    check(&file, euid).err()
+    check(&file, euid, run_as).err()
 }
 
-/// The file `program` names: itself when it has a `/`, else the first
-/// executable file of that name in `path_var`'s absolute directories.
-fn resolve(program: &str, path_var: Option<&OsStr>) -> Result<PathBuf, String> {
+/// The file `program` names: itself when it has a `/`, else the first file
+/// of that name in `path_var`'s absolute directories that the script's user
+/// may execute, as `execvp` skips the others.
+fn resolve(
+    program: &str,
+    path_var: Option<&OsStr>,
+    run_as: Option<&ScriptUser>,
+) -> Result<PathBuf, String> {
     if program.contains('/') {
         let path = PathBuf::from(program);
         if !path.is_absolute() {
@@ -55,33 +75,78 @@ fn resolve(program: &str, path_var: Option<&OsStr>) -> Result<PathBuf, String> {
         .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
         .find(|p| {
-            std::fs::metadata(p)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & ANY_EXEC != 0)
+            std::fs::metadata(p).is_ok_and(|m| {
+                m.is_file()
+                    && match run_as {
+                        Some(u) => may_execute(&m, u),
+                        None => m.permissions().mode() & ANY_EXEC != 0,
+                    }
+            })
         })
         .ok_or_else(|| {
             format!(
-                "{program}: no executable of that name in PATH ({})",
-                search.to_string_lossy()
+                "{program}: no executable of that name in PATH ({}){}",
+                search.to_string_lossy(),
+                run_as
+                    .map(|u| format!(" for script_user {:?}", u.name))
+                    .unwrap_or_default()
             )
         })
 }
 
-fn check(file: &Path, euid: u32) -> Result<(), String> {
-    let trusted = |m: &Metadata| m.uid() == 0 || m.uid() == euid;
-    let fail = |what: &Path, reason: String| {
-        Err(format!(
-            "{}: {} {reason}; whoever can change it can run anything as this daemon's user \
-             (fix the ownership or permissions, or set daemon.script_security = false)",
-            file.display(),
-            if what == file {
-                "the script".to_owned()
-            } else {
-                what.display().to_string()
-            }
-        ))
+/// Whether `user`, with its primary group alone, may execute the file or
+/// search the directory `m` describes. Root may search any directory and
+/// execute a file with any execute bit.
+fn may_execute(m: &Metadata, user: &ScriptUser) -> bool {
+    let mode = m.permissions().mode();
+    if user.uid == 0 {
+        return m.is_dir() || mode & ANY_EXEC != 0;
+    }
+    let bit = if m.uid() == user.uid {
+        0o100
+    } else if m.gid() == user.gid {
+        0o010
+    } else {
+        0o001
     };
+    mode & bit != 0
+}
+
+/// Whether users other than the trusted ones may write `m`.
+fn writable_by_others(m: &Metadata) -> bool {
+    let mode = m.permissions().mode();
+    let group = mode & GROUP_WRITE != 0 && m.gid() != 0;
+    let other = mode & OTHER_WRITE != 0;
+    (group || other) && !(m.is_dir() && mode & STICKY != 0)
+}
+
+fn check(file: &Path, euid: u32, run_as: Option<&ScriptUser>) -> Result<(), String> {
+    let trusted =
+        |m: &Metadata| m.uid() == 0 || m.uid() == euid || run_as.is_some_and(|u| u.uid == m.uid());
     let real = std::fs::canonicalize(file)
         .map_err(|e| format!("{}: cannot be resolved: {e}", file.display()))?;
+    let name = |what: &Path| {
+        if what == file || what == real {
+            "the script".to_owned()
+        } else {
+            what.display().to_string()
+        }
+    };
+    let fail = |what: &Path, reason: String| {
+        Err(format!(
+            "{}: {} {reason}; whoever can change it can run anything as the script's user \
+             (fix the ownership or permissions, or set daemon.script_security = false)",
+            file.display(),
+            name(what)
+        ))
+    };
+    let unsafe_mode = |m: &Metadata| {
+        format!(
+            "is writable by a group other than root's or by others (mode {:04o}, gid {})",
+            m.permissions().mode() & 0o7777,
+            m.gid()
+        )
+    };
     // The path as written (its symlinks included), then the resolved one.
     for path in [file, real.as_path()] {
         let mut prefix = PathBuf::new();
@@ -92,15 +157,8 @@ fn check(file: &Path, euid: u32) -> Result<(), String> {
             if !trusted(&m) {
                 return fail(&prefix, format!("is owned by uid {}", m.uid()));
             }
-            let mode = m.permissions().mode();
-            if m.is_dir() && mode & GROUP_OTHER_WRITE != 0 && mode & STICKY == 0 {
-                return fail(
-                    &prefix,
-                    format!(
-                        "is writable by group or others (mode {:04o})",
-                        mode & 0o7777
-                    ),
-                );
+            if m.is_dir() && writable_by_others(&m) {
+                return fail(&prefix, unsafe_mode(&m));
             }
         }
     }
@@ -119,14 +177,30 @@ fn check(file: &Path, euid: u32) -> Result<(), String> {
     if !trusted(&m) {
         return fail(file, format!("is owned by uid {}", m.uid()));
     }
-    if mode & GROUP_OTHER_WRITE != 0 {
-        return fail(
-            file,
-            format!(
-                "is writable by group or others (mode {:04o})",
-                mode & 0o7777
-            ),
-        );
+    if writable_by_others(&m) {
+        return fail(file, unsafe_mode(&m));
+    }
+    if let Some(user) = run_as {
+        let mut prefix = PathBuf::new();
+        for c in real.components() {
+            prefix.push(c);
+            let m = std::fs::metadata(&prefix)
+                .map_err(|e| format!("{}: {}: {e}", file.display(), prefix.display()))?;
+            if !may_execute(&m, user) {
+                let verb = if m.is_dir() { "search" } else { "execute" };
+                return Err(format!(
+                    "{}: script_user {:?} (uid {}, gid {}) cannot {verb} {} (mode {:04o}, owner {}:{})",
+                    file.display(),
+                    user.name,
+                    user.uid,
+                    user.gid,
+                    name(&prefix),
+                    m.permissions().mode() & 0o7777,
+                    m.uid(),
+                    m.gid()
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -173,7 +247,7 @@ mod tests {
     }
 
     fn problem_of(p: &Path) -> Option<String> {
-        problem(p.to_str().unwrap(), None, euid())
+        problem(p.to_str().unwrap(), None, euid(), None)
     }
 
     #[test]
@@ -191,15 +265,38 @@ mod tests {
         let s = d.script("check.sh", 0o757);
         let reason = problem_of(&s).unwrap();
         assert!(
-            reason.contains("the script is writable by group or others (mode 0757)"),
+            reason.contains(
+                "the script is writable by a group other than root's or by others (mode 0757"
+            ),
             "{reason}"
         );
         assert!(
             reason.contains("daemon.script_security = false"),
             "{reason}"
         );
-        chmod(&s, 0o775);
-        assert!(problem_of(&s).is_some());
+    }
+
+    /// keepalived's rule: group write is fine when the group is root's.
+    #[test]
+    fn group_write_is_refused_unless_the_group_is_root() {
+        assert_eq!(euid(), 0, "this test needs root (chgrp to other groups)");
+        let d = Dir::new("group");
+        let s = d.script("check.sh", 0o775);
+        assert_eq!(problem_of(&s), None);
+        std::os::unix::fs::chown(&s, None, Some(65534)).unwrap();
+        let reason = problem_of(&s).unwrap();
+        assert!(
+            reason.contains(
+                "the script is writable by a group other than root's or by others (mode 0775, gid 65534)"
+            ),
+            "{reason}"
+        );
+        std::os::unix::fs::chown(&s, None, Some(0)).unwrap();
+        chmod(&d.0, 0o770);
+        assert_eq!(problem_of(&s), None);
+        std::os::unix::fs::chown(&d.0, None, Some(65534)).unwrap();
+        let reason = problem_of(&s).unwrap();
+        assert!(reason.contains(&d.0.display().to_string()), "{reason}");
     }
 
     #[test]
@@ -214,7 +311,7 @@ mod tests {
         let reason = problem_of(&s).unwrap();
         assert!(
             reason.contains(&format!(
-                "{} is writable by group or others (mode 0777)",
+                "{} is writable by a group other than root's or by others (mode 0777",
                 sub.display()
             )),
             "{reason}"
@@ -233,7 +330,7 @@ mod tests {
         symlink(&target, &link).unwrap();
         // The target is fine, but anyone could repoint the link.
         let reason = problem_of(&link).unwrap();
-        assert!(reason.contains("writable by group or others"), "{reason}");
+        assert!(reason.contains("or by others (mode 0777"), "{reason}");
         // And a safe link to an unsafe target is refused for the target.
         chmod(&open.0, 0o700);
         chmod(&safe.0, 0o777);
@@ -263,23 +360,23 @@ mod tests {
         let d = Dir::new("lookup");
         d.script("lb-probe", 0o755);
         let path = std::env::join_paths(["relative/dir".into(), d.0.clone()]).unwrap();
-        assert_eq!(problem("lb-probe", Some(&path), euid()), None);
+        assert_eq!(problem("lb-probe", Some(&path), euid(), None), None);
         chmod(&d.0, 0o777);
-        let reason = problem("lb-probe", Some(&path), euid()).unwrap();
-        assert!(reason.contains("writable by group or others"), "{reason}");
-        let reason = problem("lb-no-such-probe", Some(&path), euid()).unwrap();
+        let reason = problem("lb-probe", Some(&path), euid(), None).unwrap();
+        assert!(reason.contains("or by others (mode 0777"), "{reason}");
+        let reason = problem("lb-no-such-probe", Some(&path), euid(), None).unwrap();
         assert!(
             reason.contains("no executable of that name in PATH"),
             "{reason}"
         );
         // sh itself, as a health check would find it.
-        assert_eq!(problem("sh", None, euid()), None);
+        assert_eq!(problem("sh", None, euid(), None), None);
     }
 
     #[test]
     fn relative_missing_and_unexecutable_paths_are_refused() {
         let d = Dir::new("misc");
-        let reason = problem("./check.sh", None, euid()).unwrap();
+        let reason = problem("./check.sh", None, euid(), None).unwrap();
         assert!(reason.contains("write it absolute"), "{reason}");
         let missing = d.0.join("nope.sh");
         assert!(problem_of(&missing).unwrap().contains("cannot be resolved"));
@@ -290,5 +387,99 @@ mod tests {
                 .contains("not executable (mode 0644)")
         );
         assert!(problem_of(&d.0).unwrap().contains("not a regular file"));
+    }
+
+    fn nobody() -> ScriptUser {
+        ScriptUser {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+
+    /// A script the script user cannot run would fail at every run: it is
+    /// refused when the config is read, naming what stands in the way.
+    #[test]
+    fn the_script_user_must_be_able_to_run_the_script() {
+        let d = Dir::new("runas");
+        let s = d.script("check.sh", 0o755);
+        let as_nobody = |p: &Path| problem(p.to_str().unwrap(), None, euid(), Some(&nobody()));
+        // Dir::new is 0700: nobody cannot get in.
+        let reason = as_nobody(&s).unwrap();
+        assert!(
+            reason.contains(&format!(
+                "script_user \"nobody\" (uid 65534, gid 65534) cannot search {} (mode 0700",
+                d.0.display()
+            )),
+            "{reason}"
+        );
+        chmod(&d.0, 0o755);
+        assert_eq!(as_nobody(&s), None);
+        chmod(&s, 0o744);
+        let reason = as_nobody(&s).unwrap();
+        assert!(
+            reason.contains("cannot execute the script (mode 0744"),
+            "{reason}"
+        );
+        // Through a symlink, the file it names is what must be executable.
+        let link = d.0.join("check");
+        symlink(&s, &link).unwrap();
+        let reason = as_nobody(&link).unwrap();
+        assert!(
+            reason.contains("cannot execute the script (mode 0744"),
+            "{reason}"
+        );
+        // Root runs anything with an execute bit.
+        let root = ScriptUser {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+        };
+        chmod(&d.0, 0o700);
+        assert_eq!(
+            problem(s.to_str().unwrap(), None, euid(), Some(&root)),
+            None
+        );
+    }
+
+    /// Its own files, and its group's execute bit, are the script user's.
+    #[test]
+    fn the_script_user_may_own_its_script() {
+        assert_eq!(euid(), 0, "this test needs root (chown to another user)");
+        let d = Dir::new("runas-owner");
+        chmod(&d.0, 0o755);
+        let s = d.script("check.sh", 0o700);
+        std::os::unix::fs::chown(&s, Some(65534), Some(0)).unwrap();
+        let as_nobody = problem(s.to_str().unwrap(), None, euid(), Some(&nobody()));
+        assert_eq!(as_nobody, None);
+        // Without the script user, a file owned by nobody is not trusted.
+        assert!(problem_of(&s).unwrap().contains("is owned by uid 65534"));
+        std::os::unix::fs::chown(&s, Some(0), Some(65534)).unwrap();
+        chmod(&s, 0o750);
+        let as_nobody = problem(s.to_str().unwrap(), None, euid(), Some(&nobody()));
+        assert_eq!(as_nobody, None);
+    }
+
+    /// Like execvp, the lookup skips a file the script user cannot execute.
+    #[test]
+    fn path_lookup_finds_what_the_script_user_can_execute() {
+        let first = Dir::new("runas-path1");
+        let second = Dir::new("runas-path2");
+        chmod(&first.0, 0o755);
+        chmod(&second.0, 0o755);
+        first.script("lb-probe", 0o700);
+        second.script("lb-probe", 0o755);
+        let path = std::env::join_paths([first.0.clone(), second.0.clone()]).unwrap();
+        assert_eq!(
+            problem("lb-probe", Some(&path), euid(), Some(&nobody())),
+            None
+        );
+        chmod(&second.0.join("lb-probe"), 0o700);
+        let reason = problem("lb-probe", Some(&path), euid(), Some(&nobody())).unwrap();
+        assert!(
+            reason.contains("no executable of that name in PATH")
+                && reason.contains("for script_user \"nobody\""),
+            "{reason}"
+        );
     }
 }

@@ -46,8 +46,9 @@ fn configs_dir() -> std::path::PathBuf {
 }
 
 /// A host for validation: `env`'s interfaces, these users (name, uid,
-/// gid), and every script under `/unsafe/` refused, as the real check would
-/// refuse one in a world-writable directory.
+/// gid), every script under `/unsafe/` refused, as the real check would
+/// refuse one in a world-writable directory, and every script under
+/// `/root-only/` refused to a script user other than root.
 struct TestHost(&'static [(&'static str, u32, u32)]);
 
 impl Environment for TestHost {
@@ -55,10 +56,14 @@ impl Environment for TestHost {
         env(name)
     }
 
-    fn script_problem(&self, program: &str) -> Option<String> {
+    fn script_problem(&self, program: &str, run_as: Option<&ScriptUser>) -> Option<String> {
+        if program.starts_with("/unsafe/") {
+            return Some(format!("{program}: writable by others"));
+        }
+        let user = run_as.filter(|u| u.uid != 0)?;
         program
-            .starts_with("/unsafe/")
-            .then(|| format!("{program}: writable by others"))
+            .starts_with("/root-only/")
+            .then(|| format!("{program}: script_user {:?} cannot execute it", user.name))
     }
 
     fn user_ids(&self, name: &str) -> Option<(u32, u32)> {
@@ -1477,6 +1482,29 @@ fn script_user_is_resolved_when_the_config_is_read() {
         errors,
         ["t.toml:2:15: daemon.script_user: no user \"nobody-here\" on this host"]
     );
+}
+
+/// Scripts are checked for the user they will run as.
+#[test]
+fn config_error_the_script_user_cannot_run_a_script() {
+    let text = format!(
+        "[daemon]\nscript_user = \"portal\"\n{MINIMAL}\n[service.check]\ntype = \"script\"\ncommand = [\"/root-only/check.sh\"]\n"
+    );
+    let errors: Vec<String> = parse(&text, "t.toml", &PORTAL_HOST)
+        .expect_err("portal cannot run it")
+        .0
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            "t.toml:14:11: service[0].check.command: /root-only/check.sh: script_user \"portal\" cannot execute it"
+        ]
+    );
+    let as_root = text.replace("script_user = \"portal\"", "script_user = \"root\"");
+    let host = TestHost(&[("root", 0, 0)]);
+    parse(&as_root, "t.toml", &host).expect("root can run it");
 }
 
 #[test]

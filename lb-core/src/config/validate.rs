@@ -48,6 +48,8 @@ pub(crate) struct Validator<'a> {
     blanked: &'a HashSet<String>,
     /// `daemon.script_security`, once `[daemon]` is read.
     script_security: bool,
+    /// `daemon.script_user`, once `[daemon]` is read.
+    script_user: Option<ScriptUser>,
     pub errors: Vec<ConfigError>,
 }
 
@@ -62,6 +64,7 @@ impl<'a> Validator<'a> {
             env,
             blanked,
             script_security: true,
+            script_user: None,
             errors: Vec::new(),
         }
     }
@@ -223,7 +226,7 @@ impl<'a> Validator<'a> {
                 "must name a program to run: [\"/path/to/program\", \"arg\", ...]",
             );
         } else if self.script_security
-            && let Some(reason) = self.env.script_problem(&argv[0])
+            && let Some(reason) = self.env.script_problem(&argv[0], self.script_user.as_ref())
         {
             self.err(&v.span(), key, reason);
         }
@@ -248,6 +251,7 @@ impl<'a> Validator<'a> {
     pub(crate) fn config(&mut self, raw: &RawConfig) -> Config {
         let daemon = self.daemon(raw.daemon.as_ref().unwrap_or(&RawDaemon::default()));
         self.script_security = daemon.script_security;
+        self.script_user = daemon.script_user.clone();
         let services = self.services(&raw.service, &daemon);
         self.snat_ports_clear_of_vips(raw, &services);
         let vrrp_instances = self.vrrp_instances(&raw.vrrp_instance);
