@@ -9,7 +9,8 @@ set -euo pipefail
 TOOLS="${LB_TOOLS_DIR:-$HOME/.cargo}"
 # libnginx-mod-stream: nginx-light builds stream as a dynamic module it does
 # not ship; `cargo xtask bench e2e` compares lb against nginx stream.
-APT_PKGS=(iproute2 ethtool keepalived curl python3 tcpdump wrk haproxy nginx-light libnginx-mod-stream prometheus)
+# clang, llvm (llc) and bpftool build and load Katran for `cargo xtask bench --katran`.
+APT_PKGS=(iproute2 ethtool keepalived curl python3 tcpdump wrk haproxy nginx-light libnginx-mod-stream prometheus clang llvm bpftool)
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "setup: apt packages need root (run with sudo)" >&2; exit 1; }; }
 

@@ -15,16 +15,22 @@
 //!
 //! `cargo xtask bench` builds it (and `lb`) in release mode and runs all
 //! three (as root).
+mod katran;
 mod vrrp;
 
-use std::{net::SocketAddr, path::PathBuf, time::Instant};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Instant,
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use etherparse::PacketBuilder;
+use katran::Katran;
 use lb_core::{
     config::Scheduler,
-    datapath::{Datapath, Limits, addr6},
+    datapath::{Datapath, Limits, TestRunOutput, addr6},
     table::{self, Member, build_maglev},
 };
 use lb_ebpf::abi::{self, Backend, VipKey, VipKey6, VipMeta, VipMeta6};
@@ -49,6 +55,11 @@ enum What {
         /// One-shot runs per case for the second method.
         #[arg(long, default_value_t = 20_000)]
         singles: usize,
+        /// Katran's `balancer.bpf.o`, to measure beside lb in the same run
+        /// (needs bpftool; `cargo xtask bench micro --katran DIR` builds it
+        /// from a Katran checkout).
+        #[arg(long)]
+        katran: Option<PathBuf>,
     },
     /// Weighted Maglev build time for 10, 100 and 1000 backends.
     Maglev {
@@ -254,10 +265,27 @@ fn scheduled(
     Ok(dp)
 }
 
+/// What a case runs: one of lb's programs, or Katran's balancer.
+enum Target {
+    Lb {
+        prog: &'static str,
+        dp: Box<Datapath>,
+    },
+    Katran(Box<Katran>),
+}
+
+impl Target {
+    fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
+        match self {
+            Target::Lb { prog, dp } => Ok(dp.test_run(prog, frame, repeat)?),
+            Target::Katran(k) => k.test_run(frame, repeat),
+        }
+    }
+}
+
 struct Case {
     name: String,
-    prog: &'static str,
-    dp: Datapath,
+    target: Target,
     frame: Vec<u8>,
     verdict: u32,
     /// A repeat would not take the same path (the program rewrites the
@@ -267,7 +295,7 @@ struct Case {
     new_flows: bool,
 }
 
-fn cases() -> Result<Vec<Case>> {
+fn cases(katran: Option<&Path>) -> Result<Vec<Case>> {
     const PASS: u32 = 2;
     const TX: u32 = 3;
     let tcp = frame(CLIENT, VIP, 40_000, 80, false)?;
@@ -275,8 +303,10 @@ fn cases() -> Result<Vec<Case>> {
     let mut out = Vec::new();
     out.push(Case {
         name: "trivial XDP_PASS (baseline)".into(),
-        prog: abi::prog::XDP_PASS,
-        dp: datapath(abi::MODE_DR, 900, false)?,
+        target: Target::Lb {
+            prog: abi::prog::XDP_PASS,
+            dp: Box::new(datapath(abi::MODE_DR, 900, false)?),
+        },
         frame: tcp.clone(),
         verdict: PASS,
         one_shot_only: false,
@@ -284,8 +314,10 @@ fn cases() -> Result<Vec<Case>> {
     });
     out.push(Case {
         name: "non-VIP packet (pass)".into(),
-        prog: abi::prog::XDP_LB,
-        dp: datapath(abi::MODE_DR, 900, false)?,
+        target: Target::Lb {
+            prog: abi::prog::XDP_LB,
+            dp: Box::new(datapath(abi::MODE_DR, 900, false)?),
+        },
         frame: frame(CLIENT, [198, 18, 0, 200], 40_000, 80, false)?,
         verdict: PASS,
         one_shot_only: false,
@@ -323,11 +355,19 @@ fn cases() -> Result<Vec<Case>> {
             false,
             false,
         ),
+        (
+            "tun, new flow every packet (IPIP encap)",
+            abi::MODE_TUN,
+            false,
+            true,
+        ),
     ] {
         out.push(Case {
             name: name.into(),
-            prog: abi::prog::XDP_LB,
-            dp: datapath(mode, 900, udp)?,
+            target: Target::Lb {
+                prog: abi::prog::XDP_LB,
+                dp: Box::new(datapath(mode, 900, udp)?),
+            },
             frame: frame(CLIENT, VIP, 40_000, 80, udp)?,
             verdict: TX,
             one_shot_only: mode != abi::MODE_DR || new_flows,
@@ -352,8 +392,10 @@ fn cases() -> Result<Vec<Case>> {
             };
             out.push(Case {
                 name: format!("dr {s} ({backends} backends), {what}"),
-                prog: abi::prog::XDP_LB,
-                dp: scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?,
+                target: Target::Lb {
+                    prog: abi::prog::XDP_LB,
+                    dp: Box::new(scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?),
+                },
                 frame: tcp.clone(),
                 verdict: TX,
                 one_shot_only: new_flows,
@@ -370,8 +412,10 @@ fn cases() -> Result<Vec<Case>> {
         let (s, backends) = (Scheduler::Wlc, abi::LEAST_MAX_BACKENDS);
         out.push(Case {
             name: format!("IPv6 dr {s} ({backends} backends), {what}"),
-            prog: abi::prog::XDP_LB,
-            dp: scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?,
+            target: Target::Lb {
+                prog: abi::prog::XDP_LB,
+                dp: Box::new(scheduled(abi::MODE_DR, 900, false, s, backends, 65_536)?),
+            },
             frame: tcp6.clone(),
             verdict: TX,
             one_shot_only: new_flows,
@@ -380,8 +424,10 @@ fn cases() -> Result<Vec<Case>> {
     }
     out.push(Case {
         name: "IPv6 non-VIP packet (pass)".into(),
-        prog: abi::prog::XDP_LB,
-        dp: datapath(abi::MODE_DR, 900, false)?,
+        target: Target::Lb {
+            prog: abi::prog::XDP_LB,
+            dp: Box::new(datapath(abi::MODE_DR, 900, false)?),
+        },
         frame: frame(v6(CLIENT6), v6(0x200), 40_000, 80, false)?,
         verdict: PASS,
         one_shot_only: false,
@@ -422,8 +468,10 @@ fn cases() -> Result<Vec<Case>> {
     ] {
         out.push(Case {
             name: name.into(),
-            prog: abi::prog::XDP_LB,
-            dp: datapath(mode, 900, udp)?,
+            target: Target::Lb {
+                prog: abi::prog::XDP_LB,
+                dp: Box::new(datapath(mode, 900, udp)?),
+            },
             frame: frame(v6(CLIENT6), v6(VIP6), 40_000, 80, udp)?,
             verdict: TX,
             one_shot_only: mode != abi::MODE_DR || new_flows,
@@ -437,8 +485,10 @@ fn cases() -> Result<Vec<Case>> {
     let be: [u8; 4] = fwd.data[30..34].try_into()?;
     out.push(Case {
         name: "nat, backend reply (un-NAT)".into(),
-        prog: abi::prog::XDP_LB,
-        dp,
+        target: Target::Lb {
+            prog: abi::prog::XDP_LB,
+            dp: Box::new(dp),
+        },
         frame: frame(be, LB, 8033, port, false)?,
         verdict: TX,
         one_shot_only: true,
@@ -450,14 +500,72 @@ fn cases() -> Result<Vec<Case>> {
     let be: [u8; 16] = fwd.data[38..54].try_into()?;
     out.push(Case {
         name: "IPv6 nat, backend reply (un-NAT)".into(),
-        prog: abi::prog::XDP_LB,
-        dp,
+        target: Target::Lb {
+            prog: abi::prog::XDP_LB,
+            dp: Box::new(dp),
+        },
         frame: frame(be, v6(LB6), 8033, port, false)?,
         verdict: TX,
         one_shot_only: true,
         new_flows: false,
     });
+    if let Some(object) = katran {
+        out.extend(katran_cases(object, &tcp)?);
+    }
     Ok(out)
+}
+
+/// Katran beside lb's `tun` (both encapsulate in IPIP): a non-VIP packet,
+/// an established flow, a new flow every packet. Each case has its own
+/// Katran, so the new flows do not evict the established one.
+fn katran_cases(object: &Path, tcp: &[u8]) -> Result<Vec<Case>> {
+    const PASS: u32 = 2;
+    const TX: u32 = 3;
+    let reals: Vec<[u8; 4]> = (1..=8).map(|i| [198, 18, 1, i]).collect();
+    let load = || Katran::load(object, (VIP, 80), &reals, MAC_A);
+    let hit = load()?;
+    let first = hit.test_run(tcp, 1)?;
+    // Outer IPv4 header after Ethernet: protocol 4 (IPIP), to a real.
+    let to_real = first
+        .data
+        .get(30..34)
+        .and_then(|d| <[u8; 4]>::try_from(d).ok());
+    if first.verdict != TX
+        || first.data.get(23) != Some(&4)
+        || !to_real.is_some_and(|d| reals.contains(&d))
+    {
+        bail!(
+            "Katran did not encapsulate the VIP packet to a real (verdict {}): is {} Katran's balancer?",
+            first.verdict,
+            object.display()
+        );
+    }
+    Ok(vec![
+        Case {
+            name: "Katran: non-VIP packet (pass)".into(),
+            target: Target::Katran(Box::new(load()?)),
+            frame: frame(CLIENT, [198, 18, 0, 200], 40_000, 80, false)?,
+            verdict: PASS,
+            one_shot_only: false,
+            new_flows: false,
+        },
+        Case {
+            name: "Katran: VIP hit, established TCP flow (IPIP encap)".into(),
+            target: Target::Katran(Box::new(hit)),
+            frame: tcp.to_vec(),
+            verdict: TX,
+            one_shot_only: true,
+            new_flows: false,
+        },
+        Case {
+            name: "Katran: new flow every packet (IPIP encap)".into(),
+            target: Target::Katran(Box::new(load()?)),
+            frame: tcp.to_vec(),
+            verdict: TX,
+            one_shot_only: true,
+            new_flows: true,
+        },
+    ])
 }
 
 fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
@@ -465,10 +573,10 @@ fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     (v[v.len() / 2], v[0], v[v.len() - 1])
 }
 
-fn bench_datapath(repeat: u32, rounds: usize, singles: usize) -> Result<()> {
-    let cases = cases().context("setting up the datapath (root needed)")?;
+fn bench_datapath(repeat: u32, rounds: usize, singles: usize, katran: Option<&Path>) -> Result<()> {
+    let cases = cases(katran).context("setting up the datapath (root needed)")?;
     for c in &cases {
-        let first = c.dp.test_run(c.prog, &c.frame, 1)?;
+        let first = c.target.test_run(&c.frame, 1)?;
         if first.verdict != c.verdict {
             bail!(
                 "{}: verdict {} (expected {})",
@@ -482,7 +590,7 @@ fn bench_datapath(repeat: u32, rounds: usize, singles: usize) -> Result<()> {
     let mut repeated = vec![Vec::new(); cases.len()];
     for _ in 0..rounds {
         for (i, c) in cases.iter().enumerate().filter(|(_, c)| !c.one_shot_only) {
-            let r = c.dp.test_run(c.prog, &c.frame, repeat)?;
+            let r = c.target.test_run(&c.frame, repeat)?;
             repeated[i].push(r.duration.as_nanos() as f64);
         }
     }
@@ -495,7 +603,7 @@ fn bench_datapath(repeat: u32, rounds: usize, singles: usize) -> Result<()> {
                 let at = sport_at(&frames[i]);
                 frames[i][at..at + 2].copy_from_slice(&(n as u16 + 1).to_be_bytes());
             }
-            let r = c.dp.test_run(c.prog, &frames[i], 1)?;
+            let r = c.target.test_run(&frames[i], 1)?;
             single[i].push(r.duration.as_nanos() as f64);
         }
     }
@@ -591,7 +699,8 @@ fn main() -> Result<()> {
             repeat,
             rounds,
             singles,
-        } => bench_datapath(repeat, rounds, singles),
+            katran,
+        } => bench_datapath(repeat, rounds, singles, katran.as_deref()),
         What::Maglev { size, rounds } => bench_maglev(size, rounds),
         What::Recount { rounds } => bench_recount(rounds),
         What::Vrrp { reps, lb } => vrrp::bench(reps, lb),

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask <setup|build|test|lint|lab|bench [micro|vrrp|health|e2e|all]|chaos [--duration 180s]>`.
+//! Project tasks: `cargo xtask <setup|build|test|lint|lab|bench [micro|vrrp|health|e2e|all] [--katran DIR]|chaos [--duration 180s]>`.
 //!
 //! The lab is the project's main job: network namespaces on 198.18.0.0/15
 //! with a client, the load balancer and three HTTP backends, brought up with
@@ -43,10 +43,15 @@ enum Task {
     /// mode and scheduler), Maglev build time and the lc/wlc recount; `vrrp` the failover gap against keepalived (about
     /// 4 minutes); `health` 1000 health-checked backends against HAProxy
     /// (about 2 minutes); `e2e` wrk through lb vs HAProxy vs nginx stream
-    /// (about 10 minutes); `all` runs them all.
+    /// (about 10 minutes); `all` runs them all. `--katran DIR` adds Katran's
+    /// XDP balancer to the datapath bench.
     Bench {
         #[arg(value_enum, default_value = "micro")]
         which: BenchKind,
+        /// A Katran checkout (facebookincubator/katran): its XDP balancer is
+        /// built with clang and measured beside lb in the datapath bench.
+        #[arg(long, value_name = "DIR")]
+        katran: Option<PathBuf>,
     },
     /// The cargo-fuzz targets (VRRP codec, config parser), each for
     /// `--seconds`, from the committed seeds plus fuzz/corpus (needs nightly
@@ -229,8 +234,9 @@ fn lint() -> Result<()> {
         ]))
 }
 
-fn bench(which: BenchKind) -> Result<()> {
+fn bench(which: BenchKind, katran: Option<&Path>) -> Result<()> {
     require_root("cargo xtask bench")?;
+    let katran = katran.map(build_katran).transpose()?;
     // lb-cli too: the vrrp, health and e2e benches drive the `lb` binary.
     run(cargo().args(["build", "--release", "-p", "lb-benches", "-p", "lb-cli"]))?;
     let release = root().join("target/release");
@@ -238,7 +244,12 @@ fn bench(which: BenchKind) -> Result<()> {
     let all = which == BenchKind::All;
     if all || which == BenchKind::Micro {
         println!("\n## Datapath, ns/packet (BPF_PROG_TEST_RUN)\n");
-        run(Command::new(&bin).arg("datapath"))?;
+        let mut datapath = Command::new(&bin);
+        datapath.arg("datapath");
+        if let Some(object) = &katran {
+            datapath.arg("--katran").arg(object);
+        }
+        run(&mut datapath)?;
         println!("\n## Maglev table build\n");
         run(Command::new(&bin).arg("maglev"))?;
         println!("\n## lc/wlc active-flow recount\n");
@@ -266,6 +277,46 @@ fn bench(which: BenchKind) -> Result<()> {
             .arg(release.join("lb")))?;
     }
     Ok(())
+}
+
+/// Builds Katran's balancer from the checkout `src` as Katran's own
+/// Makefile does (clang to LLVM IR, llc to BPF), into target/katran.
+fn build_katran(src: &Path) -> Result<PathBuf> {
+    let source = src.join("katran/lib/bpf/balancer.bpf.c");
+    ensure!(
+        source.is_file(),
+        "{} is not a Katran checkout (no katran/lib/bpf/balancer.bpf.c)",
+        src.display()
+    );
+    let out = root().join("target/katran");
+    std::fs::create_dir_all(&out)?;
+    let (ir, object) = (out.join("balancer.ll"), out.join("balancer.bpf.o"));
+    run(Command::new("clang")
+        .arg(format!(
+            "-I{}",
+            src.join("katran/lib/linux_includes").display()
+        ))
+        .arg(format!("-I{}", src.display()))
+        .args([
+            "-D__KERNEL__",
+            "-Wno-unused-value",
+            "-Wno-pointer-sign",
+            "-Wno-compare-distinct-pointer-types",
+            "-O2",
+            "-emit-llvm",
+            "-c",
+            "-g",
+        ])
+        .arg(&source)
+        .arg("-o")
+        .arg(&ir))
+    .context("compiling Katran (clang and llc: scripts/setup.sh installs them)")?;
+    run(Command::new("llc")
+        .args(["-march=bpf", "-filetype=obj"])
+        .arg(&ir)
+        .arg("-o")
+        .arg(&object))?;
+    Ok(object)
 }
 
 fn chaos(duration: u64, seed: u64) -> Result<()> {
@@ -551,7 +602,7 @@ fn main() -> Result<()> {
         Task::Lab {
             action: LabAction::Check,
         } => lab_check(),
-        Task::Bench { which } => bench(which),
+        Task::Bench { which, katran } => bench(which, katran.as_deref()),
         Task::Fuzz { seconds } => fuzz(seconds),
         Task::Chaos { duration, seed } => chaos(duration, seed),
     }
