@@ -538,10 +538,43 @@ fn nginx_stream_conf(dir: &Path) -> String {
     c
 }
 
+/// Where each lb host serves Prometheus metrics, in its own namespace.
+const METRICS: &str = "127.0.0.1:9658";
+
+/// Prometheus metrics that tell what lb itself did with the load.
+const COUNTERS: [&str; 4] = [
+    "lb_service_drops_total",
+    "lb_unmatched_drops_total",
+    "lb_backend_syns_total",
+    "lb_backend_syn_answers_total",
+];
+
+/// The nonzero `COUNTERS` of both lb hosts, one per line, prefixed with the
+/// host; "none" when there are none.
+fn lb_counters(lab: &Lab) -> Result<String> {
+    let mut out = String::new();
+    for host in ["lb", "lbn"] {
+        let text = lab.sh(&lab.ns(host), &format!("curl -sf http://{METRICS}/metrics"))?;
+        for line in text.lines() {
+            let nonzero = line
+                .rsplit_once(' ')
+                .is_some_and(|(_, v)| v.parse::<f64>().is_ok_and(|v| v != 0.0));
+            if nonzero && COUNTERS.iter().any(|c| line.starts_with(&format!("{c}{{"))) {
+                let _ = writeln!(out, "    {host}: {line}");
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push_str("    none");
+    }
+    Ok(out)
+}
+
 /// `lb run` config of one lb host: a dr and a nat VIP in `xdp_mode`.
 fn lb_conf(dir: &Path, xdp_mode: &str, vip_dr: &str, vip_nat: &str) -> String {
     let mut c = format!(
-        "[daemon]\nxdp_mode = \"{xdp_mode}\"\nadmin_socket = \"{}/lb-{xdp_mode}.sock\"\n",
+        "[daemon]\nxdp_mode = \"{xdp_mode}\"\nadmin_socket = \"{}/lb-{xdp_mode}.sock\"\n\
+         metrics_listen = \"{METRICS}\"\n",
         dir.display()
     );
     let mut services = vec![
@@ -854,6 +887,7 @@ fn main() -> Result<()> {
         }
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let counters = lb_counters(&lab)?;
     drop(lab);
 
     println!(
@@ -965,6 +999,11 @@ fn main() -> Result<()> {
     for v in verdicts_ecmp {
         println!("{v}");
     }
+    println!(
+        "\nlb's own counters over the whole run, warm-up included (nonzero drops by \
+         reason; SYNs to nat backends and their answers):\n"
+    );
+    println!("{counters}");
     println!(
         "\nLoad average before / after: {} / {}",
         load_before.trim(),
