@@ -753,6 +753,79 @@ fn lc_sends_connections_to_the_least_busy_backend() {
     client.join().expect("client panicked");
 }
 
+/// A backend that leaves the table (down, removed by a reload) and comes
+/// back keeps its datapath id: its counters go on from where they were
+/// (Prometheus sees no reset), and the connection pinned to it before keeps
+/// counting to it. A new service on a removed service's VIP id starts from
+/// zero.
+#[test]
+fn a_returning_backend_keeps_its_id_and_counters() {
+    let s = echo_service("retid", Scheduler::Mh);
+    let vip = SocketAddrV4::new(VIP, 80);
+    let be1 = SocketAddr::from((BACKENDS[0], 8033));
+    let counters = |s: &EchoService| {
+        s.lb.call(move |b| {
+            let id = b.backend_id("eth0", be1).expect("be1 in use");
+            (id, b.datapath().backend_counters(id).unwrap().packets)
+        })
+    };
+    // Connect until one lands on be1, and keep it.
+    let (mut pinned, _) = in_ns(&s.client, move || {
+        (0..64)
+            .map(|_| connect(vip))
+            .find(|(_, name)| name == "be1")
+            .expect("no connection reached be1 in 64 tries")
+    });
+    let (id, before) = counters(&s);
+    assert!(before > 0);
+    s.lb.call(|b| {
+        b.set_backends(
+            SocketAddr::from((VIP, 80)),
+            Protocol::Tcp,
+            &echo_backends([0, 1, 1]),
+        )
+        .expect("be1 out")
+    });
+    assert_eq!(s.lb.call(move |b| b.backend_id("eth0", be1)), None);
+    // Its pinned connection still works, and still counts to its id.
+    pinned.write_all(b"ping\n").unwrap();
+    let mut echo = String::new();
+    BufReader::new(pinned.try_clone().unwrap())
+        .read_line(&mut echo)
+        .expect("echo while be1 is out of the table");
+    assert_eq!(echo, "ping\n");
+    s.lb.call(|b| {
+        b.set_backends(
+            SocketAddr::from((VIP, 80)),
+            Protocol::Tcp,
+            &echo_backends([1, 1, 1]),
+        )
+        .expect("be1 back")
+    });
+    let (id_back, after) = counters(&s);
+    assert_eq!(id_back, id, "be1 came back with another id");
+    assert!(after > before, "counters restarted: {before} then {after}");
+
+    // A service removed and another added on its VIP id: zero counts.
+    let other = SocketAddr::from(([198, 18, 0, 100], 81));
+    let fresh = s.lb.call(move |b| {
+        let old_id = b
+            .vip_id(SocketAddr::from((VIP, 80)), Protocol::Tcp)
+            .unwrap();
+        assert!(b.datapath().vip_counters(old_id).unwrap().packets > 0);
+        b.remove_service(SocketAddr::from((VIP, 80)), Protocol::Tcp)
+            .expect("remove");
+        b.add_service(ServiceSpec {
+            vip: other,
+            ..spec(Forwarding::Nat)
+        })
+        .expect("add");
+        let id = b.vip_id(other, Protocol::Tcp).unwrap();
+        (id == old_id, b.datapath().vip_counters(id).unwrap().packets)
+    });
+    assert_eq!(fresh, (true, 0), "(same VIP id, its packets)");
+}
+
 /// Connections per backend name.
 fn count(names: &[String]) -> HashMap<String, usize> {
     let mut n = HashMap::new();

@@ -7,14 +7,16 @@
 //! LVS-DR/NAT layout); a next hop behind a router is not resolved yet.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
 use lb_ebpf::abi::{self, VipKey, VipKey6, VipMeta, VipMeta6};
 
-use super::{AttachMode, Datapath, DatapathError, XdpRunMode, addr6, neigh, neigh6};
+use super::{
+    AttachMode, Datapath, DatapathError, XdpRunMode, addr6, ids::BackendIds, neigh, neigh6,
+};
 use crate::{
     config::{Forwarding, Protocol, Scheduler},
     sync::flows::LocalService,
@@ -115,11 +117,7 @@ pub struct Balancer {
     dp: Datapath,
     mode: AttachMode,
     services: HashMap<(SocketAddr, Protocol), Service>,
-    backend_ids: HashMap<(String, SocketAddr), (u32, usize)>,
-    /// Released ids are reused last, so a flow still pinned to a removed
-    /// backend keeps its entry as long as possible.
-    free_backend_ids: VecDeque<u32>,
-    next_backend_id: u32,
+    backend_ids: BackendIds,
     /// Last MAC learnt per (interface, backend address).
     macs: HashMap<(String, IpAddr), [u8; 6]>,
     /// What each backend slot holds, so a swap rewrites only what changed.
@@ -162,12 +160,10 @@ fn primary(iface: &str, vip: SocketAddr) -> Result<IpAddr> {
 impl Balancer {
     pub fn new(dp: Datapath, mode: AttachMode) -> Self {
         Balancer {
+            backend_ids: BackendIds::new(dp.limits().max_backends),
             dp,
             mode,
             services: HashMap::new(),
-            backend_ids: HashMap::new(),
-            free_backend_ids: VecDeque::new(),
-            next_backend_id: 0,
             macs: HashMap::new(),
             written: HashMap::new(),
             resolve_timeout: Duration::from_secs(1),
@@ -189,9 +185,7 @@ impl Balancer {
 
     /// Backend id of a backend in use on `iface`.
     pub fn backend_id(&self, iface: &str, addr: SocketAddr) -> Option<u32> {
-        self.backend_ids
-            .get(&(iface.to_string(), addr))
-            .map(|(id, _)| *id)
+        self.backend_ids.get(&(iface.to_string(), addr))
     }
 
     /// Programs a service with an empty table (new flows dropped as
@@ -252,6 +246,11 @@ impl Balancer {
         };
         if !self.dp.attached().contains_key(&spec.interface) {
             self.dp.attach(&spec.interface, self.mode)?;
+        }
+        if existing.is_none() {
+            // The id may have been a removed service's: its counts are not
+            // this one's.
+            self.dp.zero_vip_counters(id)?;
         }
         let mut meta = VipMeta {
             id,
@@ -498,28 +497,21 @@ impl Balancer {
     ) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(prepared.len());
         for (i, (b, _)) in prepared.iter().enumerate() {
-            let key = (iface.to_string(), b.addr);
-            let id = if let Some((id, refs)) = self.backend_ids.get_mut(&key) {
-                *refs += 1;
-                *id
-            } else {
-                let id = if self.next_backend_id < self.dp.limits().max_backends {
-                    self.next_backend_id += 1;
-                    Some(self.next_backend_id - 1)
-                } else {
-                    self.free_backend_ids.pop_front()
-                };
-                let Some(id) = id else {
-                    self.unreserve(iface, &prepared[..i]);
-                    return Err(BalancerError::BackendsFull(
-                        vip,
-                        self.dp.limits().max_backends,
-                    ));
-                };
-                self.backend_ids.insert(key, (id, 1));
-                id
+            let Some(r) = self.backend_ids.reserve(&(iface.to_string(), b.addr)) else {
+                self.unreserve(iface, &prepared[..i]);
+                return Err(BalancerError::BackendsFull(
+                    vip,
+                    self.dp.limits().max_backends,
+                ));
             };
-            ids.push(id);
+            // An id new to this backend may hold another's counts.
+            if r.new_owner
+                && let Err(e) = self.dp.zero_backend_counters(r.id)
+            {
+                self.unreserve(iface, &prepared[..=i]);
+                return Err(e.into());
+            }
+            ids.push(r.id);
         }
         Ok(ids)
     }
@@ -531,14 +523,7 @@ impl Balancer {
     }
 
     fn release_backend(&mut self, iface: &str, addr: SocketAddr) {
-        let key = (iface.to_string(), addr);
-        if let Some((id, refs)) = self.backend_ids.get_mut(&key) {
-            *refs -= 1;
-            if *refs == 0 {
-                self.free_backend_ids.push_back(*id);
-                self.backend_ids.remove(&key);
-            }
-        }
+        self.backend_ids.release(&(iface.to_string(), addr));
     }
 
     /// This node's side of every IPv4 nat service, as connection-state sync

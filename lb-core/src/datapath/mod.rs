@@ -17,6 +17,7 @@
 pub mod active;
 pub mod balancer;
 mod batch;
+mod ids;
 mod ipv6;
 mod mmap;
 pub mod neigh;
@@ -27,7 +28,7 @@ use std::{collections::HashMap, fmt};
 
 use aya::{
     Ebpf, EbpfLoader, TestRun, TestRunOptions,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues},
     programs::{
         SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -615,6 +616,35 @@ impl Datapath {
             sum.add(c);
         }
         Ok(sum)
+    }
+
+    /// Zeroes one counter slot on every CPU.
+    fn zero_counters(&mut self, name: &'static str, idx: u32) -> Result<()> {
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| DatapathError::MapWrite {
+            what: format!("counting CPUs ({what})"),
+            error: e.to_string(),
+        })?;
+        let m = self.ebpf.map_mut(name).ok_or(DatapathError::Map(name))?;
+        let mut m: PerCpuArray<&mut MapData, Counters> =
+            PerCpuArray::try_from(m).map_err(|_| DatapathError::Map(name))?;
+        let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus]).map_err(|e| {
+            DatapathError::MapWrite {
+                what: format!("zeroing {name}[{idx}]"),
+                error: e.to_string(),
+            }
+        })?;
+        m.set(idx, zeros, 0)
+            .map_err(write_err(format!("zeroing {name}[{idx}]")))
+    }
+
+    /// Zeroes a VIP id's counters, for a new service that takes the id.
+    pub fn zero_vip_counters(&mut self, vip_id: u32) -> Result<()> {
+        self.zero_counters(abi::map::VIP_STATS, vip_id)
+    }
+
+    /// Zeroes a backend id's counters, for a backend new to the id.
+    pub fn zero_backend_counters(&mut self, backend_id: u32) -> Result<()> {
+        self.zero_counters(abi::map::BACKEND_STATS, backend_id)
     }
 
     /// Counters of one VIP, summed over CPUs.

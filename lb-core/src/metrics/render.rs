@@ -117,7 +117,13 @@ fn describe() {
         "lb_datapath_readable",
         "1 if this scrape read the datapath counters, 0 if not (traffic metrics are then absent)."
     );
-    for (scope, what) in [("service", "the service"), ("backend", "the backend")] {
+    for (scope, what) in [
+        ("service", "the service"),
+        (
+            "backend",
+            "the backend (counted per backend address and interface, so a backend in two services shows their sum in both; kept while it is out of the table, so they go on when it comes back)",
+        ),
+    ] {
         let name = |m: &str| format!("lb_{scope}_{m}");
         describe_counter!(name("packets_total"), format!("Packets to {what}."));
         describe_counter!(name("bytes_total"), format!("Bytes to {what}."));
