@@ -17,10 +17,10 @@
 //! accepting after it is alive, and the few SYNs of a busy backend whose
 //! answer goes uncounted would otherwise all come due at once when its load
 //! stops (seen: all three nat backends of `lb-bench-e2e` marked down at the
-//! end of every Connection: close run, ~2 % of their SYNs). Under load a few errors land in almost
-//! every sample (seen at ~28k connections a second: SYNs counted as
-//! unanswered while the backend served thousands; a full accept queue or a
-//! tuple still in TIME_WAIT on the backend are likely causes), which would
+//! end of every Connection: close run, ~2 % of their SYNs). Under load a
+//! few such SYNs land in almost every sample (a backend's TIME_WAIT socket
+//! on a reused SNAT port answers the SYN with an ACK, the client resets and
+//! retries, and the retry's SYN-ACK is not the first answer), which would
 //! otherwise add up to a false down of a busy, healthy backend.
 
 use std::{collections::VecDeque, time::Duration};
