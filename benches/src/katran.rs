@@ -24,11 +24,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     maps::{Array, HashMap, Map, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
 };
 use aya_obj::programs::XdpAttachType;
 use lb_core::{
-    datapath::TestRunOutput,
+    datapath::{TestRunOutput, test_run},
     table::{Member, build_maglev},
 };
 
@@ -87,7 +87,7 @@ impl Katran {
                 .arg(pins.0.join("maps")),
         )
         .with_context(|| format!("loading Katran's {}", object.display()))?;
-        let mut k = Katran {
+        let k = Katran {
             prog: Xdp::from_pin(&prog, XdpAttachType::Interface)?,
             pins,
         };
@@ -100,12 +100,7 @@ impl Katran {
         MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
     }
 
-    fn program(
-        &mut self,
-        vip: ([u8; 4], u16),
-        reals: &[[u8; 4]],
-        router_mac: [u8; 6],
-    ) -> Result<()> {
+    fn program(&self, vip: ([u8; 4], u16), reals: &[[u8; 4]], router_mac: [u8; 6]) -> Result<()> {
         let mut vips: HashMap<_, [u8; 20], [u8; 8]> =
             Map::HashMap(self.map("vip_map")?).try_into()?;
         let mut key = [0u8; 20];
@@ -165,19 +160,7 @@ impl Katran {
 
     /// One BPF_PROG_TEST_RUN of Katran's program.
     pub fn test_run(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
-        let mut out = vec![0u8; frame.len() + 256];
-        let r = self.prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: repeat.max(1),
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutput {
-            verdict: r.return_value,
-            data: out,
-            duration: r.duration,
-        })
+        Ok(test_run(&self.prog, frame, repeat)?)
     }
 }
 

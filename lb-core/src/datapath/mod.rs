@@ -166,6 +166,32 @@ impl fmt::Display for XdpRunMode {
     }
 }
 
+/// Runs `prog` once (or `repeat` times) on `frame` with BPF_PROG_TEST_RUN:
+/// lb's programs, or a peer's loaded elsewhere (the benchmark's Katran).
+pub fn test_run<P>(
+    prog: &P,
+    frame: &[u8],
+    repeat: u32,
+) -> std::result::Result<TestRunOutput, aya::programs::ProgramError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = aya::TestRunResult>,
+{
+    // Room for headers a program pushes (encapsulation).
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        repeat: repeat.max(1),
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestRunOutput {
+        verdict: r.return_value,
+        data: out,
+        duration: r.duration,
+    })
+}
+
 /// Result of one BPF_PROG_TEST_RUN.
 #[derive(Debug)]
 pub struct TestRunOutput {
@@ -699,27 +725,14 @@ impl Datapath {
             .ebpf
             .program(prog)
             .ok_or(DatapathError::Program(prog))?;
-        let mut out = vec![0u8; frame.len() + 256];
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            repeat: repeat.max(1),
-            ..Default::default()
-        };
-        let r = match p {
-            aya::programs::Program::Xdp(x) => x.test_run(opts),
-            aya::programs::Program::SchedClassifier(c) => c.test_run(opts),
+        match p {
+            aya::programs::Program::Xdp(x) => test_run(x, frame, repeat),
+            aya::programs::Program::SchedClassifier(c) => test_run(c, frame, repeat),
             _ => return Err(DatapathError::Program(prog)),
         }
         .map_err(|e| DatapathError::TestRun {
             prog,
             error: describe(&e),
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok(TestRunOutput {
-            verdict: r.return_value,
-            data: out,
-            duration: r.duration,
         })
     }
 
