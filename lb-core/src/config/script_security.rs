@@ -147,8 +147,9 @@ fn check(file: &Path, euid: u32, run_as: Option<&ScriptUser>) -> Result<(), Stri
             m.gid()
         )
     };
-    // The path as written (its symlinks included), then the resolved one.
-    for path in [file, real.as_path()] {
+    // The path as written (its symlinks included), then the resolved one,
+    // whose every directory the script user must be able to search.
+    for (path, resolved) in [(file, false), (real.as_path(), true)] {
         let mut prefix = PathBuf::new();
         for c in path.components() {
             prefix.push(c);
@@ -160,33 +161,10 @@ fn check(file: &Path, euid: u32, run_as: Option<&ScriptUser>) -> Result<(), Stri
             if m.is_dir() && writable_by_others(&m) {
                 return fail(&prefix, unsafe_mode(&m));
             }
-        }
-    }
-    let m = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", file.display()))?;
-    if !m.is_file() {
-        return Err(format!("{}: not a regular file", file.display()));
-    }
-    let mode = m.permissions().mode();
-    if mode & ANY_EXEC == 0 {
-        return Err(format!(
-            "{}: not executable (mode {:04o})",
-            file.display(),
-            mode & 0o7777
-        ));
-    }
-    if !trusted(&m) {
-        return fail(file, format!("is owned by uid {}", m.uid()));
-    }
-    if writable_by_others(&m) {
-        return fail(file, unsafe_mode(&m));
-    }
-    if let Some(user) = run_as {
-        let mut prefix = PathBuf::new();
-        for c in real.components() {
-            prefix.push(c);
-            let m = std::fs::metadata(&prefix)
-                .map_err(|e| format!("{}: {}: {e}", file.display(), prefix.display()))?;
-            if !may_execute(&m, user) {
+            if resolved
+                && let Some(user) = run_as
+                && !may_execute(&m, user)
+            {
                 let verb = if m.is_dir() { "search" } else { "execute" };
                 return Err(format!(
                     "{}: script_user {:?} (uid {}, gid {}) cannot {verb} {} (mode {:04o}, owner {}:{})",
@@ -201,6 +179,23 @@ fn check(file: &Path, euid: u32, run_as: Option<&ScriptUser>) -> Result<(), Stri
                 ));
             }
         }
+    }
+    // The walk saw the file itself last (no symlinks are left on the
+    // resolved path), its owner included.
+    let m = std::fs::metadata(&real).map_err(|e| format!("{}: {e}", file.display()))?;
+    if !m.is_file() {
+        return Err(format!("{}: not a regular file", file.display()));
+    }
+    let mode = m.permissions().mode();
+    if mode & ANY_EXEC == 0 {
+        return Err(format!(
+            "{}: not executable (mode {:04o})",
+            file.display(),
+            mode & 0o7777
+        ));
+    }
+    if writable_by_others(&m) {
+        return fail(file, unsafe_mode(&m));
     }
     Ok(())
 }
