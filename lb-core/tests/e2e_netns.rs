@@ -778,14 +778,17 @@ fn a_returning_backend_keeps_its_id_and_counters() {
     });
     let (id, before) = counters(&s);
     assert!(before > 0);
-    s.lb.call(|b| {
-        b.set_backends(
-            SocketAddr::from((VIP, 80)),
-            Protocol::Tcp,
-            &echo_backends([0, 1, 1]),
-        )
-        .expect("be1 out")
-    });
+    let set = |s: &EchoService, weights: [u32; 3]| {
+        s.lb.call(move |b| {
+            b.set_backends(
+                SocketAddr::from((VIP, 80)),
+                Protocol::Tcp,
+                &echo_backends(weights),
+            )
+            .expect("set_backends")
+        })
+    };
+    set(&s, [0, 1, 1]);
     assert_eq!(s.lb.call(move |b| b.backend_id("eth0", be1)), None);
     // Its pinned connection still works, and still counts to its id.
     pinned.write_all(b"ping\n").unwrap();
@@ -794,14 +797,7 @@ fn a_returning_backend_keeps_its_id_and_counters() {
         .read_line(&mut echo)
         .expect("echo while be1 is out of the table");
     assert_eq!(echo, "ping\n");
-    s.lb.call(|b| {
-        b.set_backends(
-            SocketAddr::from((VIP, 80)),
-            Protocol::Tcp,
-            &echo_backends([1, 1, 1]),
-        )
-        .expect("be1 back")
-    });
+    set(&s, [1, 1, 1]);
     let (id_back, after) = counters(&s);
     assert_eq!(id_back, id, "be1 came back with another id");
     assert!(after > before, "counters restarted: {before} then {after}");
